@@ -1,0 +1,43 @@
+# Two set-up commands that work on a fresh machine (see README):
+#   make demo   create .venv, install the runtime, triage fresh phantom studies with the embedded model
+#   make test   create .venv, install runtime + export + dev extras, run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := demo-out
+
+.PHONY: demo test test-gpu bench train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# runtime only: what goes on the device (no torch)
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# everything the test suite uses: runtime + export (torch CPU wheel, onnx tooling) + dev tools
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[export,dev]'
+	touch $@ $(VENV)/.runtime
+
+demo: $(VENV)/.runtime
+	rm -rf $(DEMO)
+	$(BIN)/edgeinfer phantom $(DEMO)/studies --n 40 --seed 2026 --no-progress
+	$(BIN)/edgeinfer triage $(DEMO)/studies --labels $(DEMO)/studies/labels.csv --output $(DEMO)/worklist.json --no-progress
+	$(BIN)/edgeinfer preview $$(ls $(DEMO)/studies/study0001/series01/*.dcm | head -1) --out $(DEMO)/preview.png
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+# on a Jetson or x86 GPU host with TensorRT installed: only the GPU-marked tests
+test-gpu: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[trt]'
+	$(BIN)/python -m pytest -m gpu
+
+train: $(VENV)/.dev
+	$(BIN)/python -m export.train_phantom
+
+clean:
+	rm -rf $(VENV) $(DEMO) .cache .pytest_cache

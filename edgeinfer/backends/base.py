@@ -1,0 +1,155 @@
+"""The Runner protocol and its lifecycle (after Polygraphy's BaseRunner).
+
+Public methods check state and time things; subclasses implement ``*_impl``. A runner
+always reports what actually ran (backend, provider, device, precision) and never falls
+back silently: a fallback happens only when the caller allowed it, and it is reported.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from ..bundle import Artifact
+from ..errors import BackendError, InferenceError
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    shape: tuple          # ints, or strings for dynamic axes
+    dtype: str
+
+
+@dataclass
+class RunnerOptions:
+    """What the user asked for. Backends read the fields that concern them."""
+
+    device: str = "cpu"                 # cpu | cuda | tensorrt | npu...; backend-specific meaning
+    threads: int | None = None          # intra-op threads; None = backend default
+    allow_fallback: bool = False        # may a backend run on another device than asked? (reported)
+    precision_hint: str | None = None   # runtime precision (e.g. OpenVINO bf16); None = the graph's
+    cache_dir: str | None = None        # compiled-model cache where a backend supports it
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What actually ran. Goes into every worklist entry and benchmark row."""
+
+    backend: str
+    provider: str
+    device: str
+    precision: str
+    artifact_id: str
+    artifact_sha256: str
+    fallback_from: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {"backend": self.backend, "provider": self.provider, "device": self.device,
+             "precision": self.precision, "artifact": self.artifact_id, "sha256": self.artifact_sha256}
+        if self.fallback_from:
+            d["fallback_from"] = self.fallback_from
+        if self.details:
+            d["details"] = self.details
+        return d
+
+
+class Runner(ABC):
+    backend_name: ClassVar[str] = "?"
+
+    def __init__(self, artifact: Artifact, options: RunnerOptions | None = None):
+        self.artifact = artifact
+        self.options = options or RunnerOptions()
+        self.is_active = False
+        self.activate_ms: float | None = None
+        self.last_infer_ms: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if self.is_active:
+            return self
+        t0 = time.perf_counter()
+        self.activate_impl()
+        self.activate_ms = (time.perf_counter() - t0) * 1e3
+        self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            try:
+                self.deactivate_impl()
+            finally:
+                self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- inference ---------------------------------------------------------------------
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise BackendError(f"{self.backend_name} runner for {self.artifact.id} is not active; "
+                               "call activate() or use it as a context manager.")
+        expected = {t.name for t in self.inputs}
+        if set(feeds) != expected:
+            raise InferenceError(f"inputs {sorted(feeds)} given, the model takes {sorted(expected)}.")
+        t0 = time.perf_counter()
+        out = self.infer_impl(feeds)
+        self.last_infer_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorMeta]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> list[TensorMeta]: ...
+
+    @abstractmethod
+    def report(self) -> RunReport: ...
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def raw_call(self, feeds: dict[str, np.ndarray]):
+        """The backend's own inference call on ``feeds``, for overhead benchmarks.
+
+        Returns a zero-argument callable that runs exactly what the backend would run
+        (ONNX Runtime's ``session.run``, TensorRT's execute), without edgeinfer's checks.
+        """
+        raise NotImplementedError
+
+
+class Backend(ABC):
+    """A registry entry: says whether it can run an artifact here, and makes runners."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(usable on this machine, reason if not)."""
+
+    @classmethod
+    @abstractmethod
+    def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:
+        """(can run this artifact with these options, reason if not)."""
+
+    @classmethod
+    @abstractmethod
+    def create(cls, artifact: Artifact, options: RunnerOptions) -> Runner: ...

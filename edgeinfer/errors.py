@@ -1,0 +1,102 @@
+"""One exception hierarchy for edgeinfer.
+
+Every message says what was asked, what was found, and what to do. Messages never
+contain patient data: callers pass paths and technical values only.
+"""
+from __future__ import annotations
+
+
+class EdgeInferError(Exception):
+    """Base of every error edgeinfer raises on purpose."""
+
+    #: exit status a CLI should use when this error ends a command
+    exit_code = 1
+
+
+# --- inputs: one file at a time; a batch never stops for these -------------------------
+class InputError(EdgeInferError):
+    """A single input file cannot be used. ``reason`` is short and readable by a radiographer."""
+
+    #: machine-readable category, stable across versions (goes into the worklist JSON)
+    code = "input-error"
+
+    def __init__(self, reason: str, *, hint: str | None = None, study_uid: str | None = None):
+        self.reason = reason
+        self.hint = hint
+        #: set when the header was readable, so a failed image still sends its study to a human read
+        self.study_uid = study_uid
+        super().__init__(reason if hint is None else f"{reason} ({hint})")
+
+
+class NotDicomError(InputError):
+    code = "not-dicom"
+
+
+class CorruptDicomError(InputError):
+    code = "corrupt"
+
+
+class UnsupportedError(InputError):
+    """Valid DICOM that this runtime cannot decode (e.g. no decoder plugin installed)."""
+
+    code = "unsupported"
+
+
+class TooLargeError(InputError):
+    code = "too-large"
+
+
+class PreprocessError(InputError):
+    code = "preprocess"
+
+
+class NotApplicable(InputError):
+    """Valid input that this bundle does not handle (not an image, wrong modality...).
+
+    Files raising this are *skipped*, not errors.
+    """
+
+    code = "not-applicable"
+
+
+# --- bundles and artifacts ---------------------------------------------------------------
+class BundleError(EdgeInferError):
+    """A model bundle is malformed, changed, or incompatible."""
+
+
+class ManifestError(BundleError):
+    pass
+
+
+class IntegrityError(BundleError):
+    """An artifact is missing, changed, unknown, or unsafe to load."""
+
+
+class PrecisionNotValidated(BundleError):
+    pass
+
+
+# --- backends ----------------------------------------------------------------------------
+class BackendError(EdgeInferError):
+    pass
+
+
+class BackendUnavailable(BackendError):
+    """The backend or execution provider asked for cannot run here."""
+
+
+class InferenceError(BackendError):
+    pass
+
+
+class MissingDependency(EdgeInferError):
+    """An optional extra is not installed."""
+
+
+# --- workstation side -------------------------------------------------------------------
+class ExportError(EdgeInferError):
+    pass
+
+
+class UsageError(EdgeInferError):
+    """The command line asked for something impossible."""

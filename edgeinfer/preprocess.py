@@ -1,0 +1,312 @@
+"""DICOM pixels -> model tensor, driven by the bundle's preprocessing spec.
+
+This is the only implementation: training (export/), calibration, validation, preview
+and the runtime all call :func:`prepare` (or :func:`preprocess_pixels`). The stages:
+
+1. modality LUT: RescaleSlope/RescaleIntercept (or a Modality LUT Sequence, via pydicom);
+2. VOI: the header's VOI LUT, the header's window preset, the bundle's fixed window, or an
+   automatic percentile window, in the order ``window.sources`` gives; output in [0, 1];
+3. MONOCHROME1 inversion, pixel padding set to background;
+4. resize with OpenCV (optionally keeping the aspect ratio, letterboxed);
+5. normalisation ``(x - mean) / std`` and channel replication.
+
+Stage 2 agrees with pydicom's ``apply_modality_lut``/``apply_voi_lut`` (tests check it): our
+output equals pydicom's rescaled from its output range to [0, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import PreprocessError
+
+_INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+           "nearest": cv2.INTER_NEAREST}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    target_size: tuple[int, int]  # (height, width)
+    window_sources: tuple[str, ...] = ("voi_lut", "header", "auto")
+    window_center: float | None = None
+    window_width: float | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    preset_index: int = 0
+    monochrome1: str = "invert"
+    pixel_padding: str = "exclude"
+    multiframe: str = "first"
+    keep_aspect: bool = False
+    interpolation: str = "area"
+    mean: float = 0.0
+    std: float = 1.0
+    channels: int = 1
+
+    @classmethod
+    def from_manifest(cls, pp: dict) -> "PreprocessSpec":
+        w = pp.get("window", {})
+        norm = pp.get("normalize", {"mean": 0.0, "std": 1.0})
+        return cls(
+            target_size=(int(pp["target_size"][0]), int(pp["target_size"][1])),
+            window_sources=tuple(w.get("sources", cls.window_sources)),
+            window_center=w.get("center"), window_width=w.get("width"),
+            percentiles=tuple(w.get("percentiles", cls.percentiles)),
+            preset_index=int(w.get("preset_index", 0)),
+            monochrome1=pp.get("monochrome1", cls.monochrome1),
+            pixel_padding=pp.get("pixel_padding", cls.pixel_padding),
+            multiframe=pp.get("multiframe", cls.multiframe),
+            keep_aspect=bool(pp.get("keep_aspect", False)),
+            interpolation=pp.get("interpolation", cls.interpolation),
+            mean=float(norm["mean"]), std=float(norm["std"]),
+            channels=int(pp.get("channels", 1)),
+        )
+
+    def to_manifest(self) -> dict:
+        window: dict[str, Any] = {"sources": list(self.window_sources),
+                                  "percentiles": list(self.percentiles), "preset_index": self.preset_index}
+        if self.window_center is not None:
+            window.update(center=self.window_center, width=self.window_width)
+        return {"window": window, "monochrome1": self.monochrome1, "pixel_padding": self.pixel_padding,
+                "multiframe": self.multiframe, "target_size": list(self.target_size),
+                "keep_aspect": self.keep_aspect, "interpolation": self.interpolation,
+                "normalize": {"mean": self.mean, "std": self.std}, "channels": self.channels}
+
+    def digest(self) -> str:
+        """Stable hash of the spec: calibration caches and records are keyed on it."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Window:
+    source: str          # voi_lut | header | fixed | auto
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "center": round(self.center, 3), "width": round(self.width, 3),
+                "function": self.function}
+
+
+@dataclass
+class Prepared:
+    tensor: np.ndarray            # (channels, H, W) float32, what the model sees
+    display: np.ndarray           # (H, W) float32 in [0, 1], before normalisation (for preview)
+    window: dict
+    frame: int
+    inverted: bool
+    source_shape: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)
+
+
+# --- stage 0: which frame --------------------------------------------------------------------
+def select_frame(n_frames: int, spec: PreprocessSpec) -> int:
+    if n_frames <= 1:
+        return 0
+    if spec.multiframe == "reject":
+        raise PreprocessError(f"multi-frame image ({n_frames} frames); this model reads single images")
+    return 0 if spec.multiframe == "first" else n_frames // 2
+
+
+# --- stage 1: modality LUT -------------------------------------------------------------------
+def _number(value: Any, what: str) -> float:
+    try:
+        if hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+            value = value[0]
+        x = float(value)
+    except (TypeError, ValueError, IndexError):
+        raise PreprocessError(f"{what} is not a number", hint="check the scanner's DICOM export") from None
+    if not math.isfinite(x):
+        raise PreprocessError(f"{what} is {x}, not a finite number")
+    return x
+
+
+def modality_lut(stored: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> modality values (float32)."""
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+        except Exception as exc:  # malformed LUT: a reason, not a traceback
+            raise PreprocessError("the Modality LUT in the header is malformed") from exc
+    slope = ds.get("RescaleSlope", None)
+    intercept = ds.get("RescaleIntercept", None)
+    slope = 1.0 if slope in (None, "") else _number(slope, "RescaleSlope")
+    intercept = 0.0 if intercept in (None, "") else _number(intercept, "RescaleIntercept")
+    if slope == 0.0:
+        raise PreprocessError("RescaleSlope is 0, so every pixel would have the same value")
+    out = stored.astype(np.float32, copy=True)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+def padding_mask(stored: np.ndarray, ds, spec: PreprocessSpec) -> np.ndarray | None:
+    """True where the stored value is PixelPaddingValue (or within its range limit)."""
+    if spec.pixel_padding != "exclude" or "PixelPaddingValue" not in ds:
+        return None
+    try:
+        pad = int(_number(ds.PixelPaddingValue, "PixelPaddingValue"))
+        limit = ds.get("PixelPaddingRangeLimit", None)
+        hi = pad if limit in (None, "") else int(_number(limit, "PixelPaddingRangeLimit"))
+    except PreprocessError:
+        return None
+    lo, hi = min(pad, hi), max(pad, hi)
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+# --- stage 2: VOI ----------------------------------------------------------------------------
+def _header_window(ds, index: int) -> Window | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        centers = ds.WindowCenter if ds["WindowCenter"].VM > 1 else [ds.WindowCenter]
+        widths = ds.WindowWidth if ds["WindowWidth"].VM > 1 else [ds.WindowWidth]
+        i = min(index, len(centers) - 1, len(widths) - 1)
+        c, w = float(centers[i]), float(widths[i])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    if not (math.isfinite(c) and math.isfinite(w)) or w < 1:
+        return None
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if func not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        func = "LINEAR"
+    return Window("header", c, w, func)
+
+
+def auto_window(values: np.ndarray, mask: np.ndarray | None, percentiles: tuple[float, float]) -> Window:
+    sample = values if mask is None else values[~mask]
+    if sample.size == 0:
+        raise PreprocessError("the image holds only padding pixels")
+    # a strided sample keeps this O(1M) on full-detector images; percentiles are robust to it
+    step = max(1, sample.size // 1_000_000)
+    lo, hi = np.percentile(sample.reshape(-1)[::step], percentiles)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PreprocessError("pixel values are not finite after the modality LUT")
+    if hi <= lo:
+        raise PreprocessError("the image is uniform (no contrast to read)")
+    return Window("auto", float(lo + hi) / 2.0, float(hi - lo), "LINEAR_EXACT")
+
+
+def apply_window(values: np.ndarray, w: Window) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 window functions, output in [0, 1] float32."""
+    x = values.astype(np.float32, copy=False)
+    c, width = np.float32(w.center), np.float32(w.width)
+    if w.function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / width))
+        return out.astype(np.float32)
+    if w.function == "LINEAR_EXACT":
+        out = (x - c) / width + np.float32(0.5)
+    else:  # LINEAR
+        if width <= 1:  # a threshold
+            return (x > c - 0.5).astype(np.float32)
+        out = (x - (c - np.float32(0.5))) / (width - np.float32(1)) + np.float32(0.5)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _voi_lut(values: np.ndarray, ds, index: int) -> np.ndarray | None:
+    """Apply the header's VOI LUT Sequence through pydicom; output in [0, 1]."""
+    if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
+        return None
+    from pydicom.pixels import apply_voi_lut
+
+    try:
+        item = ds.VOILUTSequence[min(index, len(ds.VOILUTSequence) - 1)]
+        bits = int(item.LUTDescriptor[2])
+        out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=min(index, len(ds.VOILUTSequence) - 1),
+                            prefer_lut=True)
+    except Exception:
+        return None  # malformed LUT: fall through to the next source
+    top = float(2 ** bits - 1) if 8 <= bits <= 16 else float(np.max(out)) or 1.0
+    return np.clip(np.asarray(out, dtype=np.float32) / np.float32(top), 0.0, 1.0)
+
+
+def voi(values: np.ndarray, ds, spec: PreprocessSpec, mask: np.ndarray | None) -> tuple[np.ndarray, dict]:
+    tried = []
+    for source in spec.window_sources:
+        if source == "voi_lut":
+            out = _voi_lut(values, ds, spec.preset_index)
+            if out is not None:
+                return out, {"source": "voi_lut"}
+            tried.append("no usable VOI LUT in the header")
+        elif source == "header":
+            w = _header_window(ds, spec.preset_index)
+            if w is not None:
+                return apply_window(values, w), w.as_dict()
+            tried.append("no usable window preset in the header")
+        elif source == "fixed":
+            w = Window("fixed", float(spec.window_center), float(spec.window_width))
+            return apply_window(values, w), w.as_dict()
+        elif source == "auto":
+            w = auto_window(values, mask, spec.percentiles)
+            return apply_window(values, w), w.as_dict()
+    raise PreprocessError("no window could be chosen: " + "; ".join(tried),
+                          hint="add 'auto' to the bundle's preprocessing.window.sources")
+
+
+# --- stages 3-5 --------------------------------------------------------------------------------
+def resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    th, tw = spec.target_size
+    interp = _INTERP[spec.interpolation]
+    h, w = img.shape[:2]
+    if not spec.keep_aspect:
+        return cv2.resize(img, (tw, th), interpolation=interp)
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = cv2.resize(img, (nw, nh), interpolation=interp)
+    out = np.zeros((th, tw), dtype=img.dtype)
+    y0, x0 = (th - nh) // 2, (tw - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = small
+    return out
+
+
+def preprocess_pixels(stored: np.ndarray, ds, spec: PreprocessSpec, *, frame: int = 0) -> Prepared:
+    """One decoded frame of stored values plus its header -> :class:`Prepared`."""
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4):
+        raise PreprocessError(f"colour image ({ds.get('PhotometricInterpretation', '?')}); "
+                              "this model reads greyscale radiographs")
+    if stored.ndim != 2:
+        raise PreprocessError(f"expected a 2-D greyscale frame, found shape {tuple(stored.shape)}")
+    if min(stored.shape) < 2:
+        raise PreprocessError(f"image is only {stored.shape[0]}x{stored.shape[1]} pixels")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise PreprocessError(f"photometric interpretation {photometric} is not greyscale")
+
+    mask = padding_mask(stored, ds, spec)
+    values = modality_lut(stored, ds)
+    shown, window = voi(values, ds, spec, mask)
+    inverted = photometric == "MONOCHROME1" and spec.monochrome1 == "invert"
+    if inverted:
+        shown = 1.0 - shown
+    if mask is not None:
+        shown[mask] = 0.0
+    if not np.isfinite(shown).all():
+        raise PreprocessError("pixel values are not finite after windowing")
+
+    display = resize(np.ascontiguousarray(shown, dtype=np.float32), spec)
+    x = (display - np.float32(spec.mean)) / np.float32(spec.std)
+    tensor = np.broadcast_to(x, (spec.channels, *x.shape)).astype(np.float32, copy=True) \
+        if spec.channels > 1 else x[None].astype(np.float32, copy=False)
+    return Prepared(tensor=tensor, display=display, window=window, frame=frame, inverted=inverted,
+                    source_shape=tuple(stored.shape))
+
+
+def prepare(ds, spec: PreprocessSpec, limits=None) -> Prepared:
+    """Header dataset (from :func:`edgeinfer.dicomio.read_dataset`) -> :class:`Prepared`."""
+    from . import dicomio
+
+    limits = limits or dicomio.ReadLimits()
+    frame = select_frame(dicomio.number_of_frames(ds), spec)
+    stored = dicomio.decode_frame(ds, frame, limits)
+    return preprocess_pixels(stored, ds, spec, frame=frame)

@@ -1,0 +1,46 @@
+"""The phantom triage CNN: small, fast on a CPU, and plain ops only (Conv, BN, ReLU, pooling).
+
+Plain ops matter downstream: BatchNorm folds into Conv at export, and every layer
+quantizes to the Q/DQ form TensorRT and OpenVINO accept.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class TriageNet(nn.Module):
+    """Image (N, 1, H, W) -> per-finding probabilities (N, n_labels).
+
+    ``logits`` is what training optimises; ``forward`` returns probabilities, which is what
+    the exported graph computes and the runtime scores.
+    """
+
+    def __init__(self, n_labels: int = 2, widths: tuple[int, ...] = (16, 24, 48, 96, 128), in_channels: int = 1):
+        super().__init__()
+        layers, cin = [], in_channels
+        for w in widths:
+            layers.append(_block(cin, w, stride=2))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * cin, n_labels)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+def phantom_triage_net() -> TriageNet:
+    """Factory used by ``edgeinfer export --factory export.models:phantom_triage_net``."""
+    return TriageNet(n_labels=2)

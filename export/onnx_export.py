@@ -1,0 +1,222 @@
+"""PyTorch -> ONNX -> model bundle, verified against PyTorch before it is written.
+
+Takes any ``nn.Module``: a factory ``package.module:function`` plus a state_dict file, a
+TorchScript file, or a ``torch.export`` (.pt2) file. The graph uses opset >= 17, named
+inputs and outputs and a dynamic batch axis, passes ``onnx.checker``, and its outputs
+are compared with PyTorch's on random and real inputs; export fails above tolerance.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeinfer import __version__ as edgeinfer_version
+from edgeinfer.bundle import MANIFEST, artifact_record, load_bundle, validate_manifest, write_manifest
+from edgeinfer.errors import ExportError
+
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class ExportReport:
+    bundle_dir: Path
+    max_abs_diff: float
+    checked: dict
+    opset: int
+    onnx_bytes: int
+
+
+def _torch():
+    from edgeinfer._lazy import lazy_import
+
+    return lazy_import("torch", extra="export", purpose="edgeinfer export")
+
+
+def load_module(*, factory: str | None = None, weights: str | Path | None = None,
+                torchscript: str | Path | None = None, exported: str | Path | None = None):
+    """Build the user's model from exactly one of the three sources, in eval mode."""
+    torch = _torch()
+    given = [x for x in (factory, torchscript, exported) if x]
+    if len(given) != 1:
+        raise ExportError("give exactly one model source: --factory MODULE:FUNCTION (with --weights), "
+                          "--torchscript FILE, or --exported FILE (torch.export .pt2).")
+    if factory:
+        mod_name, _, fn_name = factory.partition(":")
+        if not fn_name:
+            raise ExportError(f"--factory {factory!r}: expected 'package.module:function'.")
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ExportError(f"--factory {factory!r}: cannot import it ({exc}). Is the package on PYTHONPATH?") from exc
+        model = fn()
+        if not isinstance(model, torch.nn.Module):
+            raise ExportError(f"--factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module.")
+        if weights:
+            try:
+                state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise ExportError(f"--weights {weights}: not a loadable state_dict ({exc}).") from exc
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ExportError(f"--weights {weights} do not fit the model from {factory}: {exc}") from exc
+    elif torchscript:
+        try:
+            model = torch.jit.load(str(torchscript), map_location="cpu")
+        except Exception as exc:
+            raise ExportError(f"--torchscript {torchscript}: not a TorchScript file ({exc}).") from exc
+    else:
+        try:
+            model = torch.export.load(str(exported)).module()
+        except Exception as exc:
+            raise ExportError(f"--exported {exported}: not a torch.export program ({exc}).") from exc
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+def to_onnx(model, sample: np.ndarray, path: Path, *, input_name: str, output_name: str,
+            opset: int = DEFAULT_OPSET) -> None:
+    """Export with the TorchScript-based exporter: BatchNorm folded, a dynamic batch axis."""
+    torch = _torch()
+    import onnx
+
+    if opset < 17:
+        raise ExportError(f"opset {opset} asked; edgeinfer needs opset >= 17 (LayerNormalization, TensorRT 10).")
+    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (x,), str(path), opset_version=opset, input_names=[input_name],
+                              output_names=[output_name], do_constant_folding=True, dynamo=False,
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {exc.__class__.__name__}: {exc}") from exc
+    m = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported graph fails onnx.checker: {exc}") from exc
+
+
+def compare_with_torch(model, onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Largest |ORT - PyTorch| per named input set."""
+    torch = _torch()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+    diffs = {}
+    for label, x in inputs.items():
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).detach().numpy()
+        got = sess.run(None, {in_name: x})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"{label}: ONNX output shape {got.shape} differs from PyTorch's {ref.shape}.")
+        diffs[label] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    return diffs
+
+
+def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.ndarray | None = None,
+                  opset: int = DEFAULT_OPSET, tolerance: float = 1e-4, source: dict | None = None,
+                  overwrite: bool = False, seed: int = 0) -> ExportReport:
+    """Export ``model`` into a new bundle at ``out_dir``.
+
+    ``config`` is a manifest without ``inputs``, ``outputs`` and ``artifacts`` (see
+    export/configs/phantom-cxr.json). ``real_inputs`` (N, C, H, W) are preprocessed real
+    images used for the comparison with PyTorch, next to random ones.
+    """
+    out_dir = Path(out_dir)
+    pp = config["preprocessing"]
+    c, (h, w) = int(pp.get("channels", 1)), pp["target_size"]
+    in_name, out_name = config.get("input_name", "image"), config.get("output_name", "probs")
+    rng = np.random.default_rng(seed)
+    checks = {"random_b1": rng.standard_normal((1, c, h, w)).astype(np.float32),
+              "random_b3": rng.standard_normal((3, c, h, w)).astype(np.float32)}
+    if real_inputs is not None and len(real_inputs):
+        checks["real"] = np.ascontiguousarray(real_inputs, dtype=np.float32)
+
+    if out_dir.exists():
+        if not overwrite:
+            raise ExportError(f"{out_dir} already exists; pass --overwrite to replace it.")
+    with tempfile.TemporaryDirectory(prefix="edgeinfer-export-") as tmp:
+        stage = Path(tmp) / "bundle"
+        stage.mkdir()
+        onnx_path = stage / "model.onnx"
+        to_onnx(model, checks["random_b1"], onnx_path, input_name=in_name, output_name=out_name, opset=opset)
+        diffs = compare_with_torch(model, onnx_path, checks)
+        worst = max(diffs.values())
+        if not np.isfinite(worst) or worst > tolerance:
+            raise ExportError(f"ONNX Runtime and PyTorch disagree: max |diff| {worst:.3g} > tolerance {tolerance:g} "
+                              f"({', '.join(f'{k}: {v:.3g}' for k, v in diffs.items())}).")
+        import onnx
+        import torch
+
+        n_out = len(config["labels"])
+        manifest = {k: v for k, v in config.items() if k not in ("input_name", "output_name")}
+        manifest.update({
+            "schema_version": 1,
+            "inputs": [{"name": in_name, "shape": ["batch", c, h, w], "dtype": "float32", "layout": "NCHW"}],
+            "outputs": [{"name": out_name, "shape": ["batch", n_out], "dtype": "float32", "labels": config["labels"]}],
+        })
+        manifest["artifacts"] = [artifact_record(
+            stage, "model.onnx", id="fp32", precision="fp32", format="onnx",
+            produced_by={"tool": "edgeinfer export", "edgeinfer": edgeinfer_version, "torch": torch.__version__,
+                         "onnx": onnx.__version__, "opset": opset, "exporter": "torch.onnx (TorchScript)",
+                         "source": source or {}, "max_abs_diff_vs_torch": worst, "checked": {k: list(v.shape) for k, v in checks.items()},
+                         "tolerance": tolerance, "date": _dt.date.today().isoformat()})]
+        validate_manifest(manifest)
+        write_manifest(stage, manifest)
+        load_bundle(stage)  # the bundle must load before it replaces anything
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(stage, out_dir)
+    return ExportReport(out_dir, worst, diffs, opset, (out_dir / "model.onnx").stat().st_size)
+
+
+def load_config(path: str | Path) -> dict:
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"--config {path}: cannot read it as JSON ({exc}).") from exc
+    missing = [k for k in ("name", "version", "task", "labels", "triage", "applies_to", "preprocessing") if k not in cfg]
+    if missing:
+        raise ExportError(f"--config {path}: missing keys {missing}.")
+    return cfg
+
+
+def real_inputs_from_dicom(paths: Sequence[str | Path], config: dict, limit: int = 8) -> np.ndarray | None:
+    """Preprocess up to ``limit`` DICOM files with the bundle's own spec (for the comparison)."""
+    from edgeinfer import dicomio
+    from edgeinfer.errors import InputError
+    from edgeinfer.preprocess import PreprocessSpec, prepare
+
+    spec = PreprocessSpec.from_manifest(config["preprocessing"])
+    out = []
+    for p in paths:
+        try:
+            out.append(prepare(dicomio.read_dataset(p), spec).tensor)
+        except InputError:
+            continue
+        if len(out) >= limit:
+            break
+    return np.stack(out) if out else None
+
+
+def describe_report(r: ExportReport) -> dict[str, Any]:
+    return {"bundle": str(r.bundle_dir), "opset": r.opset, "onnx_bytes": r.onnx_bytes,
+            "max_abs_diff_vs_torch": r.max_abs_diff, "checked": r.checked}
+
+
+__all__ = ["load_module", "to_onnx", "compare_with_torch", "export_bundle", "load_config",
+           "real_inputs_from_dicom", "ExportReport", "MANIFEST"]

@@ -1,0 +1,166 @@
+"""Train the phantom triage CNN and export it as the embedded default bundle.
+
+Seeded and CPU-only (a few minutes on 2 cores). The images go through the runtime's own
+reader and preprocessing (edgeinfer.preprocess), so the model is trained on exactly what
+the device will feed it.
+
+    python -m export.train_phantom                  # train, save weights, export the bundle
+    python -m export.train_phantom --export-only    # re-export from the committed weights
+
+A PHANTOM MODEL for demonstrating and testing the pipeline. NOT FOR CLINICAL USE.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "export" / "configs" / "phantom-cxr.json"
+WEIGHTS = ROOT / "export" / "weights" / "phantom_triage.pt"
+BUNDLE = ROOT / "edgeinfer" / "models" / "phantom-cxr"
+TRAIN_SEED, VAL_SEED = 1000, 1001   # held-out evaluation uses other seeds (README: 2026)
+
+
+def _case_tensors(args) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: generate phantom cases [start, stop) of a seed and preprocess them."""
+    seed, start, stop, max_size = args
+    from edgeinfer import phantom
+    from edgeinfer.preprocess import PreprocessSpec, prepare
+
+    spec = PreprocessSpec.from_manifest(json.loads(CONFIG.read_text())["preprocessing"])
+    xs, ys = [], []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        case = phantom.make_case(rng, index=i, max_size=max_size)
+        xs.append(prepare(case.dataset, spec).tensor.astype(np.float16))
+        ys.append([case.finding == "pneumothorax", case.finding == "mass"])
+    return np.stack(xs), np.asarray(ys, dtype=np.float32)
+
+
+def make_set(seed: int, n: int, max_size: int, cache: Path | None, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    if cache is not None:
+        f = cache / f"phantom-s{seed}-n{n}-m{max_size}.npz"
+        if f.exists():
+            d = np.load(f)
+            return d["x"], d["y"]
+    chunks = [(seed, a, min(a + 64, n), max_size) for a in range(0, n, 64)]
+    t0 = time.time()
+    with mp.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_case_tensors, chunks)
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    print(f"  generated and preprocessed {n} phantoms (seed {seed}) in {time.time() - t0:.0f} s")
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(f, x=x, y=y)
+    return x, y
+
+
+def train(args) -> dict:
+    import torch
+    from torch import nn
+
+    from edgeinfer.metrics import roc_auc
+    from export.models import phantom_triage_net
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache) if args.cache else None
+    xtr, ytr = make_set(TRAIN_SEED, args.n_train, args.max_size, cache)
+    xva, yva = make_set(VAL_SEED, args.n_val, args.max_size, cache)
+    model = phantom_triage_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * int(np.ceil(len(xtr) / args.batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(args.seed)
+    history = []
+    for epoch in range(args.epochs):
+        model.train()
+        order = rng.permutation(len(xtr))
+        t0, total = time.time(), 0.0
+        for k in range(0, len(order), args.batch):
+            idx = order[k:k + args.batch]
+            xb = torch.from_numpy(xtr[idx].astype(np.float32))
+            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+            xb[flip] = xb[flip].flip(-1)           # left/right: findings occur in either lung
+            yb = torch.from_numpy(ytr[idx])
+            loss = loss_fn(model.logits(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+        probs = predict(model, xva)
+        auc = roc_auc(probs.max(axis=1), yva.max(axis=1))
+        history.append({"epoch": epoch + 1, "loss": round(total / len(xtr), 4), "val_auc": round(auc, 4)})
+        print(f"  epoch {epoch + 1}/{args.epochs}: loss {total / len(xtr):.4f}, val AUC {auc:.4f} ({time.time() - t0:.0f} s)")
+    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), WEIGHTS)
+    return {"history": history, "val_auc": history[-1]["val_auc"]}
+
+
+def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(x), batch):
+            out.append(model(torch.from_numpy(x[k:k + batch].astype(np.float32))).numpy())
+    return np.concatenate(out)
+
+
+def export(args, training: dict | None) -> None:
+    from export.onnx_export import export_bundle, load_config, load_module
+
+    config = load_config(CONFIG)
+    model = load_module(factory="export.models:phantom_triage_net", weights=WEIGHTS)
+    xva, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None)
+    record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED,
+              "n_train": args.n_train, "n_val": args.n_val, "epochs": args.epochs, "max_size": args.max_size,
+              "date": _dt.date.today().isoformat(), "weights_sha256": _sha(WEIGHTS)}
+    if training:
+        record["val_auc"] = training["val_auc"]
+        record["history"] = training["history"]
+    elif BUNDLE.exists():
+        old = json.loads((BUNDLE / "manifest.json").read_text()).get("training") or {}
+        record = {**old, **{k: v for k, v in record.items() if k != "date"}}
+    config["training"] = record
+    report = export_bundle(model, config, BUNDLE, real_inputs=xva[:16].astype(np.float32),
+                           source={"factory": "export.models:phantom_triage_net",
+                                   "weights": str(WEIGHTS.relative_to(ROOT))}, overwrite=True)
+    print(f"  exported {report.bundle_dir} ({report.onnx_bytes:,} bytes), max |ORT - torch| {report.max_abs_diff:.2e}")
+
+
+def _sha(p: Path) -> str:
+    from edgeinfer.bundle import sha256_file
+
+    return sha256_file(p)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-train", type=int, default=3200)
+    ap.add_argument("--n-val", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--max-size", type=int, default=768, help="cap phantom size while training (speed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "train"))
+    ap.add_argument("--export-only", action="store_true")
+    args = ap.parse_args(argv)
+    training = None if args.export_only else train(args)
+    export(args, training)
+
+
+if __name__ == "__main__":
+    main()
