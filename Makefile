@@ -1,6 +1,6 @@
 # Two set-up commands that work on a fresh machine (see README):
 #   make demo   create .venv, install the runtime, triage fresh phantom studies with the embedded model
-#   make test   create .venv, install runtime + export + dev extras, run the whole suite
+#   make test   create .venv, install runtime + export + openvino + dev extras, run the whole suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +19,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 
 # everything the test suite uses: runtime + export (torch CPU wheel, onnx tooling) + dev tools
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[export,dev]'
+	$(BIN)/pip install -q -e '.[export,openvino,dev]'
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime

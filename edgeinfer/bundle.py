@@ -243,6 +243,7 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a bundle is read by the service user too
         os.replace(tmp, bundle_dir / MANIFEST)
     finally:
         if os.path.exists(tmp):

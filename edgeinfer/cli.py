@@ -139,11 +139,11 @@ def cmd_preview(args) -> int:
 
 # --- triage --------------------------------------------------------------------------------------
 def _runner_for(bundle, args):
-    from .backends import RunnerOptions, create_runner
+    from .backends import RunnerOptions, select
 
     options = RunnerOptions(device=args.device, threads=args.threads, allow_fallback=args.allow_fallback)
-    artifact = bundle.artifact(precision=args.precision, format="onnx")
-    return create_runner(artifact, options, backend=args.backend)
+    artifact, backend = select(bundle, args.precision, options, backend=args.backend)
+    return backend.create(artifact, options)
 
 
 def _print_worklist(wl, console) -> None:
@@ -245,6 +245,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --- build (TensorRT) -------------------------------------------------------------------------------
+def cmd_build(args) -> int:
+    from export.trt_build import cli_build
+
+    return cli_build(args)
+
+
 # --- parser --------------------------------------------------------------------------------------
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -332,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("build", help="build a TensorRT plan for this GPU from a bundle's graph (needs the 'trt' extra)",
+                       formatter_class=fmt, epilog=_examples("""
+                           edgeinfer build my-bundle/ --precision fp16
+                           edgeinfer build my-bundle/ --precision int8 --batch 1,4,8 --workspace 1024
+                           edgeinfer build my-bundle/ --precision fp16 --dla-core 0 --batch 4
+                       """))
+    from export.trt_build import add_arguments as add_build_arguments  # argparse only; TensorRT loads at build time
+
+    add_build_arguments(s)
+    s.set_defaults(func=cmd_build)
+
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 

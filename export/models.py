@@ -31,11 +31,19 @@ class TriageNet(nn.Module):
             cin = w
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(2 * cin, n_labels)
+        # training-only localisation head on the 1/16 feature map (dense supervision from the
+        # phantom's known finding masks); unused by forward(), so it is not in the exported graph
+        self.aux = nn.Conv2d(widths[-2], n_labels, 1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
+        return self.logits_and_map(x)[0]
+
+    def logits_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features[:-1](x)
+        heat = self.aux(f)
+        f = self.features[-1](f)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return self.head(pooled), heat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))

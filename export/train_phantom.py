@@ -28,38 +28,64 @@ BUNDLE = ROOT / "edgeinfer" / "models" / "phantom-cxr"
 TRAIN_SEED, VAL_SEED = 1000, 1001   # held-out evaluation uses other seeds (README: 2026)
 
 
-def _case_tensors(args) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: generate phantom cases [start, stop) of a seed and preprocess them."""
-    seed, start, stop, max_size = args
+MAP = 16  # side of the training-only localisation map (1/16 of 256)
+
+
+def _case_tensors(args):
+    """Worker: phantom cases [start, stop) of a seed, preprocessed by the runtime's own code.
+
+    ``paired``: each index gives the same patient twice, with a finding (alternating kinds)
+    and without, plus the finding's mask (where the two differ) for the localisation loss.
+    Otherwise one case per index with the finding drawn as in ``edgeinfer phantom``.
+    """
+    seed, start, stop, max_size, paired = args
+    import cv2
+
     from edgeinfer import phantom
     from edgeinfer.preprocess import PreprocessSpec, prepare
 
     spec = PreprocessSpec.from_manifest(json.loads(CONFIG.read_text())["preprocessing"])
-    xs, ys = [], []
+    xs, ys, ms = [], [], []
     for i in range(start, stop):
-        rng = np.random.default_rng([seed, i])
-        case = phantom.make_case(rng, index=i, max_size=max_size)
-        xs.append(prepare(case.dataset, spec).tensor.astype(np.float16))
-        ys.append([case.finding == "pneumothorax", case.finding == "mass"])
-    return np.stack(xs), np.asarray(ys, dtype=np.float32)
+        if not paired:
+            case = phantom.make_case(np.random.default_rng([seed, i]), index=i, max_size=max_size)
+            xs.append(prepare(case.dataset, spec).tensor.astype(np.float16))
+            ys.append([case.finding == "pneumothorax", case.finding == "mass"])
+            ms.append(np.zeros((2, MAP, MAP), np.uint8))
+            continue
+        kind = phantom.FINDINGS[i % 2]
+        sick = prepare(phantom.make_case(np.random.default_rng([seed, i]), index=i, finding=kind,
+                                         max_size=max_size).dataset, spec)
+        well = prepare(phantom.make_case(np.random.default_rng([seed, i]), index=i, finding="none",
+                                         max_size=max_size).dataset, spec)
+        diff = np.abs(sick.display - well.display) > 0.01
+        small = cv2.resize(diff.astype(np.float32), (MAP, MAP), interpolation=cv2.INTER_AREA) > 0.02
+        mask = np.zeros((2, MAP, MAP), np.uint8)
+        mask[i % 2] = small
+        for prep, y, m in ((sick, [kind == "pneumothorax", kind == "mass"], mask),
+                           (well, [False, False], np.zeros_like(mask))):
+            xs.append(prep.tensor.astype(np.float16))
+            ys.append(y)
+            ms.append(m)
+    return np.stack(xs), np.asarray(ys, dtype=np.float32), np.stack(ms)
 
 
-def make_set(seed: int, n: int, max_size: int, cache: Path | None, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    if cache is not None:
-        f = cache / f"phantom-s{seed}-n{n}-m{max_size}.npz"
-        if f.exists():
-            d = np.load(f)
-            return d["x"], d["y"]
-    chunks = [(seed, a, min(a + 64, n), max_size) for a in range(0, n, 64)]
+def make_set(seed: int, n: int, max_size: int, cache: Path | None, *, paired: bool = False,
+             workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    name = f"phantom-s{seed}-n{n}-m{max_size}{'-paired' if paired else ''}.npz"
+    if cache is not None and (cache / name).exists():
+        d = np.load(cache / name)
+        return d["x"], d["y"], d["m"]
+    chunks = [(seed, a, min(a + 32, n), max_size, paired) for a in range(0, n, 32)]
     t0 = time.time()
     with mp.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_case_tensors, chunks)
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    print(f"  generated and preprocessed {n} phantoms (seed {seed}) in {time.time() - t0:.0f} s")
+    x, y, m = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    print(f"  generated and preprocessed {len(x)} phantom images (seed {seed}) in {time.time() - t0:.0f} s", flush=True)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        np.savez(f, x=x, y=y)
-    return x, y
+        np.savez(cache / name, x=x, y=y, m=m)
+    return x, y, m
 
 
 def train(args) -> dict:
@@ -72,13 +98,14 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else None
-    xtr, ytr = make_set(TRAIN_SEED, args.n_train, args.max_size, cache)
-    xva, yva = make_set(VAL_SEED, args.n_val, args.max_size, cache)
+    xtr, ytr, mtr = make_set(TRAIN_SEED, args.n_train, args.max_size, cache, paired=True)
+    xva, yva, _ = make_set(VAL_SEED, args.n_val, args.max_size, cache)
     model = phantom_triage_net()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(xtr) / args.batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.BCEWithLogitsLoss()
+    heat_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(20.0))
     rng = np.random.default_rng(args.seed)
     history = []
     for epoch in range(args.epochs):
@@ -88,15 +115,18 @@ def train(args) -> dict:
         for k in range(0, len(order), args.batch):
             idx = order[k:k + args.batch]
             xb = torch.from_numpy(xtr[idx].astype(np.float32))
+            mb = torch.from_numpy(mtr[idx].astype(np.float32))
             flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
             xb[flip] = xb[flip].flip(-1)           # left/right: findings occur in either lung
+            mb[flip] = mb[flip].flip(-1)
             yb = torch.from_numpy(ytr[idx])
-            loss = loss_fn(model.logits(xb), yb)
+            logits, heat = model.logits_and_map(xb)
+            loss = loss_fn(logits, yb) + args.aux_weight * heat_loss(heat, mb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         probs = predict(model, xva)
         auc = roc_auc(probs.max(axis=1), yva.max(axis=1))
         history.append({"epoch": epoch + 1, "loss": round(total / len(xtr), 4), "val_auc": round(auc, 4)})
@@ -122,8 +152,8 @@ def export(args, training: dict | None) -> None:
 
     config = load_config(CONFIG)
     model = load_module(factory="export.models:phantom_triage_net", weights=WEIGHTS)
-    xva, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None)
-    record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED,
+    xva, _, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None)
+    record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED, "paired": True,
               "n_train": args.n_train, "n_val": args.n_val, "epochs": args.epochs, "max_size": args.max_size,
               "date": _dt.date.today().isoformat(), "weights_sha256": _sha(WEIGHTS)}
     if training:
@@ -147,7 +177,8 @@ def _sha(p: Path) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=3200)
+    ap.add_argument("--n-train", type=int, default=1600, help="patients; each gives a normal and an urgent image")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the localisation loss")
     ap.add_argument("--n-val", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--batch", type=int, default=32)

@@ -1,0 +1,32 @@
+"""The pytest-benchmark suites in benchmarks/ stay out of the normal test run, and they run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+from helpers import ROOT
+
+
+def test_normal_test_run_does_not_collect_benchmarks():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert cfg["testpaths"] == ["tests"]  # `python -m pytest` collects tests/ only
+    suites = {p.name for p in (ROOT / "benchmarks").glob("test_*.py")}
+    assert {"test_bench_inference.py", "test_bench_preprocess.py"} <= suites
+    # no basename shared with tests/: `pytest tests benchmarks` in one run must not clash (rootdir import mode)
+    assert not suites & {p.name for p in (ROOT / "tests").rglob("test_*.py")}
+
+
+def test_benchmark_suites_run_once_each(tiny_bundle, phantom_dir, tmp_path):
+    """Every benchmark body runs once (--benchmark-disable): a smoke test, never a timing."""
+    env = dict(os.environ, EDGEINFER_BENCH_BUNDLES=str(tiny_bundle), EDGEINFER_BENCH_DATA=str(phantom_dir),
+               EDGEINFER_BENCH_BATCHES="1,2", EDGEINFER_BENCH_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--benchmark-disable", "-q",
+                          "-p", "no:cacheprovider", "-o", f"cache_dir={tmp_path}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    tail = out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 0, tail
+    assert " passed" in out.stdout and "error" not in out.stdout.lower().split("passed")[-1], tail
+    assert not (ROOT / ".benchmarks").exists() or not any((ROOT / ".benchmarks").iterdir()), \
+        "benchmarks must save under benchmarks/results, not ./.benchmarks"
