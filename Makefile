@@ -36,6 +36,14 @@ test-gpu: $(VENV)/.dev
 	$(BIN)/pip install -q -e '.[trt]'
 	$(BIN)/python -m pytest -m gpu
 
+# the comparison table of the README (run it on an idle machine: timings are meaningless under load)
+bench: $(VENV)/.dev
+	rm -rf .cache/bench-studies
+	$(BIN)/edgeinfer phantom .cache/bench-studies --n 40 --seed 2026 --no-progress
+	$(BIN)/edgeinfer bench --backend all --precision all --batch 1,4 --threads 2 --warmup-s 2 --duration-s 10 \
+	    --data .cache/bench-studies --e2e all --json benchmarks/results/phantom-cxr.json \
+	    --report benchmarks/results/phantom-cxr.md --plot benchmarks/results/phantom-cxr.png
+
 train: $(VENV)/.dev
 	$(BIN)/python -m export.train_phantom
 

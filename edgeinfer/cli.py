@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -24,7 +25,9 @@ log = logging.getLogger("edgeinfer")
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # piped output (CI logs, files) gets a wide, stable layout instead of rich's 80 columns
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 132)
 
 
 @contextlib.contextmanager
@@ -139,11 +142,24 @@ def cmd_preview(args) -> int:
 
 # --- triage --------------------------------------------------------------------------------------
 def _runner_for(bundle, args):
+    """The runner triage uses: pinned by flags/environment, else the fastest allowed mode here."""
+    from . import autoselect
     from .backends import RunnerOptions, select
 
+    backend = None if args.backend in (None, "auto") else args.backend
+    precision = None if args.precision in (None, "auto") else args.precision
+    sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
+                            precision=precision, force=args.force)
     options = RunnerOptions(device=args.device, threads=args.threads, allow_fallback=args.allow_fallback)
-    artifact, backend = select(bundle, args.precision, options, backend=args.backend)
-    return backend.create(artifact, options)
+    artifact, cls = select(bundle, sel.precision, options, backend=sel.backend)
+    if args.force and sel.precision != "fp32":
+        from .gate import check_runtime_precision
+
+        verdict = check_runtime_precision(bundle.manifest, cls.name, sel.precision, artifact.record, force=True)
+        if verdict.forced:
+            sel.forced = verdict.message
+            log.warning("%s", verdict.message)
+    return cls.create(artifact, options), sel
 
 
 def _print_worklist(wl, console) -> None:
@@ -153,6 +169,11 @@ def _print_worklist(wl, console) -> None:
     run = wl.run
     console.print(f"[bold]edgeinfer triage[/] {wl.bundle['name']} {wl.bundle['version']} | "
                   f"{run['backend']} {run['provider']} {run['precision']} | batch {run['batch_size']}")
+    sel = run.get("selection")
+    if sel:
+        console.print(f"mode: {sel['backend']} {sel['precision']}: {sel['reason']}", markup=False)
+        if sel.get("forced"):
+            console.print(f"[bold red]{sel['forced']}[/]")
     table = Table(show_lines=False)
     for col in ("#", "priority", "score", "study", "images", "modality", "note"):
         table.add_column(col, overflow="fold")
@@ -191,10 +212,12 @@ def cmd_triage(args) -> int:
     bundle = _load_bundle(args.bundle)
     files = discover(args.inputs)
     ignore = DEFAULT_IGNORE if args.ignore is None else tuple(x for x in args.ignore.split(",") if x)
-    with _runner_for(bundle, args) as runner:
+    runner, selection = _runner_for(bundle, args)
+    with runner:
         engine = TriageEngine(bundle, runner, batch_size=args.batch_size, ignore=ignore)
         with progress_bar(len(files), f"triage {len(files)} files", not args.no_progress) as advance:
             wl = engine.run(files, progress=advance)
+    wl.run["selection"] = selection.as_dict()
     if args.labels:
         from .triage import evaluate_worklist, read_study_labels
 
@@ -304,8 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
     s.add_argument("--output", "-o", default=None, help="write the worklist JSON here")
     s.add_argument("--json", action="store_true", help="print the worklist JSON instead of the table")
-    s.add_argument("--backend", default="onnxruntime", help="backend (default onnxruntime)")
-    s.add_argument("--precision", default="fp32", help="artifact precision to run (default fp32)")
+    s.add_argument("--backend", default=os.environ.get("EDGEINFER_BACKEND", "auto"),
+                   help="onnxruntime | openvino | tensorrt | auto (default: $EDGEINFER_BACKEND or auto = "
+                        "the fastest validated mode on this machine)")
+    s.add_argument("--precision", default=os.environ.get("EDGEINFER_PRECISION", "auto"),
+                   help="fp32 | fp16 | int8 | bf16 | auto (default: $EDGEINFER_PRECISION or auto)")
+    s.add_argument("--force", action="store_true",
+                   help="run a precision that was not validated or failed the accuracy gate (recorded in the worklist)")
     s.add_argument("--device", default="cpu", help="cpu | cuda | tensorrt (onnxruntime execution providers)")
     s.add_argument("--allow-fallback", action="store_true",
                    help="if the device is unavailable, run on the CPU instead (reported in the worklist)")

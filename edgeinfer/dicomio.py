@@ -615,7 +615,8 @@ def _parse(data: bytes, limits: ReadLimits, path: str) -> FileDataset:
                 f"unreadable data after byte {buf.tell()}: elements out of order or garbage (damaged file)"
             )
         if not complete or (end is not None and end != n) or (end is None and buf.last_read != 0):
-            raise CorruptDicomError("file is cut short (truncated) or has trailing garbage")
+            # the header was read: name the study, so it still goes to a human read
+            raise _with_study(CorruptDicomError("file is cut short (truncated) or has trailing garbage"), ds)
 
         read_implicit, read_little = ds.original_encoding
         if read_implicit is None:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "export" / "configs" / "phantom-cxr.json"
 WEIGHTS = ROOT / "export" / "weights" / "phantom_triage.pt"
 BUNDLE = ROOT / "edgeinfer" / "models" / "phantom-cxr"
-TRAIN_SEED, VAL_SEED = 1000, 1001   # held-out evaluation uses other seeds (README: 2026)
+TRAIN_SEED, VAL_SEED = 1000, 900    # training sets use 1000, 1001, ...; held-out evaluation other seeds (README: 2026)
 
 
 MAP = 16  # side of the training-only localisation map (1/16 of 256)
@@ -38,7 +38,7 @@ def _case_tensors(args):
     and without, plus the finding's mask (where the two differ) for the localisation loss.
     Otherwise one case per index with the finding drawn as in ``edgeinfer phantom``.
     """
-    seed, start, stop, max_size, paired = args
+    seed, start, stop, max_size, paired, difficulty = args
     import cv2
 
     from edgeinfer import phantom
@@ -48,16 +48,17 @@ def _case_tensors(args):
     xs, ys, ms = [], [], []
     for i in range(start, stop):
         if not paired:
-            case = phantom.make_case(np.random.default_rng([seed, i]), index=i, max_size=max_size)
+            case = phantom.make_case(np.random.default_rng([seed, i]), index=i, max_size=max_size,
+                                     difficulty=difficulty)
             xs.append(prepare(case.dataset, spec).tensor.astype(np.float16))
             ys.append([case.finding == "pneumothorax", case.finding == "mass"])
             ms.append(np.zeros((2, MAP, MAP), np.uint8))
             continue
         kind = phantom.FINDINGS[i % 2]
         sick = prepare(phantom.make_case(np.random.default_rng([seed, i]), index=i, finding=kind,
-                                         max_size=max_size).dataset, spec)
+                                         max_size=max_size, difficulty=difficulty).dataset, spec)
         well = prepare(phantom.make_case(np.random.default_rng([seed, i]), index=i, finding="none",
-                                         max_size=max_size).dataset, spec)
+                                         max_size=max_size, difficulty=difficulty).dataset, spec)
         diff = np.abs(sick.display - well.display) > 0.01
         small = cv2.resize(diff.astype(np.float32), (MAP, MAP), interpolation=cv2.INTER_AREA) > 0.02
         mask = np.zeros((2, MAP, MAP), np.uint8)
@@ -71,12 +72,15 @@ def _case_tensors(args):
 
 
 def make_set(seed: int, n: int, max_size: int, cache: Path | None, *, paired: bool = False,
-             workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    name = f"phantom-s{seed}-n{n}-m{max_size}{'-paired' if paired else ''}.npz"
+             difficulty: float | None = None, workers: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from edgeinfer import phantom
+
+    difficulty = phantom.DIFFICULTY if difficulty is None else difficulty
+    name = f"phantom-s{seed}-n{n}-m{max_size}-d{difficulty:g}{'-paired' if paired else ''}.npz"
     if cache is not None and (cache / name).exists():
         d = np.load(cache / name)
         return d["x"], d["y"], d["m"]
-    chunks = [(seed, a, min(a + 32, n), max_size, paired) for a in range(0, n, 32)]
+    chunks = [(seed, a, min(a + 32, n), max_size, paired, difficulty) for a in range(0, n, 32)]
     t0 = time.time()
     with mp.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_case_tensors, chunks)
@@ -98,9 +102,14 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else None
-    xtr, ytr, mtr = make_set(TRAIN_SEED, args.n_train, args.max_size, cache, paired=True)
-    xva, yva, _ = make_set(VAL_SEED, args.n_val, args.max_size, cache)
+    sets = [make_set(TRAIN_SEED + k, args.n_train, args.max_size, cache, paired=True,
+                     difficulty=d, workers=args.workers) for k, d in enumerate(args.difficulty)]
+    xtr, ytr, mtr = (np.concatenate([s_[j] for s_ in sets]) for j in range(3))
+    xva, yva, _ = make_set(VAL_SEED, args.n_val, args.max_size, cache, workers=args.workers)
     model = phantom_triage_net()
+    if args.resume:
+        model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+        print(f"  resuming from {WEIGHTS.relative_to(ROOT)}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * int(np.ceil(len(xtr) / args.batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
@@ -152,9 +161,11 @@ def export(args, training: dict | None) -> None:
 
     config = load_config(CONFIG)
     model = load_module(factory="export.models:phantom_triage_net", weights=WEIGHTS)
-    xva, _, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None)
+    xva, _, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None,
+                         workers=args.workers)
     record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED, "paired": True,
               "n_train": args.n_train, "n_val": args.n_val, "epochs": args.epochs, "max_size": args.max_size,
+              "difficulty": args.difficulty, "resumed": bool(getattr(args, "resume", False)),
               "date": _dt.date.today().isoformat(), "weights_sha256": _sha(WEIGHTS)}
     if training:
         record["val_auc"] = training["val_auc"]
@@ -187,8 +198,21 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "train"))
+    ap.add_argument("--difficulty", type=float, nargs="+", default=[None],
+                    help="phantom difficulty of each training set (seeds 1000, 1001+1, ...; default: "
+                         "edgeinfer.phantom.DIFFICULTY); validation always uses the default")
+    ap.add_argument("--resume", action="store_true", help="start from the committed weights (fine-tuning)")
+    ap.add_argument("--workers", type=int, default=2, help="processes generating phantoms")
+    ap.add_argument("--gen-only", action="store_true", help="only generate and cache the data sets")
     ap.add_argument("--export-only", action="store_true")
     args = ap.parse_args(argv)
+    if args.gen_only:
+        cache = Path(args.cache) if args.cache else None
+        for k, d in enumerate(args.difficulty):
+            make_set(TRAIN_SEED + k, args.n_train, args.max_size, cache, paired=True, difficulty=d,
+                     workers=args.workers)
+        make_set(VAL_SEED, args.n_val, args.max_size, cache, workers=args.workers)
+        return
     training = None if args.export_only else train(args)
     export(args, training)
 

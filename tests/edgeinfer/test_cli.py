@@ -79,7 +79,7 @@ def test_preview_of_a_bad_file_is_a_clear_refusal(tmp_path, capsys):
 
 def test_inspect_shows_the_embedded_bundle(capsys):
     assert main(["inspect"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table may wrap long cells
     assert "phantom-cxr" in out and "NOT FOR CLINICAL USE" in out and "fp32" in out
     assert main(["inspect", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "phantom-cxr"

@@ -130,7 +130,8 @@ def test_headers_look_like_a_chest_radiograph(phantom_set):
         if "PixelSpacing" in ds:
             assert [float(v) for v in ds.PixelSpacing] == [sy, sx]
         if ds.Modality == "DX":
-            assert ds.PresentationLUTShape == ("INVERSE" if ds.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY")
+            inverse = ds.PhotometricInterpretation == "MONOCHROME1"
+            assert ds.PresentationLUTShape == ("INVERSE" if inverse else "IDENTITY")
 
 
 def test_studies_group_images_of_one_patient(phantom_set):
@@ -256,7 +257,7 @@ def test_a_finding_changes_the_image_only_inside_the_lungs(finding):
     assert diff.mean() < 0.05 * normal.dataset.pixel_array.std()  # a local, low-contrast change
 
 
-def test_difficulty_scales_finding_contrast():
+def test_difficulty_scales_finding_contrast(monkeypatch):
     normal, _ = _study(44, finding="none")
 
     def mass(difficulty):
@@ -271,6 +272,11 @@ def test_difficulty_scales_finding_contrast():
     assert 0.3 < d_hard / d_easy < 0.7
     with pytest.raises(ValueError):
         phantom.make_case(np.random.default_rng(1), index=1, difficulty=0)
+    # the module-level knobs are read at call time; FINDING_CONTRAST tunes one kind only
+    monkeypatch.setattr(phantom, "DIFFICULTY", 4.0)
+    assert mass(None).details["contrast"] == pytest.approx(0.2)
+    monkeypatch.setattr(phantom, "FINDING_CONTRAST", {"mass": 0.5, "pneumothorax": 1.0})
+    assert mass(1.0).details["contrast"] == pytest.approx(0.4)
 
 
 def test_importing_the_module_pulls_in_no_heavy_dependency():
