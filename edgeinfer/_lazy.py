@@ -20,7 +20,6 @@ EXTRAS = {
     "cuda.bindings": "trt",
     "openvino": "openvino",
     "matplotlib": "dev",
-    "onnxconverter_common": "export",
 }
 
 

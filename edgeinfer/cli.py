@@ -379,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_arguments(s)
     s.set_defaults(func=cmd_build)
 
+    from calibration.cli import add_parsers as add_calibration_parsers  # argparse only; heavy imports at run time
+
+    add_calibration_parsers(sub, formatter_class=fmt)
+
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)

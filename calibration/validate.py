@@ -1,0 +1,339 @@
+"""Validate every precision in a bundle against FP32 on the same studies, and record the verdicts.
+
+Each precision runs through the runtime itself: the backend registry picks a runner for the
+artifact (:func:`edgeinfer.backends.create_runner`) and :class:`edgeinfer.triage.TriageEngine`
+reads, preprocesses, scores and prioritises the studies exactly as ``edgeinfer triage`` would.
+The worklists are then compared study by study with FP32's:
+
+``agreement``
+    fraction of studies whose priority equals FP32's (INDETERMINATE counts like any priority);
+``max_abs_score_diff``, ``p99_abs_score_diff``, ``mean_abs_score_diff``
+    over studies both precisions scored;
+``auc``, ``sensitivity``, ``specificity``
+    against reference labels (``--labels``), at the bundle's ``triage.operating_point``;
+``per_stratum``
+    the same figures per (modality, manufacturer, photometric interpretation, body part);
+``passed``, ``reasons``
+    the accuracy gate (:func:`edgeinfer.gate.evaluate_gate`).
+
+:func:`record_validation` writes the verdicts into the manifest (atomically): each artifact's
+``validation`` field, and a top-level ``validation`` record with the data description, the
+date, the gate thresholds and ``runtime_precisions`` (precisions a backend applies at run
+time to another artifact's graph, e.g. ``openvino:bf16``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edgeinfer import __version__ as edgeinfer_version
+from edgeinfer.backends import RunnerOptions, create_runner
+from edgeinfer.bundle import Artifact, Bundle, load_bundle, sha256_file, write_manifest
+from edgeinfer.errors import BackendError
+from edgeinfer.gate import GateConfig, evaluate_gate, runtime_precision_key
+from edgeinfer.metrics import evaluate
+from edgeinfer.triage import (INDETERMINATE, TriageEngine, discover, image_scores, priority_for, priority_order,
+                              study_score)
+
+from . import CalibrationError
+from .dataset import Scan, Stages, scan, stage
+
+#: keys every precision's entry in the validate JSON has (None when not measured)
+REQUIRED_KEYS = ("auc", "sensitivity", "specificity", "agreement", "max_abs_score_diff", "passed")
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    score: float | None
+    priority: str
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    """A precision a backend applies at run time to an artifact's graph (no artifact of its own)."""
+
+    backend: str
+    precision: str
+    artifact: str = "fp32"
+
+    @property
+    def key(self) -> str:
+        return runtime_precision_key(self.backend, self.precision)
+
+    @classmethod
+    def parse(cls, text: str) -> "RuntimeTarget":
+        """``"openvino:bf16"`` or ``"openvino:bf16@fp32"`` (artifact id after @)."""
+        spec, _, artifact = text.partition("@")
+        backend, sep, precision = spec.partition(":")
+        if not sep or not backend or not precision:
+            raise CalibrationError(f"runtime precision {text!r}: expected BACKEND:PRECISION, e.g. openvino:bf16")
+        return cls(backend, precision, artifact or "fp32")
+
+
+# --- comparison (pure) -----------------------------------------------------------------------------
+def _finite(x) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def outcomes_from_worklist(studies: Sequence[Mapping]) -> dict[str, StudyOutcome]:
+    return {s["study_uid"]: StudyOutcome(_finite(s.get("score")), s["priority"]) for s in studies}
+
+
+def outcomes_from_probs(probs: np.ndarray, study_uids: Sequence[str], bundle: Bundle) -> dict[str, StudyOutcome]:
+    """Model outputs for preprocessed images -> per-study outcome, with the runtime's scoring functions.
+
+    Same rules as :class:`~edgeinfer.triage.TriageEngine`: image score = max over urgent labels,
+    a non-finite or out-of-range output makes the image fail, the study score aggregates the
+    images' scores, and a study with a failed image is never ranked below INDETERMINATE.
+    """
+    scores, finite = image_scores(np.asarray(probs, dtype=np.float64), bundle)
+    how = bundle.manifest["triage"].get("study_score", "max")
+    order = {name: i for i, name in enumerate(priority_order(bundle))}
+    per: dict[str, list[float | None]] = {}
+    for uid, s, ok in zip(study_uids, scores, finite):
+        per.setdefault(uid, []).append(float(s) if ok and 0.0 <= s <= 1.0 else None)
+    out = {}
+    for uid, vals in per.items():
+        score = study_score(vals, how)
+        priority = priority_for(score, bundle)
+        if any(v is None for v in vals) and order[priority] > order[INDETERMINATE]:
+            priority = INDETERMINATE
+        out[uid] = StudyOutcome(score, priority)
+    return out
+
+
+def _label_metrics(outcomes: Mapping[str, StudyOutcome], uids: Sequence[str], labels: Mapping[str, bool] | None,
+                   operating_point: float) -> dict:
+    if not labels:
+        return {"auc": None, "sensitivity": None, "specificity": None, "n_labelled": 0}
+    pairs = [(outcomes[u].score, labels[u]) for u in uids if u in labels and u in outcomes
+             and outcomes[u].score is not None]
+    if not pairs:
+        return {"auc": None, "sensitivity": None, "specificity": None, "n_labelled": 0}
+    ev = evaluate([s for s, _ in pairs], [y for _, y in pairs], operating_point)
+    return {"auc": _finite(ev["auc"]), "sensitivity": _finite(ev["sensitivity"]),
+            "specificity": _finite(ev["specificity"]), "n_labelled": ev["n"], "positives": ev["positives"]}
+
+
+def compare_outcomes(ref: Mapping[str, StudyOutcome], got: Mapping[str, StudyOutcome], *,
+                     labels: Mapping[str, bool] | None = None, operating_point: float = 0.5,
+                     uids: Sequence[str] | None = None) -> dict:
+    """One precision's figures against FP32 over ``uids`` (default: every study either one saw).
+
+    A study missing from one side counts as a disagreement. Labels, when given, give AUC,
+    sensitivity and specificity of *this* precision's scores.
+    """
+    uids = sorted(set(ref) | set(got)) if uids is None else list(uids)
+    n = len(uids)
+    same = sum(1 for u in uids if u in ref and u in got and ref[u].priority == got[u].priority)
+    diffs = np.array([abs(got[u].score - ref[u].score) for u in uids
+                      if u in ref and u in got and ref[u].score is not None and got[u].score is not None])
+    m = {"n_studies": n, "agreement": (same / n) if n else None,
+         "max_abs_score_diff": float(diffs.max()) if diffs.size else None,
+         "p99_abs_score_diff": float(np.quantile(diffs, 0.99)) if diffs.size else None,
+         "mean_abs_score_diff": float(diffs.mean()) if diffs.size else None,
+         "n_scored_both": int(diffs.size),
+         "disagreements": n - same,
+         "indeterminate": sum(1 for u in uids if u in got and got[u].priority == INDETERMINATE)}
+    m.update(_label_metrics(got, uids, labels, operating_point))
+    return m
+
+
+def compare_by_stratum(ref, got, strata: Mapping[str, str], **kw) -> dict[str, dict]:
+    groups: dict[str, list[str]] = {}
+    for u in sorted(set(ref) | set(got)):
+        groups.setdefault(strata.get(u, "(unknown)"), []).append(u)
+    return {label: compare_outcomes(ref, got, uids=uids, **kw) for label, uids in sorted(groups.items())}
+
+
+# --- running the bundle ------------------------------------------------------------------------------
+@dataclass
+class ValidationReport:
+    bundle: dict
+    date: str
+    data: dict
+    gate: GateConfig
+    precisions: dict[str, dict] = field(default_factory=dict)          # artifact id -> entry
+    runtime_precisions: dict[str, dict] = field(default_factory=dict)  # "backend:precision" -> entry
+
+    @property
+    def passed(self) -> bool:
+        entries = list(self.precisions.values()) + list(self.runtime_precisions.values())
+        return all(e.get("passed") is True for e in entries)
+
+    def as_dict(self) -> dict:
+        return {"edgeinfer": edgeinfer_version, "bundle": self.bundle, "date": self.date, "data": self.data,
+                "gate": self.gate.as_dict(), "passed": self.passed,
+                "precisions": self.precisions, "runtime_precisions": self.runtime_precisions}
+
+
+def _study_strata(scan_result: Scan) -> dict[str, str]:
+    first: dict[str, tuple[str, str]] = {}
+    for c in scan_result.candidates:
+        if c.study_uid not in first or c.relpath < first[c.study_uid][0]:
+            first[c.study_uid] = (c.relpath, c.stratum.label)
+    return {u: label for u, (_, label) in first.items()}
+
+
+def _run(bundle: Bundle, artifact: Artifact, files: list[Path], options: RunnerOptions, backend: str | None,
+         batch_size: int, stages: Stages | None, what: str):
+    with create_runner(artifact, options, backend=backend) as runner:
+        engine = TriageEngine(bundle, runner, batch_size=batch_size)
+        with stage(stages, f"validate {what}", len(files)) as advance:
+            wl = engine.run(files, progress=advance)
+    return wl
+
+
+def _data_description(data: str | os.PathLike, scan_result: Scan, labels_path, labels) -> dict:
+    strata: dict[str, int] = {}
+    for label in _study_strata(scan_result).values():
+        strata[label] = strata.get(label, 0) + 1
+    d = {"path": str(data), "files": scan_result.n_files, "images": len(scan_result.candidates),
+         "studies": len({c.study_uid for c in scan_result.candidates}), "fingerprint": scan_result.fingerprint(),
+         "strata": dict(sorted(strata.items())), "labels": None}
+    if labels_path:
+        d["labels"] = {"file": Path(labels_path).name, "sha256": sha256_file(Path(labels_path)),
+                       "studies": len(labels), "urgent": sum(1 for v in labels.values() if v)}
+    return d
+
+
+def _entry(metrics: dict, per_stratum: dict, fp32_metrics: dict, gate: GateConfig, artifact: Artifact,
+           run: dict, rejected: int, reference: bool = False) -> dict:
+    if reference:
+        verdict = {"passed": True, "reasons": [], "checked": [], "notes": ["reference precision"]}
+    else:
+        verdict = evaluate_gate(fp32_metrics, metrics, gate).as_dict()
+    e = {key: metrics.get(key) for key in REQUIRED_KEYS if key != "passed"}
+    e.update({k: v for k, v in metrics.items() if k not in e})
+    e.update(verdict)
+    e.update({"artifact": artifact.id, "precision": run.get("precision", artifact.precision),
+              "format": artifact.format, "artifact_sha256": artifact.sha256,
+              "ran_on": {k: run.get(k) for k in ("backend", "provider", "device", "precision")},
+              "rejected_files": rejected, "per_stratum": per_stratum})
+    if reference:
+        e["reference"] = True
+    return e
+
+
+def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str | os.PathLike | None = None,
+                    gate: GateConfig | None = None, artifacts: Sequence[str] | None = None,
+                    runtime: Sequence[RuntimeTarget] = (), device: str = "cpu", threads: int | None = None,
+                    batch_size: int = 8, backend: str | None = None, stages: Stages | None = None) -> ValidationReport:
+    """Run FP32 and every other artifact (or the ``artifacts`` ids) on ``data``; compare; gate.
+
+    ``backend``: run the artifacts on this backend (default: the registry's first that can).
+    FP32 always runs on ONNX Runtime's CPU provider: the reference must not depend on the device.
+
+    An artifact no backend can run here (a TensorRT plan on a machine without a GPU) is
+    listed with ``skipped`` and ``passed: None``; it is not recorded as validated.
+    """
+    from edgeinfer.triage import read_study_labels
+
+    gate = gate or GateConfig()
+    if not Path(data).exists():
+        raise CalibrationError(f"no such folder: {data}")
+    labels = read_study_labels(labels_path) if labels_path else None
+    op = float(bundle.manifest["triage"]["operating_point"])
+    with stage(stages, "reading headers", len(discover([data]))) as advance:
+        scan_result = scan(data, bundle, progress=advance)
+    if not scan_result.candidates:
+        raise CalibrationError(f"no image under {data} that bundle {bundle.name} applies to "
+                               f"({scan_result.n_files} files: {scan_result.skipped_summary()})")
+    strata = _study_strata(scan_result)
+    files = sorted({c.path for c in scan_result.candidates})
+    options = RunnerOptions(device=device, threads=threads)
+
+    ref_art = bundle.artifact(precision="fp32", format="onnx")
+    wanted = [a for a in bundle.artifacts if a.id != ref_art.id and (artifacts is None or a.id in artifacts)]
+    if artifacts is not None:
+        unknown = sorted(set(artifacts) - {a.id for a in bundle.artifacts} - {ref_art.id})
+        if unknown:
+            raise CalibrationError(f"bundle {bundle.name} has no artifact {unknown}; it has "
+                                   f"{[a.id for a in bundle.artifacts]}")
+    wl_ref = _run(bundle, ref_art, files, RunnerOptions(threads=threads), "onnxruntime", batch_size, stages,
+                  ref_art.id)
+    ref = outcomes_from_worklist(wl_ref.studies)
+    kw = {"labels": labels, "operating_point": op}
+    ref_metrics = compare_outcomes(ref, ref, **kw)
+    report = ValidationReport(bundle=bundle.summary(),
+                              date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                              data=_data_description(data, scan_result, labels_path, labels), gate=gate)
+    report.precisions[ref_art.id] = _entry(ref_metrics, compare_by_stratum(ref, ref, strata, **kw), ref_metrics, gate,
+                                           ref_art, wl_ref.run, len(wl_ref.errors), reference=True)
+
+    def one(artifact: Artifact, opts: RunnerOptions, backend: str | None, what: str) -> dict:
+        try:
+            wl = _run(bundle, artifact, files, opts, backend, batch_size, stages, what)
+        except BackendError as exc:  # no backend here (a TensorRT plan without a GPU), or it cannot load
+            return {**{k: None for k in REQUIRED_KEYS}, "artifact": artifact.id, "precision": artifact.precision,
+                    "format": artifact.format, "artifact_sha256": artifact.sha256,
+                    "skipped": f"{exc.__class__.__name__}: {exc}", "reasons": ["could not run here"]}
+        got = outcomes_from_worklist(wl.studies)
+        metrics = compare_outcomes(ref, got, **kw)
+        return _entry(metrics, compare_by_stratum(ref, got, strata, **kw), ref_metrics, gate, artifact, wl.run,
+                      len(wl.errors))
+
+    for a in wanted:
+        report.precisions[a.id] = one(a, options, backend, a.id)
+    for t in runtime:
+        base = bundle.artifact(id=t.artifact)
+        opts = RunnerOptions(device=device, threads=threads, precision_hint=t.precision)
+        entry = one(base, opts, t.backend, t.key)
+        entry.update({"backend": t.backend, "precision": t.precision})
+        report.runtime_precisions[t.key] = entry
+    return report
+
+
+# --- the manifest ------------------------------------------------------------------------------------
+_SUMMARY_KEYS = ("passed", "reasons", "auc", "sensitivity", "specificity", "agreement", "max_abs_score_diff",
+                 "p99_abs_score_diff", "n_studies", "n_labelled")
+
+
+def _artifact_validation(entry: dict, report: ValidationReport, data_id: str) -> dict:
+    keep = {k: v for k, v in entry.items() if k not in ("artifact", "format")}
+    keep.update({"date": report.date, "data": data_id, "gate": report.gate.as_dict(), "tool": "edgeinfer validate",
+                 "edgeinfer": edgeinfer_version})
+    return keep
+
+
+def record_validation(bundle_path: str | os.PathLike, report: ValidationReport) -> Path:
+    """Write ``report`` into the bundle's manifest (atomically); the artifacts must be the ones validated."""
+    bundle = load_bundle(bundle_path)  # verifies every hash again
+    m = bundle.manifest
+    data_id = hashlib.sha256(report.data["fingerprint"].encode()).hexdigest()[:16]
+    by_id = {a["id"]: a for a in m["artifacts"]}
+    for ident, entry in report.precisions.items():
+        rec = by_id.get(ident)
+        if rec is None or entry.get("skipped"):
+            continue
+        if rec["sha256"] != entry["artifact_sha256"]:
+            raise CalibrationError(f"artifact {ident} changed while it was being validated; validate again")
+        rec["validation"] = _artifact_validation(entry, report, data_id)
+    old = m.get("validation") or {}
+    runtime = {k: v for k, v in (old.get("runtime_precisions") or {}).items()
+               if by_id.get(v.get("artifact", ""), {}).get("sha256") == v.get("artifact_sha256")}
+    for key, entry in report.runtime_precisions.items():
+        if not entry.get("skipped"):
+            runtime[key] = _artifact_validation(entry, report, data_id)
+    m["validation"] = {
+        "tool": "edgeinfer validate", "edgeinfer": edgeinfer_version, "date": report.date, "data_id": data_id,
+        "data": report.data, "gate": report.gate.as_dict(),
+        "precisions": {i: {k: e.get(k) for k in _SUMMARY_KEYS} | ({"skipped": e["skipped"]} if e.get("skipped") else {})
+                       for i, e in report.precisions.items()},
+        "runtime_precisions": runtime,
+    }
+    return write_manifest(bundle.path, m)
+
+
+__all__ = ["REQUIRED_KEYS", "StudyOutcome", "RuntimeTarget", "outcomes_from_worklist", "outcomes_from_probs",
+           "compare_outcomes", "compare_by_stratum", "ValidationReport", "validate_bundle", "record_validation"]
