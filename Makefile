@@ -24,7 +24,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.runtime
 	rm -rf $(DEMO)
-	$(BIN)/edgeinfer phantom $(DEMO)/studies --n 40 --seed 2026 --no-progress
+	$(BIN)/edgeinfer phantom $(DEMO)/studies --n 120 --seed 2026 --no-progress
 	$(BIN)/edgeinfer triage $(DEMO)/studies --labels $(DEMO)/studies/labels.csv --output $(DEMO)/worklist.json --no-progress
 	$(BIN)/edgeinfer preview $$(ls $(DEMO)/studies/study0001/series01/*.dcm | head -1) --out $(DEMO)/preview.png
 
@@ -44,8 +44,11 @@ bench: $(VENV)/.dev
 	    --data .cache/bench-studies --e2e all --json benchmarks/results/phantom-cxr.json \
 	    --report benchmarks/results/phantom-cxr.md --plot benchmarks/results/phantom-cxr.png
 
+# the recipe that produced the committed weights (README: "The phantom model"); then calibrate + validate
 train: $(VENV)/.dev
-	$(BIN)/python -m export.train_phantom
+	$(BIN)/python -m export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 12 --difficulty 1 --threads 1
+	$(BIN)/python -m export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 6 --lr 1.5e-3 \
+	    --difficulty 1 0.5 --resume --threads 1
 
 clean:
 	rm -rf $(VENV) $(DEMO) .cache .pytest_cache
