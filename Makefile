@@ -40,7 +40,7 @@ test-gpu: $(VENV)/.dev
 bench: $(VENV)/.dev
 	rm -rf .cache/bench-studies
 	$(BIN)/edgeinfer phantom .cache/bench-studies --n 40 --seed 2026 --no-progress
-	$(BIN)/edgeinfer bench --backend all --precision all --batch 1,4 --threads 2 --warmup-s 2 --duration-s 10 \
+	$(BIN)/edgeinfer bench --backend all --precision all --batch 1,4 --threads 2 --warmup-s 1 --duration-s 5 \
 	    --data .cache/bench-studies --e2e all --json benchmarks/results/phantom-cxr.json \
 	    --report benchmarks/results/phantom-cxr.md --plot benchmarks/results/phantom-cxr.png
 
