@@ -119,3 +119,15 @@ def test_evaluation_against_labels(tmp_path):
     ev = evaluate_worklist(studies, labels, 0.5)
     assert ev["auc"] == 1.0 and ev["n"] == 3 and ev["sensitivity"] == 0.5 and ev["specificity"] == 1.0
     assert ev["indeterminate_labelled"] == 1 and ev["unlabelled"] == 1
+
+
+def test_pydicom_corpus_every_file_accounted_for(tiny_bundle, corpus_dir):
+    """Every file pydicom ships (valid, damaged, non-image, non-DICOM) is a result, a skip or an error."""
+    data_dir = corpus_dir.parent  # pydicom/data: test_files plus the package's own odds and ends
+    files = discover([data_dir])
+    wl = run(tiny_bundle, [data_dir])
+    assert sorted(all_paths(wl)) == sorted(str(p) for p in files)
+    assert len(files) > 150 and wl.skipped and wl.errors
+    assert all(r["reason"] for r in wl.errors + wl.skipped)
+    # a study whose images all failed is still listed, for a human read, never dropped
+    assert all(s["priority"] == INDETERMINATE for s in wl.studies if not s["images"])
