@@ -76,6 +76,7 @@ class Runner(ABC):
         t0 = time.perf_counter()
         self.activate_impl()
         self.activate_ms = (time.perf_counter() - t0) * 1e3
+        self._input_names = frozenset(t.name for t in self.inputs)  # once: metadata calls are slow
         self.is_active = True
         return self
 
@@ -97,9 +98,8 @@ class Runner(ABC):
         if not self.is_active:
             raise BackendError(f"{self.backend_name} runner for {self.artifact.id} is not active; "
                                "call activate() or use it as a context manager.")
-        expected = {t.name for t in self.inputs}
-        if set(feeds) != expected:
-            raise InferenceError(f"inputs {sorted(feeds)} given, the model takes {sorted(expected)}.")
+        if feeds.keys() != self._input_names:
+            raise InferenceError(f"inputs {sorted(feeds)} given, the model takes {sorted(self._input_names)}.")
         t0 = time.perf_counter()
         out = self.infer_impl(feeds)
         self.last_infer_ms = (time.perf_counter() - t0) * 1e3

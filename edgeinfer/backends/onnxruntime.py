@@ -81,6 +81,7 @@ class OrtRunner(Runner):
             raise BackendUnavailable(f"onnxruntime could not load {self.artifact.path.name}: {exc}") from exc
         got = self.session.get_providers()
         self._provider = got[0]
+        self._output_names = [o.name for o in self.session.get_outputs()]
         if self._fallback_from is None and got[0] != providers[0]:
             if not self.options.allow_fallback:
                 self.session = None
@@ -106,7 +107,7 @@ class OrtRunner(Runner):
         return self._io(self.session.get_outputs()) if self.session else []
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+        names = self._output_names
         try:
             values = self.session.run(names, feeds)
         except Exception as exc:

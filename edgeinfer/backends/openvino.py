@@ -90,17 +90,44 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(self.options.threads)
         if self.options.cache_dir:
             config["CACHE_DIR"] = str(self.options.cache_dir)
+        self._load = (lambda: core.read_model(data)) if not info.external_data else \
+            (lambda: core.read_model(str(self.artifact.path)))
+        self._core, self._device, self._config = core, device, config
+        self._by_batch = {}
         try:
-            model = core.read_model(data) if not info.external_data else core.read_model(str(self.artifact.path))
-            self.compiled = core.compile_model(model, device, config)
+            self.model = self._load()
+            self.compiled, self.request, _ = self._for_batch(1)
         except Exception as exc:
             raise BackendUnavailable(f"OpenVINO could not compile {self.artifact.path.name}: {exc}") from exc
-        self.request = self.compiled.create_infer_request()
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self._executed = _FROM_OV.get(ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran), str(ran))
         self._device_name = core.get_property(device, "FULL_DEVICE_NAME")
 
+    def _for_batch(self, batch: int):
+        """(compiled model, infer request) for this batch size.
+
+        A graph compiled for a static shape runs faster than the dynamic-batch graph on the CPU
+        (measured here: 0.36 vs 0.39 ms for the phantom model in BF16), so each batch size seen
+        gets its own static compilation (about 40 ms, once). Graphs whose other axes are dynamic
+        stay dynamic.
+        """
+        entry = self._by_batch.get(batch)
+        if entry is None:
+            model = self._load()
+            shapes = {}
+            for port in model.inputs:
+                dims = list(port.get_partial_shape())
+                if dims and all(d.is_static for d in dims[1:]):
+                    shapes[port.get_any_name()] = [batch] + [d.get_length() for d in dims[1:]]
+            if len(shapes) == len(model.inputs):
+                model.reshape(shapes)
+            compiled = self._core.compile_model(model, self._device, self._config)
+            names = [p.get_any_name() for p in compiled.outputs]  # port lookups cost ~µs per call: once
+            entry = self._by_batch[batch] = (compiled, compiled.create_infer_request(), names)
+        return entry
+
     def deactivate_impl(self) -> None:
+        self._by_batch = {}
         self.request = None
         self.compiled = None
 
@@ -113,22 +140,28 @@ class OpenVinoRunner(Runner):
 
     @property
     def inputs(self) -> list[TensorMeta]:
-        return self._io(self.compiled.inputs) if self.compiled else []
+        return self._io(self.model.inputs) if self.compiled else []
 
     @property
     def outputs(self) -> list[TensorMeta]:
-        return self._io(self.compiled.outputs) if self.compiled else []
+        return self._io(self.model.outputs) if self.compiled else []
+
+    def _request(self, feeds: dict[str, np.ndarray]):
+        batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+        return self._for_batch(batch)
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            self.request.infer(feeds)
+            _, request, names = self._request(feeds)
+            # share_inputs: no copy of the input tensors; outputs are copied out (they are reused)
+            request.infer(feeds, share_inputs=True, share_outputs=True)
         except Exception as exc:
             raise InferenceError(f"OpenVINO failed on {self.artifact.id}: {exc}") from exc
-        return {p.get_any_name(): self.request.get_tensor(p).data.copy() for p in self.compiled.outputs}
+        return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(names)}
 
     def raw_call(self, feeds):
-        infer = self.request.infer
-        return lambda: infer(feeds)
+        infer = self._request(feeds)[1].infer
+        return lambda: infer(feeds, share_inputs=True, share_outputs=True)
 
     def report(self) -> RunReport:
         ov = _ov()
