@@ -10,13 +10,13 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from ._io import atomic_write
 from .errors import IntegrityError, ManifestError
 
 MANIFEST = "manifest.json"
@@ -237,17 +237,7 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     bundle_dir = Path(bundle_dir)
     validate_manifest(manifest, where=f"new manifest for {bundle_dir}")
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=bundle_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a bundle is read by the service user too
-        os.replace(tmp, bundle_dir / MANIFEST)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(bundle_dir / MANIFEST, text.encode("utf-8"))
     return bundle_dir / MANIFEST
 
 

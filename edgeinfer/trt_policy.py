@@ -32,11 +32,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ._io import atomic_write
 from .errors import IntegrityError, UsageError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -747,27 +747,14 @@ def check_calibration_cache(path: str | os.PathLike, key: Mapping[str, Any]) -> 
     return problems
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_calibration_cache(directory: str | os.PathLike, key: Mapping[str, Any], data: bytes) -> Path:
     """Write the cache and its key sidecar under ``directory``; returns the cache path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / calibration_cache_name(key)
-    _atomic_write(path.with_name(path.name + ".json"),
+    atomic_write(path.with_name(path.name + ".json"),
                   (json.dumps({k: key.get(k) for k in CACHE_KEY_FIELDS + ("digest",)}, indent=2) + "\n").encode())
-    _atomic_write(path, bytes(data))
+    atomic_write(path, bytes(data))
     return path
 
 

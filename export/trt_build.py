@@ -30,13 +30,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from edgeinfer._io import atomic_write
 from edgeinfer import __version__ as edgeinfer_version
 from edgeinfer import onnxgraph, trt_policy
 from edgeinfer._lazy import lazy_import
@@ -80,20 +80,6 @@ def default_timing_cache(device: dict) -> Path:
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", device.get("gpu_name") or "gpu").strip("-").lower()
     cc = (device.get("compute_capability") or "0.0").replace(".", "")
     return cache_dir() / f"timing-trt{device.get('tensorrt_version', '0')}-sm{cc}-{gpu}.cache"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _make_logger(trt):
@@ -334,7 +320,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
 
     if tc_path is not None:
         try:
-            _atomic_write(tc_path, bytes(memoryview(config.get_timing_cache().serialize())))
+            atomic_write(tc_path, bytes(memoryview(config.get_timing_cache().serialize())))
         except OSError as exc:
             log.warning("could not save the timing cache to %s: %s", tc_path, exc)
 
@@ -427,7 +413,7 @@ def _write_artifact(bundle, plan, plan_bytes, source, device, *, batch, shapes, 
         backup = target.with_name(f".{fname}.previous")
         os.replace(target, backup)
     try:
-        _atomic_write(target, plan_bytes)
+        atomic_write(target, plan_bytes)
         rec = artifact_record(bundle.path, fname, id=art_id, precision=plan.precision, format="tensorrt-plan",
                               produced_by=produced_by, source_artifact=source.id, compatibility=compat)
         if rec["sha256"] != sha:
