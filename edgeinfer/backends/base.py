@@ -6,6 +6,7 @@ back silently: a fallback happens only when the caller allowed it, and it is rep
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..bundle import Artifact
-from ..errors import BackendError, InferenceError
+from ..errors import BackendError, InferenceError, IntegrityError
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,20 @@ class Runner(ABC):
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
+
+    def read_verified(self, action: str = "load") -> bytes:
+        """The artifact's bytes, checked against the manifest's sha256.
+
+        Backends hand these very bytes to their library, so what runs is what was verified
+        (the file could have changed since the bundle was loaded).
+        """
+        data = self.artifact.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.artifact.sha256:
+            raise IntegrityError(f"{self.artifact.path.name} changed after the bundle was loaded "
+                                 f"(sha256 {digest[:16]}…, expected {self.artifact.sha256[:16]}…); "
+                                 f"refusing to {action} it.")
+        return data
 
     # -- inference ---------------------------------------------------------------------
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,13 +6,11 @@ fallback, in which case the fallback is reported.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .. import onnxgraph
 from ..bundle import Artifact
-from ..errors import BackendUnavailable, IntegrityError, InferenceError
+from ..errors import BackendUnavailable, InferenceError
 from . import register
 from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
 
@@ -55,11 +53,7 @@ class OrtRunner(Runner):
 
     def activate_impl(self) -> None:
         ort = _ort()
-        data = self.artifact.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != self.artifact.sha256:
-            raise IntegrityError(f"{self.artifact.path.name} changed after the bundle was loaded "
-                                 f"(sha256 {digest[:16]}…, expected {self.artifact.sha256[:16]}…); refusing to load it.")
+        data = self.read_verified()
         info = onnxgraph.inspect(self.artifact.path, data=data)
         device = self.options.device
         providers, why = providers_for(device, ort.get_available_providers())

@@ -10,14 +10,12 @@ on compile) are refused before compiling.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .. import onnxgraph
 from .._lazy import lazy_import
 from ..bundle import Artifact
-from ..errors import BackendUnavailable, IntegrityError, InferenceError
+from ..errors import BackendUnavailable, InferenceError
 from . import register
 from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
 
@@ -71,10 +69,7 @@ class OpenVinoRunner(Runner):
 
     def activate_impl(self) -> None:
         ov = _ov()
-        data = self.artifact.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != self.artifact.sha256:
-            raise IntegrityError(f"{self.artifact.path.name} changed after the bundle was loaded; refusing to load it.")
+        data = self.read_verified()
         info = onnxgraph.inspect(self.artifact.path, data=data)
         refuse_unsafe_graph(info, self.artifact.path.name)
         core = ov.Core()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -248,18 +247,13 @@ class TrtRunner(Runner):
 
     # -- lifecycle -------------------------------------------------------------------------
     def activate_impl(self) -> None:
-        data = self.artifact.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != self.artifact.sha256:
-            raise IntegrityError(f"{self.artifact.path.name} changed after the bundle was loaded "
-                                 f"(sha256 {digest[:16]}…, expected {self.artifact.sha256[:16]}…); refusing to "
-                                 "deserialize it.")
+        data = self.read_verified("deserialize")
         record = self.artifact.record.get("compatibility")
         if not record:
             raise IntegrityError(f"TensorRT plan {self.artifact.id} has no compatibility record in the manifest; "
                                  "it will not be deserialized. Rebuild it with edgeinfer build.")
         device = device_info(self._device_id)
-        differences = trt_policy.check_compatibility(record, device, plan_sha256=digest)
+        differences = trt_policy.check_compatibility(record, device, plan_sha256=self.artifact.sha256)  # == the verified bytes
         if differences:
             raise trt_policy.incompatible_error(self.artifact.id, differences)
         self._warned = trt_policy.compatibility_warnings(record, device)
