@@ -24,12 +24,11 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeinfer import __version__ as edgeinfer_version
+from edgeinfer._io import publish_dir, staging_dir
 from edgeinfer.bundle import MANIFEST, artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.gate import GateConfig
 from edgeinfer.preprocess import PreprocessSpec
@@ -91,25 +90,15 @@ class CalibrateResult:
 
 # --- staging -------------------------------------------------------------------------------------
 def _staging_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.calibrating-", dir=target.parent))
+    return staging_dir(target, "calibrating")
 
 
 def _publish(staged: Path, target: Path, *, replace: bool) -> None:
     """Rename ``staged`` to ``target``; an existing ``target`` (only if ``replace``) is swapped out."""
-    if not target.exists():
-        os.rename(staged, target)
-        return
-    if not replace:
-        raise CalibrationError(f"{target} already exists; choose another --out or pass --overwrite")
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
     try:
-        os.rename(staged, target)
-    except OSError:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        publish_dir(staged, target, replace=replace)
+    except FileExistsError:
+        raise CalibrationError(f"{target} already exists; choose another --out or pass --overwrite") from None
 
 
 def _check_set(bundle, cs: CalibrationSet, fb: FallbackConfig, seed: int, cache_dir, stages):

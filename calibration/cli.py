@@ -14,6 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from edgeinfer._io import emit_json
+
 METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -32,12 +34,6 @@ def _stages(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return None
     return lambda description, total: progress_bar(max(int(total), 1), description, True)
-
-
-def _write_json(obj, dest: str) -> None:
-    from edgeinfer.cli import _write_json as write   # one JSON writer for every subcommand
-
-    write(obj, dest)
 
 
 def _gate(args):
@@ -85,7 +81,7 @@ def cmd_calibrate(args) -> int:
                               stages=_stages(not args.no_progress))
     summary = result.summary()
     if args.json:
-        _write_json(summary, "-")
+        emit_json(summary, "-")
     else:
         cal = result.calibration
         sel = cal["set"]["selection"]
@@ -170,7 +166,7 @@ def cmd_validate(args) -> int:
     if not args.no_record:
         record_validation(bundle.path, report)
     if args.json:
-        _write_json(d, args.json)
+        emit_json(d, args.json)
     if args.json != "-":
         _print_report(d, bool(args.labels))
         if not args.labels and (Path(args.data) / "labels.csv").is_file():

@@ -26,9 +26,9 @@ import contextlib
 import datetime as _dt
 import fnmatch
 import hashlib
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator, Protocol, Sequence
@@ -37,6 +37,7 @@ import numpy as np
 
 from edgeinfer import __version__ as edgeinfer_version
 from edgeinfer import dicomio
+from edgeinfer._io import atomic_write, write_json
 from edgeinfer.bundle import Bundle, sha256_file
 from edgeinfer.errors import InputError
 from edgeinfer.preprocess import PreprocessSpec, prepare
@@ -366,18 +367,11 @@ def _load_cache(path: Path, key: str, spec: PreprocessSpec, by_sha: dict[str, Ca
 
 def _save_cache(path: Path, key: str, spec: PreprocessSpec, tensors: np.ndarray, samples: list[Candidate],
                 failed: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".calib-", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), spec_digest=np.array(spec.digest()),
-                     sha256=np.array([c.sha256 for c in samples]), tensors=tensors,
-                     failed=np.array(json.dumps(failed)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), spec_digest=np.array(spec.digest()),
+             sha256=np.array([c.sha256 for c in samples]), tensors=tensors,
+             failed=np.array(json.dumps(failed)))
+    atomic_write(path, buf.getvalue())
 
 
 def _prepare_plan(plan: SelectionPlan, spec: PreprocessSpec, limits: dicomio.ReadLimits,
@@ -451,7 +445,7 @@ def build_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: i
     manifest = calibration_manifest(scan_result, plan, chosen, failed, spec, key, cache_path, hit)
     if use_cache and cache_path is not None and not hit:
         try:   # the calibration manifest next to its tensors, for people looking into the cache
-            cache_path.with_suffix(".json").write_text(json.dumps(manifest, indent=1) + "\n")
+            write_json(cache_path.with_suffix(".json"), manifest)
         except OSError:
             pass
     return CalibrationSet(tensors, chosen, manifest, cache_path, hit)

@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeinfer import onnxgraph
+from edgeinfer._io import atomic_write
 from edgeinfer._lazy import lazy_import
 
 from . import CalibrationError
@@ -346,7 +347,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, config: Fp16Con
         raise CalibrationError("the FP16 graph has no FP16 weights: every op was kept in FP32")
     clamped = _clamped_weights(original, cfg)
     dst = Path(dst)
-    onnx.save(model, str(dst))
+    atomic_write(dst, model.SerializeToString())
     onnxgraph.inspect(dst)
     kept_ops = sorted({n.op_type for n in model.graph.node if n.op_type in block})
     kept_nodes = [n.name for n in model.graph.node if n.op_type in block or n.name in cfg.keep_fp32_nodes]

@@ -35,7 +35,7 @@ import functools
 import gc
 import importlib
 import importlib.util
-import json
+import io
 import logging
 import math
 import os
@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import __version__
+from ._io import atomic_write, emit_json
 from .errors import BackendUnavailable, InputError, MissingDependency, NotApplicable, UsageError
 
 log = logging.getLogger("edgeinfer.bench")
@@ -1296,19 +1297,14 @@ def render_plot(report: dict, path: str | os.PathLike) -> Path:
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
-    return out
+    return atomic_write(out, buf.getvalue())
 
 
 def write_json(report: dict, dest: str) -> None:
-    text = json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-        return
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    Path(dest).write_text(text)
+    emit_json(_clean(report), dest)
 
 
 # ================================================================================================
@@ -1457,8 +1453,7 @@ def cmd_bench(args) -> int:
     if args.json:
         write_json(report, args.json)
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(render_markdown(report))
+        atomic_write(args.report, render_markdown(report))
     if args.plot:
         render_plot(report, args.plot)
     if args.json != "-":

@@ -1,14 +1,17 @@
 """The model bundle: a directory with ``manifest.json`` and the artifacts it lists.
 
-Loading checks the manifest against its JSON schema, then every artifact's size and
-sha256, and refuses a bundle with a changed, missing or unknown file. Nothing in a
-bundle is handed to a backend before that check has passed.
+Loading reads the manifest strictly (size- and depth-capped, no NaN/Infinity), checks it
+against its JSON schema, then every artifact's size and sha256, and refuses a bundle with a
+changed, missing or unknown file. With a trust folder (``trust=`` or ``EDGEINFER_TRUST``) it
+then requires a trusted Ed25519 signature over the bundle digest (see :mod:`edgeinfer.signing`).
+Nothing in a bundle is handed to a backend before those checks have passed.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,10 +19,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from ._io import atomic_write
-from .errors import IntegrityError, ManifestError
+from ._io import atomic_write, read_json
+from .errors import IntegrityError, JsonFileError, ManifestError
+from .signing import SIGNATURES, resolve_trust, unverified_status, verify_bundle_signature
 
 MANIFEST = "manifest.json"
+#: a manifest is tens of kB; anything past this is not one edgeinfer wrote
+MAX_MANIFEST_BYTES = 1 << 20
+#: domain prefix of :func:`bundle_digest`, so the digest of a bundle is never the hash of anything else
+DIGEST_PREFIX = b"edgeinfer-bundle-digest-v1\n"
 SCHEMA_VERSION = 1
 #: the phantom model shipped inside the package: ``edgeinfer triage DIR`` uses it without --bundle
 DEFAULT_BUNDLE_NAME = "phantom-cxr"
@@ -37,6 +45,10 @@ def validate_manifest(manifest: Any, *, where: str = "manifest") -> None:
 
     if not isinstance(manifest, dict):
         raise ManifestError(f"{where}: expected a JSON object, found {type(manifest).__name__}.")
+    bad = _non_finite_at(manifest)
+    if bad is not None:
+        raise ManifestError(f"{where}: the number at /{bad} is NaN or infinite; every number in a manifest must "
+                            "be finite. Fix the value that produced it and write the manifest again.")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(
@@ -51,6 +63,20 @@ def validate_manifest(manifest: Any, *, where: str = "manifest") -> None:
     _check_semantics(manifest, where)
 
 
+def _non_finite_at(obj: Any) -> str | None:
+    """JSON-pointer-like path of the first NaN/infinite float in ``obj``, or None (no recursion)."""
+    stack = [(obj, "")]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return at.lstrip("/")
+        if isinstance(node, dict):
+            stack.extend((v, f"{at}/{k}") for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{at}/{i}") for i, v in enumerate(node))
+    return None
+
+
 def _check_semantics(m: dict, where: str) -> None:
     """Rules JSON schema cannot express."""
     problems = []
@@ -58,9 +84,19 @@ def _check_semantics(m: dict, where: str) -> None:
     for label in m.get("urgent_labels", []):
         if label not in labels:
             problems.append(f"urgent label {label!r} is not one of labels {labels}")
-    mins = [p["min_score"] for p in m["triage"]["priorities"]]
+    prios = m["triage"]["priorities"]
+    mins = [p["min_score"] for p in prios]
     if mins != sorted(mins, reverse=True):
         problems.append(f"triage priorities must be ordered highest first; min_scores are {mins}")
+    else:
+        for hi, lo in zip(prios, prios[1:]):
+            if hi["min_score"] == lo["min_score"]:
+                problems.append(f"triage priorities {hi['name']} and {lo['name']} both have min_score "
+                                f"{lo['min_score']:g}, so {lo['name']} could never be reached; min_scores must "
+                                "strictly decrease")
+    if mins and mins[-1] != 0:
+        problems.append(f"the last triage priority ({prios[-1]['name']}) has min_score {mins[-1]:g}; it must be 0 "
+                        "so that every score gets a priority")
     names = [p["name"] for p in m["triage"]["priorities"]]
     if len(set(names)) != len(names) or "INDETERMINATE" in names:
         problems.append("triage priority names must be unique and must not be INDETERMINATE (reserved)")
@@ -68,8 +104,8 @@ def _check_semantics(m: dict, where: str) -> None:
     if len(set(ids)) != len(ids):
         problems.append(f"artifact ids are not unique: {ids}")
     files = [a["file"] for a in m["artifacts"]]
-    if len(set(files)) != len(files) or MANIFEST in files:
-        problems.append(f"artifact files must be unique and not {MANIFEST}: {files}")
+    if len(set(files)) != len(files) or MANIFEST in files or SIGNATURES in files:
+        problems.append(f"artifact files must be unique and not {MANIFEST} or {SIGNATURES}: {files}")
     for a in m["artifacts"]:
         src = a.get("source_artifact")
         if src is not None and src not in ids:
@@ -79,6 +115,26 @@ def _check_semantics(m: dict, where: str) -> None:
         problems.append("preprocessing.window uses source 'fixed' but lacks center and width")
     if problems:
         raise ManifestError(f"{where} is inconsistent:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of a JSON value that digests are taken over (sorted keys, no spaces, ASCII)."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False).encode("ascii")
+    except ValueError as exc:
+        raise ManifestError(f"manifest cannot be digested: {exc}; every number in a manifest must be finite") from None
+
+
+def bundle_digest(manifest: dict) -> str:
+    """sha256 hex identifying a bundle: its manifest (policy, thresholds, preprocessing) and
+    every artifact's sha256, which loading checks against the files. ``signatures.json`` is not covered."""
+    h = hashlib.sha256(DIGEST_PREFIX)
+    h.update(canonical_json(manifest))
+    h.update(b"\n")
+    for a in sorted(manifest["artifacts"], key=lambda a: a["file"]):
+        h.update(f"{a['file']} {a['sha256']}\n".encode("utf-8"))
+    return h.hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -107,6 +163,8 @@ class Artifact:
 class Bundle:
     path: Path
     manifest: dict
+    #: signature status set by :func:`load_bundle`: ``verified``, ``key_id``, ``note`` (and ``key`` when verified)
+    signature: dict = field(default_factory=lambda: unverified_status("not verified: signature not checked"))
 
     # -- identity ---------------------------------------------------------------------
     @property
@@ -151,13 +209,21 @@ class Bundle:
     def verify(self) -> None:
         verify_files(self.path, self.manifest)
 
+    @property
+    def digest(self) -> str:
+        """:func:`bundle_digest` of the manifest as it is now."""
+        return bundle_digest(self.manifest)
+
     def summary(self) -> dict:
-        m = self.manifest
-        return {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path)}
+        m, sig = self.manifest, self.signature
+        return {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path),
+                "digest": self.digest,
+                "signature": {"verified": bool(sig.get("verified")), "key_id": sig.get("key_id"),
+                              "note": sig.get("note", "")}}
 
 
 def _listed_files(manifest: dict) -> set[str]:
-    return {a["file"] for a in manifest["artifacts"]} | {MANIFEST}
+    return {a["file"] for a in manifest["artifacts"]} | {MANIFEST, SIGNATURES}
 
 
 def verify_files(bundle_dir: Path, manifest: dict) -> None:
@@ -178,6 +244,9 @@ def verify_files(bundle_dir: Path, manifest: dict) -> None:
         digest = sha256_file(p)
         if digest != a["sha256"]:
             problems.append(f"{a['file']}: sha256 is {digest[:16]}…, manifest says {a['sha256'][:16]}…")
+    sig = bundle_dir / SIGNATURES
+    if sig.is_symlink() or (sig.exists() and not sig.is_file()):
+        problems.append(f"{SIGNATURES}: is not a regular file; bundles must hold real files")
     listed = _listed_files(manifest)
     for p in sorted(bundle_dir.iterdir()):
         if p.name not in listed:
@@ -190,8 +259,15 @@ def verify_files(bundle_dir: Path, manifest: dict) -> None:
         )
 
 
-def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True) -> Bundle:
-    """Load and check a bundle directory (or the embedded default when ``path`` is None)."""
+def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True,
+                trust: str | os.PathLike | None | bool = None) -> Bundle:
+    """Load and check a bundle directory (or the embedded default when ``path`` is None).
+
+    ``trust``: folder of trusted ``*.pub`` keys; None uses ``$EDGEINFER_TRUST`` when set and
+    non-empty; False checks no signature. With a trust folder, a bundle without a valid
+    signature by a trusted key is refused (SignatureError) after its integrity check. The
+    result is in ``bundle.signature``. ``verify=False`` skips both checks.
+    """
     bundle_dir = Path(path) if path is not None else default_bundle_path()
     if bundle_dir.is_file() and bundle_dir.name == MANIFEST:
         bundle_dir = bundle_dir.parent
@@ -201,13 +277,16 @@ def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True) -
     if not mpath.is_file():
         raise ManifestError(f"bundle {bundle_dir}: no {MANIFEST} in it. Is this a bundle folder?")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{mpath}: not valid JSON ({exc}).") from exc
+        manifest = read_json(mpath, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
+    except JsonFileError as exc:
+        raise ManifestError(f"{exc}. Restore the bundle from its source, or re-export it.") from exc
     validate_manifest(manifest, where=str(mpath))
     bundle = Bundle(bundle_dir.resolve(), manifest)
-    if verify:
-        bundle.verify()
+    if not verify:
+        bundle.signature = unverified_status("not verified: bundle loaded without its integrity check")
+        return bundle
+    bundle.verify()
+    bundle.signature = verify_bundle_signature(bundle.path, bundle.digest, resolve_trust(trust))
     return bundle
 
 
@@ -236,7 +315,7 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     """Validate, then write ``manifest.json`` atomically (fsync + rename)."""
     bundle_dir = Path(bundle_dir)
     validate_manifest(manifest, where=f"new manifest for {bundle_dir}")
-    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    text = json.dumps(manifest, indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(bundle_dir / MANIFEST, text.encode("utf-8"))
     return bundle_dir / MANIFEST
 
@@ -270,3 +349,10 @@ def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
         yield "training", ", ".join(f"{k}={v}" for k, v in t.items() if not isinstance(v, (dict, list)))
     if m.get("calibration"):
         yield "calibration", json.dumps(m["calibration"])[:200]
+    yield "digest", bundle.digest
+    sig = bundle.signature
+    if sig.get("verified"):
+        yield "signature", f"verified by key {sig.get('key', '?')} ({sig['key_id']})" + (
+            f" from trust folder {sig['trust']}" if sig.get("trust") else "")
+    else:
+        yield "signature", sig.get("note") or "not verified"

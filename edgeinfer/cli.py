@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import io
 import logging
 import os
 import sys
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import __version__
+from ._io import atomic_write, check_output_path, emit_json
 from .errors import EdgeInferError, UsageError
 
 log = logging.getLogger("edgeinfer")
@@ -44,15 +45,6 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         yield lambda n=1: prog.advance(task, n)
 
 
-def _write_json(obj, dest: str) -> None:
-    text = json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-    else:
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        Path(dest).write_text(text)
-
-
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
@@ -66,10 +58,10 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("pydicom").propagate = False
 
 
-def _load_bundle(path):
+def _load_bundle(path, trust=None):
     from .bundle import load_bundle
 
-    return load_bundle(path)
+    return load_bundle(path, trust=trust)
 
 
 # --- phantom -------------------------------------------------------------------------------------
@@ -92,9 +84,9 @@ def cmd_phantom(args) -> int:
 def cmd_inspect(args) -> int:
     from .bundle import describe
 
-    bundle = _load_bundle(args.bundle)
+    bundle = _load_bundle(args.bundle, args.trust)
     if args.json:
-        _write_json(bundle.manifest, "-")
+        emit_json(bundle.manifest, "-")
         return 0
     from rich.table import Table
 
@@ -105,6 +97,9 @@ def cmd_inspect(args) -> int:
         table.add_row(k, v)
     _console().print(table)
     print("integrity: every artifact's size and sha256 match the manifest")
+    sig = bundle.signature
+    print(f"signature: verified by key {sig.get('key')} ({sig['key_id']})" if sig.get("verified")
+          else f"signature: {sig.get('note')}")
     return 0
 
 
@@ -117,7 +112,12 @@ def cmd_preview(args) -> int:
     from .errors import InputError
     from .preprocess import PreprocessSpec, prepare
 
-    bundle = _load_bundle(args.bundle)
+    out = check_output_path(args.out, option="--out", inputs=[args.file])
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        raise UsageError(f"--out {out}: name a .png (or .jpg, .tif, .bmp) file")
+    if args.npy:
+        check_output_path(args.npy, option="--npy", inputs=[args.file])
+    bundle = _load_bundle(args.bundle, args.trust)
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
     try:
         prepared = prepare(dicomio.read_dataset(args.file), spec)
@@ -125,12 +125,14 @@ def cmd_preview(args) -> int:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return 2
     img = np.clip(np.rint(prepared.display * 255.0), 0, 255).astype(np.uint8)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), img):
-        raise UsageError(f"could not write {out}; use a .png path in a writable folder")
+    ok, encoded = cv2.imencode(out.suffix.lower(), img)
+    if not ok:
+        raise UsageError(f"could not encode {out} as {out.suffix}; use a .png path")
+    atomic_write(out, encoded.tobytes())
     if args.npy:
-        np.save(args.npy, prepared.tensor)
+        buf = io.BytesIO()
+        np.save(buf, prepared.tensor)
+        atomic_write(args.npy, buf.getvalue())
     w = prepared.window
     print(f"wrote {out}: {img.shape[1]}x{img.shape[0]}, the image as the model sees it "
           f"(window {w.get('source')}" + (f" c={w['center']} w={w['width']}" if "center" in w else "") +
@@ -209,8 +211,10 @@ def cmd_triage(args) -> int:
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    bundle = _load_bundle(args.bundle)
     files = discover(args.inputs)
+    if args.output:  # before any work: a bad output path must not cost a whole run, nor destroy an input
+        check_output_path(args.output, inputs=[*args.inputs, *files])
+    bundle = _load_bundle(args.bundle, args.trust)
     ignore = DEFAULT_IGNORE if args.ignore is None else tuple(x for x in args.ignore.split(",") if x)
     runner, selection = _runner_for(bundle, args)
     with runner:
@@ -223,10 +227,14 @@ def cmd_triage(args) -> int:
 
         wl.summary["evaluation"] = evaluate_worklist(wl.studies, read_study_labels(args.labels),
                                                      bundle.manifest["triage"]["operating_point"])
+    unwritten = None
     if args.output:
-        _write_json(wl.as_dict(), args.output)
+        try:
+            emit_json(wl.as_dict(), args.output)
+        except OSError as exc:  # full disk, ulimit -f, a folder that became read-only: keep the results
+            unwritten = f"could not write the worklist to {args.output} ({exc.strerror or exc})"
     if args.json:
-        _write_json(wl.as_dict(), "-")
+        emit_json(wl.as_dict(), "-")
     else:
         _print_worklist(wl, _console())
         ev = wl.summary.get("evaluation")
@@ -234,8 +242,12 @@ def cmd_triage(args) -> int:
             print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
                   f"at the operating point {ev['threshold']:g}: sensitivity {ev['sensitivity']:.3f}, "
                   f"specificity {ev['specificity']:.3f}")
-        if args.output:
+        if args.output and not unwritten:
             print(f"worklist written to {args.output}")
+    if unwritten:
+        print(f"edgeinfer triage: {unwritten}; the table above is the whole result of this run, and any "
+              "previous file there is unchanged. Free space or fix the path, then run again.", file=sys.stderr)
+        return 1
     return wl.exit_code
 
 
@@ -261,7 +273,7 @@ def cmd_export(args) -> int:
                            tolerance=args.tolerance, source=source, overwrite=args.overwrite)
     d = describe_report(report)
     if args.json:
-        _write_json(d, "-")
+        emit_json(d, "-")
     else:
         print(f"exported {d['bundle']} (opset {d['opset']}, {d['onnx_bytes']:,} bytes); "
               f"max |ONNX Runtime - PyTorch| = {d['max_abs_diff_vs_torch']:.2e} over {', '.join(d['checked'])}")
@@ -278,6 +290,13 @@ def cmd_build(args) -> int:
 # --- parser --------------------------------------------------------------------------------------
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _add_trust(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--trust", default=None, metavar="DIR",
+                   help="folder of trusted Ed25519 public keys (*.pub): refuse a bundle not signed by one of them "
+                        "(default: $EDGEINFER_TRUST; without either, the bundle is used unverified and the "
+                        "worklist says so)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_examples("edgeinfer inspect            # the embedded phantom bundle\nedgeinfer inspect my-bundle/ --json"))
     s.add_argument("bundle", nargs="?", default=None)
     s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _add_trust(s)
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("preview", help="write the image exactly as the model sees it", formatter_class=fmt,
@@ -315,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
     s.add_argument("--out", required=True, help="PNG to write")
     s.add_argument("--npy", default=None, help="also save the exact input tensor as .npy")
+    _add_trust(s)
     s.set_defaults(func=cmd_preview)
 
     s = sub.add_parser("triage", help="score DICOM studies and print a triage worklist", formatter_class=fmt,
@@ -325,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                        """) + "\n\nexit status: 0 all files processed; 2 finished, some files rejected; 1 could not run")
     s.add_argument("inputs", nargs="+", help="DICOM files or folders (walked recursively)")
     s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
+    _add_trust(s)
     s.add_argument("--output", "-o", default=None, help="write the worklist JSON here")
     s.add_argument("--json", action="store_true", help="print the worklist JSON instead of the table")
     s.add_argument("--backend", default=os.environ.get("EDGEINFER_BACKEND", "auto"),
@@ -374,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                            edgeinfer build my-bundle/ --precision int8 --batch 1,4,8 --workspace 1024
                            edgeinfer build my-bundle/ --precision fp16 --dla-core 0 --batch 4
                        """))
+    from .signing import add_parsers as add_signing_parsers
+
+    add_signing_parsers(sub, formatter_class=fmt)
+
     from export.trt_build import add_arguments as add_build_arguments  # argparse only; TensorRT loads at build time
 
     add_build_arguments(s)

@@ -79,7 +79,6 @@ import math
 import numbers
 import operator
 import os
-import re
 import stat
 import struct
 import threading
@@ -112,17 +111,21 @@ from pydicom.uid import (
 from .errors import (
     CorruptDicomError,
     InputError,
+    InvalidUIDError,
     NotApplicable,
     NotDicomError,
     TooLargeError,
+    UnreadableError,
     UnsupportedError,
 )
+from .vr import valid_uid
 
 __all__ = [
     "ReadLimits",
     "read_dataset",
     "decode_frame",
     "number_of_frames",
+    "pixel_notes",
     "describe_transfer_syntax",
 ]
 
@@ -145,7 +148,6 @@ _UNDEFINED = 0xFFFFFFFF
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel
 _ITEM_LE = b"\xfe\xff\x00\xe0"
 _IDENTIFICATION_GROUPS = (0x0008, 0x0010, 0x0020)
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: file name of the in-memory buffer; pydicom appends it to the EOF warning it swallows
 _BUFFER_NAME = "<edgeinfer-dicomio-buffer>"
 
@@ -257,9 +259,7 @@ def _library_quiet() -> Iterator[list[warnings.WarningMessage]]:
 def _safe_uid(value: object) -> str:
     """A UID for a message, or a placeholder if it is not a plain dotted-decimal UID."""
     text = str(value).strip().rstrip("\x00")
-    if len(text) <= 64 and _UID_RE.fullmatch(text):
-        return text
-    return "(malformed UID)"
+    return text if valid_uid(text) else "(malformed UID)"
 
 
 def _uid(value: object) -> UID:
@@ -344,32 +344,55 @@ def _reject(path: object, err: InputError) -> InputError:
 
 
 # --- reading the bytes ----------------------------------------------------------------------
-def _read_bytes(path: os.PathLike | str, limits: ReadLimits) -> bytes:
+def _folder_problem(path: str) -> InputError:
+    """Why a folder handed to the reader is not an image: it could not be listed, or it is a link."""
+    if os.path.islink(path):
+        return NotDicomError("a link to a folder; links to folders are not followed inside a folder",
+                             hint="pass the folder it points to as an input of its own")
+    try:
+        with os.scandir(path):
+            pass
+    except PermissionError:
+        return UnreadableError("folder cannot be read (permission denied), so nothing inside it was triaged",
+                               hint="give the user running edgeinfer read and execute permission on it")
+    except OSError:
+        return UnreadableError("folder cannot be read (I/O error), so nothing inside it was triaged")
+    return NotDicomError("this is a folder, not a file")
+
+
+def _read_bytes(path: str, limits: ReadLimits) -> bytes:
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:
-        raise CorruptDicomError("file not found (unreadable)") from exc
+        kind = "a link to a missing file" if os.path.islink(path) else "file not found"
+        raise UnreadableError(f"{kind} (unreadable)") from exc
     except PermissionError as exc:
-        raise CorruptDicomError("permission denied: the file cannot be read") from exc
+        raise UnreadableError("permission denied: the file cannot be read") from exc
     except (OSError, ValueError) as exc:  # ValueError: embedded NUL in the path
-        raise CorruptDicomError("the file cannot be read (I/O error)") from exc
+        raise UnreadableError("the file cannot be read (I/O error)") from exc
     if stat.S_ISDIR(st.st_mode):
-        raise NotDicomError("this is a folder, not a file")
+        raise _folder_problem(path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotDicomError("not a regular file (device, pipe or socket)")
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        raise UnreadableError(f"not a regular file ({kind}), so it was not read")
     if st.st_size > limits.max_file_bytes:
         raise TooLargeError(
             f"file is {_fmt_bytes(st.st_size)}, above the {_fmt_bytes(limits.max_file_bytes)} limit"
         )
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a file swapped for a FIFO after the stat above must not hang the batch
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise UnreadableError("not a regular file (it changed while being read), so it was not read")
             data = fh.read(limits.max_file_bytes + 1)
     except MemoryError as exc:
         raise TooLargeError("not enough memory to read the file") from exc
     except PermissionError as exc:
-        raise CorruptDicomError("permission denied: the file cannot be read") from exc
+        raise UnreadableError("permission denied: the file cannot be read") from exc
     except OSError as exc:
-        raise CorruptDicomError("the file cannot be read (I/O error)") from exc
+        raise UnreadableError("the file cannot be read (I/O error)") from exc
     if len(data) > limits.max_file_bytes:
         raise TooLargeError(f"file is above the {_fmt_bytes(limits.max_file_bytes)} limit")
     return data
@@ -796,18 +819,41 @@ def _check_pixels(ds: Dataset, limits: ReadLimits) -> tuple[_Geometry, bool]:
         if value[:4] != _ITEM_LE or len(value) < 16:
             raise CorruptDicomError("the compressed pixel data has no frames (damaged)")
         return geom, True
-    if geom.bits_allocated == 1:
-        expected = math.ceil(geom.pixels / 8)
-    else:
-        expected = geom.pixels * (geom.bits_allocated // 8)
-        if geom.photometric == "YBR_FULL_422":
-            expected = expected // 3 * 2
+    expected = _native_bytes(geom)
     if available < expected:
         raise CorruptDicomError(
             f"pixel data is {available:,} bytes but the image needs {expected:,}: "
             "the file is cut short (truncated) or damaged"
         )
     return geom, False
+
+
+def _native_bytes(geom: _Geometry) -> int:
+    """Bytes of uncompressed pixel data the header describes (without the even-length pad byte)."""
+    if geom.bits_allocated == 1:
+        return math.ceil(geom.pixels / 8)
+    expected = geom.pixels * (geom.bits_allocated // 8)
+    return expected // 3 * 2 if geom.photometric == "YBR_FULL_422" else expected
+
+
+def pixel_notes(ds: Dataset, limits: ReadLimits = _DEFAULT_LIMITS) -> list[str]:
+    """What a reader of the result should know about the pixel data that does not stop the image.
+
+    Today: surplus uncompressed pixel data (for example Number of Frames 1 over three frames'
+    worth of bytes, or Bits Allocated 8 over 16-bit data). Only the part the header describes
+    is used; the note says so, because the header may be wrong about the image.
+    """
+    with _library_quiet():
+        geom, encapsulated = _check_pixels(ds, limits)
+        if encapsulated:
+            return []
+        _, available = _pixel_value_info(_pixel_element(ds)[1])
+    expected = _native_bytes(geom)
+    surplus = available - expected - (expected % 2)  # an odd length is padded to even: not surplus
+    if surplus <= 0:
+        return []
+    return [f"pixel data holds {available:,} bytes but Rows x Columns x Number of Frames x Bits Allocated "
+            f"describe {expected:,}; only those were used (check the header: the image may be misread)"]
 
 
 _NON_IMAGE_KINDS = (
@@ -889,6 +935,21 @@ def _convert_elements(ds: Dataset, path: str) -> None:
             log.debug("%s: removed unparseable element (%04X,%04X)", path, tag >> 16, tag & 0xFFFF)
 
 
+#: the UIDs that place an image in the worklist; each must be a UID or absent
+_IDENTITY_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def _check_identity(ds: Dataset) -> None:
+    """Refuse an image whose identifying UIDs break the UID grammar (the value is never shown)."""
+    for keyword in _IDENTITY_UIDS:
+        value = ds.get(keyword, None)
+        text = "" if value is None else str(value).strip(" \x00")
+        if text and not valid_uid(text):
+            raise InvalidUIDError(f"{keyword} is not a valid UID (digits and dots, at most 64 characters), "
+                                  "so the image cannot be placed in a study; the value is not shown",
+                                  hint="correct the scanner's or archive's DICOM export")
+
+
 # --- public API ---------------------------------------------------------------------------
 def read_dataset(path: os.PathLike | str, limits: ReadLimits = _DEFAULT_LIMITS) -> pydicom.Dataset:
     """Read and validate one file. Returns a dataset whose pixel data is present but not decoded.
@@ -911,6 +972,7 @@ def read_dataset(path: os.PathLike | str, limits: ReadLimits = _DEFAULT_LIMITS) 
                 _reject_non_image(ds)
             _check_pixels(ds, limits)
             _convert_elements(ds, path_str)
+            _check_identity(ds)
         return ds
     except InputError as err:
         raise _reject(path_str, _with_study(err, ds))
@@ -929,7 +991,7 @@ def _with_study(err: InputError, ds: Dataset | None) -> InputError:
                 uid = str(ds.get("StudyInstanceUID", "") or "").strip()
         except Exception:
             uid = ""
-        if uid and len(uid) <= 64 and all(c in "0123456789." for c in uid):
+        if uid and valid_uid(uid):
             err.study_uid = uid
     return err
 

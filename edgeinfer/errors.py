@@ -36,6 +36,19 @@ class CorruptDicomError(InputError):
     code = "corrupt"
 
 
+class InvalidUIDError(InputError):
+    """An identifying UID (study, series, instance) breaks the UID grammar: the image cannot be
+    placed in a study, and the value is never shown (it may be a patient ID typed in the wrong field)."""
+
+    code = "invalid-uid"
+
+
+class UnreadableError(InputError):
+    """The file or folder exists but cannot be read (permissions, I/O error, not a regular file)."""
+
+    code = "unreadable"
+
+
 class UnsupportedError(InputError):
     """Valid DICOM that this runtime cannot decode (e.g. no decoder plugin installed)."""
 
@@ -76,6 +89,10 @@ class PrecisionNotValidated(BundleError):
     pass
 
 
+class SignatureError(BundleError):
+    """A bundle's signature is missing, unknown, invalid or stale, or a key / trust folder is unusable."""
+
+
 # --- backends ----------------------------------------------------------------------------
 class BackendError(EdgeInferError):
     pass
@@ -87,6 +104,11 @@ class BackendUnavailable(BackendError):
 
 class InferenceError(BackendError):
     pass
+
+
+class JsonFileError(EdgeInferError):
+    """A JSON file edgeinfer trusts (manifest, record, cache) is unreadable, too big, too deep or
+    holds non-finite numbers."""
 
 
 class MissingDependency(EdgeInferError):

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +60,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ._io import atomic_write
 from .errors import UsageError
 
 __all__ = ["FINDINGS", "DIFFICULTY", "FINDING_CONTRAST", "PhantomCase", "make_case", "generate", "LABELS_COLUMNS"]
@@ -1174,11 +1175,9 @@ def generate(out_dir, n: int, seed: int, *, max_size: int | None = None,
         rng = np.random.default_rng([int(seed), i + 1])
         for case in _make_study(rng, index=i + 1, n_images=k, plan=plan, max_size=max_size,
                                 difficulty=difficulty):
-            path = out / case.relpath
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part")
-            pydicom.dcmwrite(tmp, case.dataset, enforce_file_format=True)
-            os.replace(tmp, path)
+            buf = io.BytesIO()
+            pydicom.dcmwrite(buf, case.dataset, enforce_file_format=True)
+            atomic_write(out / case.relpath, buf.getvalue())
             ds = case.dataset
             rows_out.append({
                 "path": case.relpath, "study_uid": case.study_uid, "series_uid": str(ds.SeriesInstanceUID),
@@ -1189,10 +1188,9 @@ def generate(out_dir, n: int, seed: int, *, max_size: int | None = None,
             })
             if progress is not None:
                 progress(1)
-    tmp = out / "labels.csv.part"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows_out)
-    os.replace(tmp, out / "labels.csv")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows_out)
+    atomic_write(out / "labels.csv", text.getvalue())
     return rows_out

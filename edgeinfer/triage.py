@@ -22,6 +22,7 @@ from .backends import Runner
 from .bundle import Bundle
 from .errors import EdgeInferError, InferenceError, InputError, NotApplicable
 from .preprocess import PreprocessSpec, preprocess_pixels, select_frame
+from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
 
 log = logging.getLogger("edgeinfer.triage")
 
@@ -49,21 +50,26 @@ def priority_for(score: float | None, bundle: Bundle) -> str:
 def applicability(ds, bundle: Bundle) -> str | None:
     """None if the bundle handles this image, else the reason it does not."""
     rules = bundle.manifest["applies_to"]
-    modality = str(ds.get("Modality", "") or "").upper()
+    raw_modality = ds.get("Modality", "")
+    modality = str(raw_modality or "").upper().strip()
     if modality not in rules["modalities"]:
-        return (f"modality {modality or 'missing'} is not handled by {bundle.name} "
+        return (f"modality {shown_modality(raw_modality)} is not handled by {bundle.name} "
                 f"(it reads {', '.join(rules['modalities'])})")
     parts = rules.get("body_parts")
     if parts:
-        body = str(ds.get("BodyPartExamined", "") or "").upper().strip()
+        raw_body = ds.get("BodyPartExamined", "")
+        body = str(raw_body or "").upper().strip()
         if not body and not rules.get("allow_missing_body_part", True):
             return f"body part is not recorded; {bundle.name} needs one of {', '.join(parts)}"
         if body and body not in parts:
-            return f"body part {body} is not handled by {bundle.name} (it reads {', '.join(parts)})"
+            return (f"body part {shown_body_part(raw_body)} is not handled by {bundle.name} "
+                    f"(it reads {', '.join(parts)})")
     photometric = rules.get("photometric")
-    pi = str(ds.get("PhotometricInterpretation", "") or "").upper().strip()
+    raw_pi = ds.get("PhotometricInterpretation", "")
+    pi = str(raw_pi or "").upper().strip()
     if photometric and pi not in photometric:
-        return f"photometric interpretation {pi or 'missing'} is not handled (needs {', '.join(photometric)})"
+        return (f"photometric interpretation {shown_photometric(raw_pi)} is not handled "
+                f"(needs {', '.join(photometric)})")
     return None
 
 
@@ -84,15 +90,38 @@ def study_score(scores: Sequence[float], how: str) -> float | None:
 
 # --- file discovery ---------------------------------------------------------------------------
 def discover(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every file under the given files/folders, sorted, each once."""
-    seen, out = set(), []
+    """Every entry under the given files/folders, sorted, each once.
+
+    Not only the regular files: every entry the reader must account for is listed too (a
+    folder that cannot be listed, a FIFO, socket or device, a link to a folder, a dangling
+    link), so the reader rejects it with a reason instead of it vanishing from the run.
+    Links to folders are not followed inside a folder (no loops, no escaping the tree).
+    """
+    seen: set[str] = set()
+    out: list[Path] = []
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() or q.is_symlink())
+        top = Path(item)
+        found: list[Path] = []
+        if top.is_dir():
+            stack = [top]
+            while stack:
+                folder = stack.pop()
+                try:
+                    with os.scandir(folder) as it:
+                        entries = list(it)
+                except OSError:
+                    found.append(folder)  # unreadable: the reader says why
+                    continue
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    (stack if is_dir else found).append(Path(entry.path))
+            found.sort()
         else:
-            files = [p]
-        for f in files:
+            found = [top]
+        for f in found:
             key = os.path.abspath(f)
             if key not in seen:
                 seen.add(key)
@@ -162,7 +191,7 @@ class TriageEngine:
             outcome = self._read_one(f)
             if isinstance(outcome, _Pending):
                 uid = self._study_uid(outcome.ds)
-                meta.setdefault(uid, {"modality": str(outcome.ds.get("Modality", ""))})
+                meta.setdefault(uid, {"modality": shown_modality(outcome.ds.get("Modality", ""), missing="")})
                 pending.append(outcome)
                 if len(pending) >= self.batch_size:
                     flush()
@@ -221,6 +250,9 @@ class TriageEngine:
             return "error", rec, uid
         info = {"window": prepared.window, "frame": prepared.frame, "inverted": prepared.inverted,
                 "source_shape": list(prepared.source_shape)}
+        notes = dicomio.pixel_notes(ds, self.limits) + list(prepared.notes)
+        if notes:
+            info["notes"] = notes
         return _Pending(path, ds, prepared.tensor, info, read_ms=(t1 - t0) * 1e3,
                         pre_ms=(t2 - t1) * 1e3)
 
@@ -249,9 +281,9 @@ class TriageEngine:
     def _result(self, p: _Pending, probs: np.ndarray | None, infer_ms: float, failure: str | None) -> dict:
         ds = p.ds
         res = {"_study": self._study_uid(ds), "path": str(p.path),
-               "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
-               "series_uid": str(ds.get("SeriesInstanceUID", "")),
-               "modality": str(ds.get("Modality", "")), **p.info}
+               "sop_instance_uid": shown_uid(ds.get("SOPInstanceUID", "")),
+               "series_uid": shown_uid(ds.get("SeriesInstanceUID", "")),
+               "modality": shown_modality(ds.get("Modality", ""), missing=""), **p.info}
         if probs is not None:
             score, finite = image_scores(probs[None], self.bundle)
             res["label_scores"] = {lab: (float(v) if np.isfinite(v) else None) for lab, v in zip(self.bundle.labels, probs)}
@@ -293,8 +325,8 @@ class TriageEngine:
 
     @staticmethod
     def _study_uid(ds) -> str:
-        uid = str(ds.get("StudyInstanceUID", "") or "").strip()
-        return uid or "(no StudyInstanceUID)"
+        # the reader refused malformed UIDs already; shown_uid keeps that promise here too
+        return shown_uid(ds.get("StudyInstanceUID", ""), missing="(no StudyInstanceUID)")
 
 
 def _r(x: float | None) -> float | None:

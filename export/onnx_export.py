@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeinfer import __version__ as edgeinfer_version
+from edgeinfer._io import publish_dir, staging_dir
 from edgeinfer.bundle import MANIFEST, artifact_record, load_bundle, validate_manifest, write_manifest
 from edgeinfer.errors import ExportError
 
@@ -177,10 +179,13 @@ def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.n
         validate_manifest(manifest)
         write_manifest(stage, manifest)
         load_bundle(stage)  # the bundle must load before it replaces anything
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(stage, out_dir)
+        staged = staging_dir(out_dir, "exporting")
+        try:
+            os.chmod(staged, 0o755)  # mkdtemp makes it private; the service user reads bundles
+            shutil.copytree(stage, staged, dirs_exist_ok=True)
+            publish_dir(staged, out_dir, replace=True)  # old bundle or new one, never half of each
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     return ExportReport(out_dir, worst, diffs, opset, (out_dir / "model.onnx").stat().st_size)
 
 

@@ -91,3 +91,99 @@ def test_phantom_command(tmp_path):
     assert "wrote 3 images" in r.stdout and (tmp_path / "p" / "labels.csv").exists()
     r = edgeinfer("phantom", tmp_path / "p", "--n", 3)
     assert r.returncode == 1 and "not an empty folder" in r.stderr
+
+
+# --- the output path: checked before any work, written atomically, results never thrown away -----
+PINNED = ("--backend", "onnxruntime", "--precision", "fp32", "--no-progress")
+
+
+@pytest.mark.parametrize("case", ["folder", "under-a-file", "device", "an-input"])
+def test_bad_output_path_is_refused_before_any_work(case, tiny_bundle, phantom_dir, tmp_path):
+    victim = sorted(phantom_dir.rglob("*.dcm"))[0]
+    (tmp_path / "afile").write_text("x")
+    output = {"folder": tmp_path, "under-a-file": tmp_path / "afile" / "wl.json", "device": "/dev/full",
+              "an-input": victim}[case]
+    before = victim.read_bytes()
+    # a missing bundle would be the first error if the output were checked late
+    r = edgeinfer("triage", phantom_dir, "--bundle", tmp_path / "no-bundle", "--output", output, *PINNED)
+    assert r.returncode == 1 and "--output" in r.stderr and "no such directory" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert victim.read_bytes() == before
+
+
+def test_output_inside_the_inputs_that_is_an_input_is_refused(tiny_bundle, phantom_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "in"
+    shutil.copytree(phantom_dir, d)
+    victim = sorted(d.rglob("*.dcm"))[-1]
+    before = victim.read_bytes()
+    r = edgeinfer("triage", d, "--bundle", tiny_bundle, "--output", victim, *PINNED)
+    assert r.returncode == 1 and "one of the inputs" in r.stderr, r.stderr
+    assert victim.read_bytes() == before
+
+
+def test_read_only_output_folder_is_refused_before_any_work(tiny_bundle, phantom_dir, tmp_path):
+    import os
+    import shutil
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    cmd = [sys.executable, "-m", "edgeinfer", "triage", str(phantom_dir), "--bundle", str(tiny_bundle),
+           "--output", str(ro / "wl.json"), *PINNED]
+    if os.geteuid() == 0:  # root ignores permission bits unless it drops these capabilities
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is needed to drop root's DAC capabilities")
+        cmd = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "cannot create files in" in r.stderr, r.stderr
+    assert "STAT" not in r.stdout  # refused before triage ran
+
+
+def test_write_cut_by_ulimit_keeps_the_previous_worklist_and_prints_the_table(tiny_bundle, phantom_dir, tmp_path):
+    out = tmp_path / "wl.json"
+    out.write_text('{"previous": true}\n')
+    # ulimit -f 4: no file may grow past 4 KiB; the worklist is larger (Python ignores SIGXFSZ: EFBIG)
+    script = f"ulimit -f 4; exec {sys.executable} -m edgeinfer triage {phantom_dir} --bundle {tiny_bundle} " \
+             f"--output {out} {' '.join(PINNED)}"
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "could not write the worklist" in r.stderr and "previous file there is unchanged" in r.stderr
+    assert "STAT" in r.stdout or "URGENT" in r.stdout or "ROUTINE" in r.stdout  # the table, all the same
+    assert json.loads(out.read_text()) == {"previous": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["wl.json"]  # no temporary file left behind
+
+
+KILL_DURING_WRITE = r"""
+import os, sys, time
+real_fsync = os.fsync
+def fsync(fd):
+    if ".wl.json-" in os.readlink(f"/proc/self/fd/{fd}"):   # the worklist's temporary file, fully written
+        open(sys.argv[1], "w").close()
+        time.sleep(120)
+    return real_fsync(fd)
+os.fsync = fsync
+from edgeinfer.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_kill_9_during_the_worklist_write_keeps_the_previous_file(tiny_bundle, phantom_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "wl.json"
+    out.write_text('{"previous": true}\n')
+    marker = tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, str(marker), "triage", str(phantom_dir),
+                             "--bundle", str(tiny_bundle), "--output", str(out), *PINNED],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read().decode() if proc.poll() is not None else "timed out"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert json.loads(out.read_text()) == {"previous": True}

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import socket
 import random
 import shutil
 import struct
@@ -59,6 +60,7 @@ from edgeinfer.errors import (
     NotApplicable,
     NotDicomError,
     TooLargeError,
+    UnreadableError,
     UnsupportedError,
 )
 
@@ -354,11 +356,22 @@ def test_header_only_and_empty_dataset(tmp_path):
 
 
 def test_missing_file_directory_and_fifo(tmp_path):
-    assert "not found" in expect_rejection(tmp_path / "nope.dcm", CorruptDicomError).reason
+    assert "not found" in expect_rejection(tmp_path / "nope.dcm", UnreadableError).reason
     expect_rejection(tmp_path, NotDicomError)
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    expect_rejection(fifo, NotDicomError)  # must not block on open()
+    assert "FIFO" in expect_rejection(fifo, UnreadableError).reason  # must not block on open()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    try:
+        assert "socket" in expect_rejection(tmp_path / "sock", UnreadableError).reason
+    finally:
+        sock.close()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    assert "link to a folder" in expect_rejection(tmp_path / "link", NotDicomError).reason
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.dcm")
+    assert "missing file" in expect_rejection(tmp_path / "dangling", UnreadableError).reason
 
 
 def test_file_size_limit(tmp_path):
@@ -1079,7 +1092,12 @@ def test_fuzz_short_run(tmp_path):
     cmd = [sys.executable, str(harness), "-max_total_time=5", "-rss_limit_mb=1024", "-timeout=5",
            "-print_final_stats=1", str(tmp_path / "work"), str(seeds)]
     (tmp_path / "work").mkdir()
+    shm = Path("/dev/shm")
+    before = set(shm.glob("fuzz_dicomio_*"))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     tail = "\n".join(result.stderr.splitlines()[-40:])
     assert result.returncode == 0, f"fuzzer found a problem:\n{tail}"
     assert "Done" in result.stderr or "stat::number_of_executed_units" in result.stderr, tail
+    # the harness's scratch file must not outlive it (libFuzzer exits without running ``finally``)
+    left = sorted(str(p) for p in set(shm.glob("fuzz_dicomio_*")) - before)
+    assert not left, f"the fuzz run left scratch files behind: {left}"

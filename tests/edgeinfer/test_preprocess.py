@@ -1,5 +1,8 @@
 """Preprocessing agrees with pydicom's LUT functions and handles the edge cases of RELIABILITY item 7."""
 import copy
+import shutil
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +11,8 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edgeinfer.errors import PreprocessError
-from edgeinfer.preprocess import (PreprocessSpec, Window, apply_window, modality_lut, preprocess_pixels,
-                                  select_frame)
+from edgeinfer.preprocess import (MIN_CONTRAST, PreprocessSpec, Window, apply_window, contrast, modality_lut,
+                                  preprocess_pixels, select_frame)
 
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
 SPEC = PreprocessSpec(target_size=(64, 64), window_sources=("voi_lut", "header", "auto"), mean=0.5, std=0.25)
@@ -160,3 +163,263 @@ def test_spec_round_trips_through_the_manifest_form():
     assert spec.digest() != SPEC.digest()
     ds, arr = _synthetic()
     assert preprocess_pixels(arr, ds, spec).tensor.shape == (3, 224, 256)
+
+
+# --- header values in messages ------------------------------------------------------------------
+@pytest.mark.parametrize("value, shown", [("PALETTE COLOR", "PALETTE COLOR"), ("DOE JOHN 1234", "<unlisted CS>"),
+                                          ("Doe^John", "<invalid CS>")])
+def test_photometric_is_shown_only_when_it_is_a_known_term(value, shown):
+    ds, arr = _synthetic()
+    ds["PhotometricInterpretation"]._value = value  # bypass validation, as a broken scanner would
+    with pytest.raises(PreprocessError) as grey:
+        preprocess_pixels(arr, ds, SPEC)
+    with pytest.raises(PreprocessError) as colour:
+        preprocess_pixels(np.stack([arr] * 3, axis=-1), ds, SPEC)
+    assert f"photometric interpretation {shown} is not greyscale" in grey.value.reason
+    assert f"colour image ({shown})" in colour.value.reason
+    if shown != value:
+        assert "DOE" not in grey.value.reason.upper() + colour.value.reason.upper()
+
+
+# --- windows that leave no usable contrast --------------------------------------------------------
+FALLBACK = PreprocessSpec(target_size=(64, 64), window_sources=("voi_lut", "header", "auto"))
+
+
+def _with_window(center, width, function=None):
+    ds, arr = _synthetic()  # 12-bit: stored values 0..4095
+    ds.PatientName, ds.PatientID = "CANARY^NAME", "CANARY-ID-77"
+    ds.WindowCenter, ds.WindowWidth = center, width
+    if function:
+        ds.VOILUTFunction = function
+    return ds, arr
+
+
+def _with_voi_lut(first, n=256):
+    ds, arr = _synthetic()
+    ds.PatientName, ds.PatientID = "CANARY^NAME", "CANARY-ID-77"
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [n, first, 12]
+    item.LUTData = np.linspace(0, 4095, n).astype(np.uint16).tolist()
+    ds.VOILUTSequence = [item]
+    return ds, arr
+
+
+FLAT_CASES = {
+    "width 1e308": (lambda: _with_window(2048, 1e308), "header", "header window c=2048 w=1e+308"),
+    "width 1e9": (lambda: _with_window(2048, 1e9), "header", "header window c=2048 w=1e+09"),
+    "width 1e6": (lambda: _with_window(2048, 1e6), "header", "header window c=2048 w=1e+06"),
+    "window below every pixel": (lambda: _with_window(-1000, 100), "header", "header window c=-1000 w=100"),
+    "window above every pixel": (lambda: _with_window(10000, 100), "header", "header window c=10000 w=100"),
+    "VOI LUT above every pixel": (lambda: _with_voi_lut(5000), "voi_lut", "VOI LUT"),
+}
+
+
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_flat_window_falls_back_to_the_next_source_and_is_recorded(case):
+    build, _source, described = FLAT_CASES[case]
+    ds, arr = build()
+    p = preprocess_pixels(arr, ds, FALLBACK)
+    assert p.window["source"] == "auto"
+    [rejected] = p.window["rejected"]
+    assert rejected.startswith(f"{described} leaves the image flat (spread "), rejected
+    assert contrast(p.display, None) > 0.5  # the automatic window shows the noisy half
+    assert "CANARY" not in str(p.window)
+
+
+@pytest.mark.parametrize("case", list(FLAT_CASES))
+def test_flat_window_without_a_fallback_is_refused_with_a_reason(case):
+    build, source, described = FLAT_CASES[case]
+    ds, arr = build()
+    with pytest.raises(PreprocessError) as err:
+        preprocess_pixels(arr, ds, PreprocessSpec(target_size=(64, 64), window_sources=(source,)))
+    reason = err.value.reason
+    assert reason.startswith(f"no usable contrast after windowing: {described} leaves the image flat"), reason
+    assert "add 'auto'" in err.value.hint
+    assert "CANARY" not in str(err.value)
+
+
+def test_every_source_tried_is_listed_when_none_gives_contrast():
+    ds, arr = _with_window(2048, 1e308)
+    with pytest.raises(PreprocessError) as err:
+        preprocess_pixels(np.full_like(arr, 7), ds, FALLBACK)
+    assert err.value.reason == ("no usable contrast after windowing: no usable VOI LUT in the header; "
+                                "header window c=2048 w=1e+308 leaves the image flat (spread 0 < 0.02); "
+                                "auto window: the image is uniform (no contrast to read)")
+
+
+def test_contrast_ignores_padding_and_keeps_a_good_window():
+    ds, arr = _synthetic(shape=(200, 200))
+    arr = arr.copy()
+    arr[:, :190] = 0  # 95 % of the image is padding
+    ds.PixelPaddingValue = 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    p = preprocess_pixels(arr, ds, FALLBACK)
+    assert p.window["source"] == "header" and "rejected" not in p.window
+
+
+def test_low_contrast_but_readable_window_is_kept():
+    ds, arr = _synthetic()
+    ds.WindowCenter, ds.WindowWidth = 2048, 40000  # ~10 times wider than the data: dim, still readable
+    p = preprocess_pixels(arr, ds, FALLBACK)
+    assert p.window["source"] == "header" and "rejected" not in p.window
+    assert MIN_CONTRAST < contrast(p.display, None) < 0.2
+
+
+def test_corpus_ct_thumbnail_whose_preset_misses_its_pixels():
+    """pydicom's 16x16 CT thumbnail: its soft-tissue preset (c=30 w=100) lies below every pixel."""
+    ds = pydicom.dcmread(CORPUS / "dicomdirtests" / "77654033" / "CT2" / "17136")
+    p = preprocess_pixels(ds.pixel_array, ds, FALLBACK)
+    assert p.window["source"] == "auto"
+    assert p.window["rejected"] == ["header window c=30 w=100 leaves the image flat (spread 0 < 0.02)"]
+    with pytest.raises(PreprocessError, match="no usable contrast"):
+        preprocess_pixels(ds.pixel_array, ds, PreprocessSpec(target_size=(16, 16), window_sources=("header",)))
+
+
+def test_phantoms_keep_their_own_window_and_voi_lut(phantom_dir):
+    """No generated radiograph (MONOCHROME1 and 2, with and without presets) is passed over."""
+    seen = set()
+    for path in sorted(phantom_dir.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+        p = preprocess_pixels(arr, ds, FALLBACK)
+        assert "rejected" not in p.window, (path.name, p.window)
+        assert p.window["source"] == ("header" if "WindowWidth" in ds else "auto")
+        seen.add(str(ds.PhotometricInterpretation))
+        # the same image with a VOI LUT spanning its stored values
+        first, n = int(arr.min()), int(arr.max() - arr.min() + 1)
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [n, first, 12]
+        item.LUTData = np.linspace(0, 4095, n).astype(np.uint16).tolist()
+        ds.VOILUTSequence = [item]
+        for key in ("RescaleSlope", "RescaleIntercept"):
+            if key in ds:
+                del ds[key]
+        p = preprocess_pixels(arr, ds, PreprocessSpec(target_size=(64, 64), window_sources=("voi_lut",)))
+        assert p.window == {"source": "voi_lut"}
+    assert seen == {"MONOCHROME1", "MONOCHROME2"}
+
+
+def test_contrast_check_is_cheap_on_a_full_detector_image():
+    shown = np.random.default_rng(0).random((3000, 3000), dtype=np.float32)
+    contrast(shown, None)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        contrast(shown, None)
+    assert (time.perf_counter() - t0) / 5 < 0.05  # a few ms here; generous for a loaded CI host
+
+
+# --- numpy overflow never reaches stderr -----------------------------------------------------------
+def _rescaled(slope, intercept=0.0, bits=16):
+    ds, arr = _synthetic(bits=bits)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    return ds, arr
+
+
+def _float_pixels_with_inf():
+    ds, arr = _synthetic()
+    arr = arr.astype(np.float32)
+    arr[3, 60] = np.inf
+    return ds, arr
+
+
+def _voi_lut_after_huge_rescale():
+    ds, arr = _with_voi_lut(0, 4096)
+    ds.RescaleSlope, ds.RescaleIntercept = 1e30, 0
+    return ds, arr
+
+
+OVERFLOW_CASES = {
+    "slope 1e38 over 16 bits": lambda: _rescaled(1e38),
+    "slope 3e38, intercept -3e38": lambda: _rescaled(3e38, -3e38),
+    "slope 5e33: values near the float32 limit": lambda: _rescaled(5e33),
+    "VOI LUT after slope 1e30": _voi_lut_after_huge_rescale,
+    "width 1e308": lambda: _with_window(2048, 1e308),
+    "width 1e39, LINEAR_EXACT": lambda: _with_window(2048, 1e39, "LINEAR_EXACT"),
+    "center and width 1e308": lambda: _with_window(1e308, 1e308),
+    "SIGMOID width 1": lambda: _with_window(2048, 1, "SIGMOID"),
+    "SIGMOID center -1e308": lambda: _with_window(-1e308, 100, "SIGMOID"),
+    "SIGMOID width 1e308": lambda: _with_window(2048, 1e308, "SIGMOID"),
+    "float pixel data holding inf": _float_pixels_with_inf,
+}
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+@pytest.mark.parametrize("spec", [FALLBACK, PreprocessSpec(target_size=(64, 64), window_sources=("header",)),
+                                  PreprocessSpec(target_size=(64, 64), window_sources=("fixed",),
+                                                 window_center=0.0, window_width=1e300)],
+                         ids=["fallback", "header only", "fixed width 1e300"])
+def test_overflow_gives_a_reason_or_an_image_never_a_runtime_warning(case, spec):
+    ds, arr = OVERFLOW_CASES[case]()
+    # recorded, not raised: a warning inside a try/except of preprocess must not hide
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            preprocess_pixels(arr, ds, spec)
+        except PreprocessError:
+            pass
+    assert not caught, [str(w.message) for w in caught]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            p = preprocess_pixels(arr, ds, spec)
+        except PreprocessError as exc:
+            assert exc.reason and "CANARY" not in str(exc)
+            return
+    assert np.isfinite(p.tensor).all() and 0.0 <= p.display.min() <= p.display.max() <= 1.0
+    assert contrast(p.display, None) >= MIN_CONTRAST
+
+
+def test_rescale_overflow_is_refused_with_the_numbers():
+    ds, arr = _rescaled(1e38)
+    with pytest.raises(PreprocessError, match=r"RescaleSlope 1e\+38 and RescaleIntercept 0 take pixel values beyond"):
+        preprocess_pixels(arr, ds, FALLBACK)
+    ds, arr = _rescaled(1e-300)
+    with pytest.raises(PreprocessError, match=r"RescaleSlope is 1e-300, so every pixel"):
+        preprocess_pixels(arr, ds, FALLBACK)
+
+
+# --- engine: a study whose only image has no usable contrast goes to a human read ----------------
+def test_flat_header_window_makes_the_study_indeterminate(tmp_path, monkeypatch):
+    from edgeinfer import phantom
+    from edgeinfer.backends import create_runner
+    from edgeinfer.bundle import default_bundle_path, load_bundle, write_manifest
+    from edgeinfer.triage import INDETERMINATE, TriageEngine, discover
+
+    monkeypatch.delenv("EDGEINFER_TRUST", raising=False)  # the copied bundle is changed, so unsigned
+    case = phantom.make_case(np.random.default_rng(5), index=1, finding="none", size=256, compress=False)
+    ds = case.dataset
+    for key in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+        if key in ds:
+            del ds[key]
+    ds.WindowCenter = round(float(np.median(modality_lut(ds.pixel_array, ds))), 1)
+    ds.WindowWidth = 1e308
+    image = tmp_path / "in" / "study" / "img.dcm"
+    image.parent.mkdir(parents=True)
+    pydicom.dcmwrite(image, ds, enforce_file_format=True)
+
+    header_only = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), header_only)
+    manifest = copy.deepcopy(load_bundle(header_only).manifest)
+    manifest["preprocessing"]["window"]["sources"] = ["header"]
+    write_manifest(header_only, manifest)
+
+    def triage(bundle_dir):
+        bundle = load_bundle(bundle_dir)
+        with create_runner(bundle.artifact(precision="fp32")) as runner:
+            return TriageEngine(bundle, runner).run(discover([tmp_path / "in"]))
+
+    wl = triage(header_only)
+    [study] = wl.studies
+    assert study["priority"] == INDETERMINATE and study["score"] is None
+    assert study["failed_images"] == [str(image)] and not study["images"]
+    [err] = wl.errors
+    assert err["path"] == str(image) and err["code"] == "preprocess"
+    assert "no usable contrast" in err["reason"] and "w=1e+308" in err["reason"]
+    assert "PHANTOM" not in err["reason"]
+
+    # the shipped bundle falls back to the automatic window and says so
+    wl = triage(default_bundle_path())
+    [study] = wl.studies
+    [img] = study["images"]
+    assert img["status"] == "ok" and img["window"]["source"] == "auto"
+    assert img["window"]["rejected"][0].startswith("header window c=") and not wl.errors

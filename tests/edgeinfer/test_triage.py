@@ -1,10 +1,16 @@
 """The triage engine: grouping, priorities, fail-safe handling, and every file exactly once."""
 import csv
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from helpers import make_bundle
 
@@ -131,3 +137,110 @@ def test_pydicom_corpus_every_file_accounted_for(tiny_bundle, corpus_dir):
     assert all(r["reason"] for r in wl.errors + wl.skipped)
     # a study whose images all failed is still listed, for a human read, never dropped
     assert all(s["priority"] == INDETERMINATE for s in wl.studies if not s["images"])
+
+
+# --- nothing vanishes: unreadable folders and special files -------------------------------------
+def _without_dac(cmd: list[str]) -> list[str]:
+    """Run ``cmd`` as root without the capabilities that ignore permission bits (or as is, if not root)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root's DAC capabilities")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_special_files_in_the_tree_are_errors_with_a_reason(tiny_bundle, phantom_dir, tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(phantom_dir, d)
+    os.mkfifo(d / "pipe.dcm")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.dcm"))
+    (d / "loop").symlink_to(d)                  # a link to a folder: listed, not followed (no loop)
+    (d / "gone.dcm").symlink_to(d / "nowhere")  # a dangling link
+    try:
+        wl = run(tiny_bundle, [d])
+    finally:
+        sock.close()
+    errors = {Path(e["path"]).name: e for e in wl.errors}
+    assert errors["pipe.dcm"]["code"] == "unreadable" and "FIFO" in errors["pipe.dcm"]["reason"]
+    assert errors["sock.dcm"]["code"] == "unreadable" and "socket" in errors["sock.dcm"]["reason"]
+    assert "link to a folder" in errors["loop"]["reason"]
+    assert "missing file" in errors["gone.dcm"]["reason"]
+    assert sorted(all_paths(wl)) == sorted(str(p) for p in discover([d]))
+    assert wl.exit_code == 2
+
+
+def test_a_study_in_an_unreadable_folder_is_an_error_and_exit_2(tiny_bundle, phantom_dir, tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(phantom_dir, d)
+    hidden = sorted(p for p in d.iterdir() if p.is_dir())[0]
+    n_hidden = len(list(hidden.rglob("*.dcm")))
+    os.chmod(d, 0o755)
+    os.chmod(tmp_path, 0o755)
+    hidden.chmod(0)
+    try:
+        r = subprocess.run(_without_dac([sys.executable, "-m", "edgeinfer", "triage", str(d), "--bundle",
+                                         str(tiny_bundle), "--backend", "onnxruntime", "--precision", "fp32",
+                                         "--json"]), capture_output=True, text=True, timeout=300)
+    finally:
+        hidden.chmod(0o755)
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    err = next(e for e in out["errors"] if e["path"] == str(hidden))
+    assert err["code"] == "unreadable" and "permission denied" in err["reason"]
+    assert "nothing inside it was triaged" in err["reason"]
+    scored = {i["path"] for s in out["studies"] for i in s["images"]}
+    assert n_hidden and not any(p.startswith(str(hidden)) for p in scored)
+
+
+# --- header values are checked against their VR grammar before they are shown ------------------
+def _rewrite(path: Path, **values) -> None:
+    ds = pydicom.dcmread(path)
+    for k, v in values.items():
+        setattr(ds, k, v)
+    ds.save_as(path)
+
+
+def test_canary_in_uid_and_code_string_fields_never_reaches_output(tiny_bundle, phantom_dir, tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(phantom_dir, d)
+    files = sorted(d.rglob("*.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns (with the value) when we write invalid values
+        _rewrite(files[0], Modality="PHI7731ID")
+        _rewrite(files[1], BodyPartExamined="PHI7731ID")
+        _rewrite(files[2], PhotometricInterpretation="PHI7731ID")
+        _rewrite(files[3], StudyInstanceUID="1.2.PHI7731ID")
+        _rewrite(files[4], SeriesInstanceUID="PHI7731.1.2")
+        _rewrite(files[5], SOPInstanceUID="1.2." + "9" * 70)   # digits and dots, but too long
+        _rewrite(files[6], Modality="dx phi7731")                 # not CS grammar
+    out = tmp_path / "wl.json"
+    r = subprocess.run([sys.executable, "-m", "edgeinfer", "-vv", "triage", str(d), "--bundle", str(tiny_bundle),
+                        "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    text = r.stdout + r.stderr + out.read_text()
+    assert "PHI7731" not in text.upper() and "9" * 65 not in text
+    wl = json.loads(out.read_text())
+    by_path = {e["path"]: e for e in wl["errors"] + wl["skipped"]}
+    assert "<unlisted CS>" in by_path[str(files[0])]["reason"]
+    assert "<unlisted CS>" in by_path[str(files[1])]["reason"]
+    assert "<invalid CS>" in by_path[str(files[6])]["reason"]
+    for f, keyword in ((files[3], "StudyInstanceUID"), (files[4], "SeriesInstanceUID"), (files[5], "SOPInstanceUID")):
+        assert by_path[str(f)]["code"] == "invalid-uid" and keyword in by_path[str(f)]["reason"]
+    # a malformed study UID is an error, not a study of its own
+    assert all(s["study_uid"].replace(".", "").isdigit() for s in wl["studies"])
+
+
+def test_surplus_pixel_data_is_used_as_described_and_noted(tiny_bundle, phantom_dir, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    src = next(p for p in sorted(phantom_dir.rglob("*.dcm")) if "RLE" not in p.name)
+    ds = pydicom.dcmread(src)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        pytest.skip("needs an uncompressed phantom")
+    ds.PixelData = ds.PixelData * 3               # NumberOfFrames 1 over three frames' worth of bytes
+    ds.save_as(d / "surplus.dcm")
+    wl = run(tiny_bundle, [d])
+    img = wl.studies[0]["images"][0]
+    assert img["status"] == "ok"
+    assert any("only those were used" in n for n in img["notes"])
