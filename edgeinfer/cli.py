@@ -139,6 +139,8 @@ def cmd_preview(args) -> int:
           f", {'inverted MONOCHROME1, ' if prepared.inverted else ''}frame {prepared.frame}, "
           f"from {prepared.source_shape[1]}x{prepared.source_shape[0]}); "
           f"tensor = (pixel/255 - {spec.mean}) / {spec.std}")
+    for why in w.get("rejected", []):
+        print(f"  window source passed over: {why}")
     return 0
 
 
@@ -171,6 +173,9 @@ def _print_worklist(wl, console) -> None:
     run = wl.run
     console.print(f"[bold]edgeinfer triage[/] {wl.bundle['name']} {wl.bundle['version']} | "
                   f"{run['backend']} {run['provider']} {run['precision']} | batch {run['batch_size']}")
+    sig = wl.bundle.get("signature") or {}
+    console.print(f"bundle digest {str(wl.bundle.get('digest', ''))[:16]}…: {sig.get('note', 'not verified')}",
+                  markup=False)
     sel = run.get("selection")
     if sel:
         console.print(f"mode: {sel['backend']} {sel['precision']}: {sel['reason']}", markup=False)

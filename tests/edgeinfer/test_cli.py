@@ -1,5 +1,6 @@
 """The CLI end to end, as a user runs it (subprocess where exit status and streams matter)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -187,3 +188,47 @@ def test_kill_9_during_the_worklist_write_keeps_the_previous_file(tiny_bundle, p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert json.loads(out.read_text()) == {"previous": True}
+
+
+def test_preview_says_which_window_source_was_passed_over(phantom_dir, tmp_path):
+    import pydicom
+
+    src = sorted(phantom_dir.rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(src)
+    ds.WindowCenter, ds.WindowWidth = 2048, 1e308   # a header window that leaves the image flat
+    ds.save_as(tmp_path / "flat.dcm")
+    r = edgeinfer("preview", tmp_path / "flat.dcm", "--out", tmp_path / "p.png")
+    assert r.returncode == 0, r.stderr
+    assert "window auto" in r.stdout and "passed over: header window" in r.stdout
+    assert cv2.imread(str(tmp_path / "p.png")).std() > 10  # a real picture, not a flat one
+
+
+def test_edited_manifest_is_refused_with_a_trust_folder_and_marked_unverified_without(phantom_dir, tmp_path):
+    import shutil
+
+    from edgeinfer.bundle import default_bundle_path
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), bundle)
+    assert edgeinfer("keygen", tmp_path / "maker").returncode == 0
+    assert edgeinfer("sign", bundle, "--key", tmp_path / "maker.key").returncode == 0
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(tmp_path / "maker.pub", trust)
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, "--trust", trust, *PINNED)
+    assert r.returncode == 0 and "verified: signed by trusted key maker" in r.stdout, r.stderr
+
+    manifest = bundle / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"min_score": 0.9', '"min_score": 0.99'))
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, "--trust", trust, *PINNED)
+    assert r.returncode == 1 and "changed after it was signed by maker" in r.stderr, r.stderr
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, *PINNED, env={**os.environ, "EDGEINFER_TRUST": str(trust)})
+    assert r.returncode == 1 and "changed after it was signed" in r.stderr
+
+    out = tmp_path / "wl.json"
+    env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_TRUST"}
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, "--output", out, *PINNED, env=env)
+    assert r.returncode == 0 and "not verified" in r.stdout, r.stderr
+    signature = json.loads(out.read_text())["bundle"]["signature"]
+    assert signature["verified"] is False and "not verified" in signature["note"]
+    assert len(json.loads(out.read_text())["bundle"]["digest"]) == 64
