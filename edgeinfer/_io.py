@@ -182,17 +182,18 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
-def _finite(obj: Any) -> bool:
-    stack = [obj]
+def non_finite_at(obj: Any) -> str | None:
+    """JSON-pointer-like path of the first NaN or infinite float in ``obj``, or None (no recursion)."""
+    stack = [(obj, "")]
     while stack:
-        node = stack.pop()
+        node, at = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
-            return False  # e.g. 1e999, which the parser turns into inf
+            return at.lstrip("/")
         if isinstance(node, dict):
-            stack.extend(node.values())
+            stack.extend((v, f"{at}/{k}") for k, v in node.items())
         elif isinstance(node, list):
-            stack.extend(node)
-    return True
+            stack.extend((v, f"{at}/{i}") for i, v in enumerate(node))
+    return None
 
 
 def parse_json(text: str | bytes, *, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -204,8 +205,9 @@ def parse_json(text: str | bytes, *, where: str, max_depth: int = MAX_JSON_DEPTH
                             "this is not a file edgeinfer wrote") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise JsonFileError(f"{where}: not valid JSON ({exc})") from None
-    if not _finite(obj):
-        raise JsonFileError(f"{where}: holds a number too large to be finite; JSON numbers must be finite")
+    bad = non_finite_at(obj)  # e.g. 1e999, which the parser turns into inf
+    if bad is not None:
+        raise JsonFileError(f"{where}: the number at /{bad} is too large to be finite; JSON numbers must be finite")
     depth = _depth(obj)
     if depth > max_depth:
         raise JsonFileError(f"{where}: nested {depth} levels deep, more than the {max_depth} allowed; "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from ._io import atomic_write, read_json
+from ._io import atomic_write, non_finite_at, read_json
 from .errors import IntegrityError, JsonFileError, ManifestError
 from .signing import SIGNATURES, resolve_trust, unverified_status, verify_bundle_signature
 
@@ -45,7 +44,7 @@ def validate_manifest(manifest: Any, *, where: str = "manifest") -> None:
 
     if not isinstance(manifest, dict):
         raise ManifestError(f"{where}: expected a JSON object, found {type(manifest).__name__}.")
-    bad = _non_finite_at(manifest)
+    bad = non_finite_at(manifest)
     if bad is not None:
         raise ManifestError(f"{where}: the number at /{bad} is NaN or infinite; every number in a manifest must "
                             "be finite. Fix the value that produced it and write the manifest again.")
@@ -61,20 +60,6 @@ def validate_manifest(manifest: Any, *, where: str = "manifest") -> None:
         lines = [f"  - at /{'/'.join(map(str, p.absolute_path))}: {p.message}" for p in problems[:20]]
         raise ManifestError(f"{where} does not match the v{version} schema:\n" + "\n".join(lines))
     _check_semantics(manifest, where)
-
-
-def _non_finite_at(obj: Any) -> str | None:
-    """JSON-pointer-like path of the first NaN/infinite float in ``obj``, or None (no recursion)."""
-    stack = [(obj, "")]
-    while stack:
-        node, at = stack.pop()
-        if isinstance(node, float) and not math.isfinite(node):
-            return at.lstrip("/")
-        if isinstance(node, dict):
-            stack.extend((v, f"{at}/{k}") for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, f"{at}/{i}") for i, v in enumerate(node))
-    return None
 
 
 def _check_semantics(m: dict, where: str) -> None:

@@ -1,7 +1,6 @@
 """Preprocessing agrees with pydicom's LUT functions and handles the edge cases of RELIABILITY item 7."""
 import copy
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -299,13 +298,14 @@ def test_phantoms_keep_their_own_window_and_voi_lut(phantom_dir):
     assert seen == {"MONOCHROME1", "MONOCHROME2"}
 
 
-def test_contrast_check_is_cheap_on_a_full_detector_image():
-    shown = np.random.default_rng(0).random((3000, 3000), dtype=np.float32)
-    contrast(shown, None)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        contrast(shown, None)
-    assert (time.perf_counter() - t0) / 5 < 0.05  # a few ms here; generous for a loaded CI host
+def test_contrast_check_samples_a_bounded_number_of_pixels(monkeypatch):
+    """Cost is bounded by construction (about 512 x 512 values, whatever the detector), not by a timer."""
+    seen = []
+    real = np.percentile
+    monkeypatch.setattr(np, "percentile", lambda a, q, *args, **kw: seen.append(np.size(a)) or real(a, q, *args, **kw))
+    for shape in ((3000, 3000), (4320, 4320), (600, 64)):
+        contrast(np.random.default_rng(0).random(shape, dtype=np.float32), None)
+    assert max(seen) <= 512 * 512 and 0 < seen[-1] <= 600 * 64
 
 
 # --- numpy overflow never reaches stderr -----------------------------------------------------------
