@@ -7,11 +7,7 @@ quantization tools and the FP16 converter are imported inside the functions that
 """
 from __future__ import annotations
 
-from edgeinfer.errors import EdgeInferError
-
-
-class CalibrationError(EdgeInferError):
-    """Calibration, quantization or validation could not produce a usable result."""
+from edgeinfer.errors import CalibrationError
 
 
 __all__ = ["CalibrationError"]

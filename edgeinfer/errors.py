@@ -89,6 +89,18 @@ class PrecisionNotValidated(BundleError):
     pass
 
 
+class PlanIncompatible(IntegrityError):
+    """A TensorRT plan that must not be deserialized on this device.
+
+    ``differences`` lists, one readable line each, what differs between the plan's
+    compatibility record and this device.
+    """
+
+    def __init__(self, message: str, differences=()):
+        self.differences = list(differences)
+        super().__init__(message)
+
+
 class SignatureError(BundleError):
     """A bundle's signature is missing, unknown, invalid or stale, or a key / trust folder is unusable."""
 
@@ -104,6 +116,10 @@ class BackendUnavailable(BackendError):
 
 class InferenceError(BackendError):
     pass
+
+
+class CudaError(InferenceError):
+    """A CUDA runtime call failed; the message names the call and CUDA's error."""
 
 
 class JsonFileError(EdgeInferError):
@@ -122,3 +138,11 @@ class ExportError(EdgeInferError):
 
 class UsageError(EdgeInferError):
     """The command line asked for something impossible."""
+
+
+class PolicyError(UsageError):
+    """A TensorRT build or load request that the TensorRT policy refuses, with the reason."""
+
+
+class CalibrationError(EdgeInferError):
+    """Calibration, quantization or validation could not produce a usable result."""

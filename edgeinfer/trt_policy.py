@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ._io import atomic_write
-from .errors import IntegrityError, UsageError
+from .errors import PlanIncompatible, PolicyError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: the ONNX graph (artifact precision, format "onnx") each engine precision is built from
@@ -60,22 +60,6 @@ _ARCH = {
     (8, 7): "Orin", (8, 9): "Ada Lovelace", (9, 0): "Hopper", (10, 0): "Blackwell",
     (10, 1): "Thor", (11, 0): "Thor", (12, 0): "Blackwell (RTX)", (12, 1): "Blackwell (GB10)",
 }
-
-
-class PolicyError(UsageError):
-    """A build or load request that the TensorRT policy refuses, with the reason."""
-
-
-class PlanIncompatible(IntegrityError):
-    """A TensorRT plan that must not be deserialized on this device.
-
-    ``differences`` lists, one readable line each, what differs between the plan's
-    compatibility record and this device.
-    """
-
-    def __init__(self, message: str, differences: Sequence[str] = ()):
-        self.differences = list(differences)
-        super().__init__(message)
 
 
 # --- versions ---------------------------------------------------------------------------------

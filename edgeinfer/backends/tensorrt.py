@@ -36,7 +36,7 @@ import numpy as np
 from .. import trt_policy
 from .._lazy import lazy_import
 from ..bundle import Artifact
-from ..errors import BackendUnavailable, IntegrityError, InferenceError, MissingDependency
+from ..errors import BackendUnavailable, CudaError, IntegrityError, InferenceError, MissingDependency
 from . import register
 from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
 
@@ -67,10 +67,6 @@ def _module_present(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # parent package missing
         return False
-
-
-class CudaError(InferenceError):
-    pass
 
 
 def _check(result, what: str, cudart=None):
