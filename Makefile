@@ -46,8 +46,8 @@ bench: $(VENV)/.dev
 
 # the recipe that produced the committed weights (README: "The phantom model"); then calibrate + validate
 train: $(VENV)/.dev
-	$(BIN)/python -m export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 12 --difficulty 1 --threads 1
-	$(BIN)/python -m export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 6 --lr 1.5e-3 \
+	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 12 --difficulty 1 --threads 1
+	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 6 --lr 1.5e-3 \
 	    --difficulty 1 0.5 --resume --threads 1
 
 clean:

@@ -1,6 +1,6 @@
 """Decode + preprocess per image: edgeinfer's path against a plain pydicom + numpy reference.
 
-* ``edgeinfer``: ``dicomio.read_dataset`` (bounded, checked parse) + ``preprocess.prepare``
+* ``edgeinfer``: ``dicomio.read_dataset`` (bounded, checked parse) + ``intake.prepare_dataset``
   (modality LUT, VOI LUT / window / automatic window, MONOCHROME1, resize, normalise): what the
   runtime does per file.
 * ``reference``: ``pydicom.dcmread`` + ``ds.pixel_array`` + rescale + the header window (or a
@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from edgeinfer import bench, dicomio
-from edgeinfer.preprocess import PreprocessSpec, prepare, preprocess_pixels, select_frame
+from edgeinfer.intake import prepare_dataset
+from edgeinfer.preprocess import PreprocessSpec, preprocess_pixels, select_frame
 
 CONFIG = Path(__file__).resolve().parent.parent / "export" / "configs" / "phantom-cxr.json"
 
@@ -76,7 +77,7 @@ def test_decode_and_preprocess(benchmark, impl, files, spec):
     cycle = itertools.cycle(files)
     if impl == "edgeinfer":
         def fn():
-            return prepare(dicomio.read_dataset(next(cycle)), spec).tensor
+            return prepare_dataset(dicomio.read_dataset(next(cycle)), spec).tensor
     else:
         def fn():
             return reference_prepare(next(cycle), spec)

@@ -29,7 +29,7 @@ def _examples(text: str) -> str:
 
 def _stages(enabled: bool):
     """Progress display per stage: rich bars on stderr, only when stderr is a terminal."""
-    from edgeinfer.cli import progress_bar
+    from edgeinfer.console import progress_bar
 
     if not enabled or not sys.stderr.isatty():
         return None
@@ -213,7 +213,7 @@ def add_parsers(subparsers, formatter_class=argparse.RawDescriptionHelpFormatter
     s.add_argument("--seed", type=int, default=0, help="selection seed (default 0)")
     s.add_argument("--out", default=None, help="write a new bundle here instead of updating BUNDLE in place")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    s.add_argument("--cache-dir", default=None, help="tensor cache folder (default ~/.cache/edgeinfer/calibration)")
+    s.add_argument("--cache-dir", default=None, help="tensor cache folder (default $EDGEINFER_CACHE/calibration, ~/.cache/edgeinfer/calibration)")
     s.add_argument("--no-cache", action="store_true", help="neither read nor write the tensor cache")
     s.add_argument("--batch-size", type=int, default=8, help="images per calibration batch (default 8)")
     s.add_argument("--skip-fp16", action="store_true", help="do not build the FP16 graph")

@@ -1,7 +1,7 @@
 """Calibration sets from a folder of DICOM studies.
 
-1. :func:`scan` reads every file's header through the runtime's hardened reader
-   (:func:`edgeinfer.dicomio.read_dataset`), keeps the images the bundle applies to, and
+1. :func:`scan` reads every file's header through the runtime's intake stage
+   (:class:`edgeinfer.intake.Intake`), keeps the images the bundle applies to, and
    notes each one's sha256, study and *stratum*: (modality, manufacturer, photometric
    interpretation, body part).
 2. :func:`plan_selection` picks N images stratified over those strata, deterministically
@@ -10,7 +10,7 @@
    study is taken before a second from the same study. Each stratum keeps an ordered queue of
    replacements for images that fail to preprocess.
 3. :func:`build_calibration_set` preprocesses the chosen images with the bundle's own spec
-   through :func:`edgeinfer.preprocess.prepare` (the runtime's code, not a copy) and writes a
+   through the same intake stage (the runtime's code, not a copy) and writes a
    tensor cache (``.npz``) keyed on every candidate file's sha256, the selection parameters,
    the preprocessing spec's digest and the edgeinfer version: a changed file, a changed spec
    or a new edgeinfer gives a new key, so a stale cache is never reused. The cache also
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fnmatch
 import hashlib
 import io
 import json
@@ -37,11 +36,11 @@ import numpy as np
 
 from edgeinfer import __version__ as edgeinfer_version
 from edgeinfer import dicomio
-from edgeinfer._io import atomic_write, write_json
+from edgeinfer._io import atomic_write, cache_root, write_json
 from edgeinfer.bundle import Bundle, sha256_file
 from edgeinfer.errors import InputError
-from edgeinfer.preprocess import PreprocessSpec, prepare
-from edgeinfer.triage import DEFAULT_IGNORE, applicability, discover
+from edgeinfer.intake import DEFAULT_IGNORE, NO_STUDY_UID, Intake, discover, ignored, study_uid
+from edgeinfer.preprocess import PreprocessSpec
 
 from . import CalibrationError
 
@@ -152,33 +151,30 @@ def scan(data: str | os.PathLike | Sequence[str | os.PathLike], bundle: Bundle, 
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
         raise CalibrationError(f"no such file or folder: {', '.join(missing)}")
-    limits = limits or dicomio.ReadLimits()
-    ignore = tuple(ignore)
+    intake = Intake.for_bundle(bundle, limits=limits, ignore=ignore)
     files = discover(inputs)
     result = Scan(root=root, candidates=[], n_files=len(files))
     seen: set[str] = set()
     for f in files:
         rel = _relpath(f, root)
         try:
-            pat = next((p for p in ignore if fnmatch.fnmatch(f.name, p)), None)
+            pat = ignored(f, intake.ignore)
             if pat:
                 result.skipped.append({"path": rel, "code": "ignored", "reason": f"ignored (name matches {pat})"})
                 continue
             try:
-                ds = dicomio.read_dataset(f, limits)
-            except InputError as exc:
+                ds = intake.header(f)
+            except InputError as exc:  # NotApplicable included: the reason says which rule
                 result.skipped.append({"path": rel, "code": exc.code, "reason": str(exc)})
-                continue
-            why = applicability(ds, bundle)
-            if why:
-                result.skipped.append({"path": rel, "code": "not-applicable", "reason": why})
                 continue
             digest = sha256_file(f)
             if digest in seen:
                 result.skipped.append({"path": rel, "code": "duplicate", "reason": "same content as another file"})
                 continue
             seen.add(digest)
-            uid = str(ds.get("StudyInstanceUID", "") or "").strip() or f"(no study uid) {rel}"
+            uid = study_uid(ds)
+            if uid == NO_STUDY_UID:  # each such image is a study of its own: never pooled across splits
+                uid = f"{NO_STUDY_UID} {rel}"
             result.candidates.append(Candidate(f, rel, digest, uid, Stratum.of(ds)))
         finally:
             if progress:
@@ -338,8 +334,7 @@ class CalibrationSet:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edgeinfer" / "calibration"
+    return cache_root() / "calibration"
 
 
 def cache_key(scan_result: Scan, spec: PreprocessSpec, n: int, seed: int) -> str:
@@ -383,7 +378,7 @@ def _prepare_plan(plan: SelectionPlan, spec: PreprocessSpec, limits: dicomio.Rea
             if taken >= quota:
                 break
             try:
-                tensors.append(prepare(dicomio.read_dataset(c.path, limits), spec, limits).tensor)
+                tensors.append(Intake(spec, limits=limits).read(c.path).tensor)
             except InputError as exc:
                 failed.append({"path": c.relpath, "sha256": c.sha256, "code": exc.code, "reason": str(exc)})
                 continue

@@ -2,7 +2,7 @@
 
 The search (:func:`quantize_with_fallback`):
 
-1. quantize everything (the TensorRT form, see :mod:`calibration.quantize`) and score it
+1. quantize everything (the TensorRT form, see :mod:`edgeinfer_calibration.quantize`) and score it
    against FP32 on a check set with the runtime's scoring code; if the gate passes, done;
 2. rank the quantized nodes by *sensitivity*: quantize one node at a time (everything else
    FP32) and measure the damage it does alone against FP32 (priority disagreements, then

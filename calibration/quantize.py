@@ -541,7 +541,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, reader, config
                   check_inputs: np.ndarray | None = None, already_preprocessed: bool = False) -> Int8Result:
     """Calibrate on ``reader`` and write the Q/DQ graph to ``dst``; refuse anything but the TensorRT form.
 
-    ``reader``: an ORT CalibrationDataReader (e.g. :class:`calibration.dataset.TensorReader`);
+    ``reader``: an ORT CalibrationDataReader (e.g. :class:`edgeinfer_calibration.dataset.TensorReader`);
     may be None when ``ranges_cache`` already holds the activation ranges.
     ``ranges_cache``: a JSON file of activation ranges (ORT's format). Written by the first
     call, reused by later ones (the mixed-precision search re-quantizes with other nodes kept

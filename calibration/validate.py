@@ -39,8 +39,8 @@ from edgeinfer.bundle import Artifact, Bundle, load_bundle, sha256_file, write_m
 from edgeinfer.errors import BackendError
 from edgeinfer.gate import GateConfig, evaluate_gate, runtime_precision_key
 from edgeinfer.metrics import evaluate
-from edgeinfer.triage import (INDETERMINATE, TriageEngine, discover, image_scores, priority_for, priority_order,
-                              study_score)
+from edgeinfer.intake import discover
+from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score
 
 from . import CalibrationError
 from .dataset import Scan, Stages, scan, stage

@@ -23,6 +23,18 @@ MAX_JSON_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
 
 
+def cache_root() -> Path:
+    """The one cache root: ``$EDGEINFER_CACHE``, else ``$XDG_CACHE_HOME/edgeinfer``, else ``~/.cache/edgeinfer``.
+
+    Speed probes (``speed/``), calibration tensors (``calibration/``) and TensorRT timing caches
+    (``tensorrt/``) live under it. Everything there is a hint: deleting it costs time, never a result.
+    """
+    if os.environ.get("EDGEINFER_CACHE"):
+        return Path(os.environ["EDGEINFER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgeinfer"
+
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename or create inside ``folder`` durable (a no-op where folders cannot be opened)."""
     try:

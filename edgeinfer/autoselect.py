@@ -35,7 +35,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from ._io import read_json, write_json
+from ._io import cache_root, read_json, write_json
 from .backends import RUNTIME_PRECISIONS, RunnerOptions, get_backend, registered, select
 from .bundle import Bundle
 from .errors import BackendUnavailable, EdgeInferError, JsonFileError
@@ -102,7 +102,7 @@ class ProbeStats(NamedTuple):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEINFER_CACHE", Path.home() / ".cache" / "edgeinfer"))
+    return cache_root()
 
 
 def _usable(bundle: Bundle, backend: str, precision: str, artifact, force: bool) -> str | None:

@@ -6,45 +6,22 @@ A subcommand whose extra is not installed says which extra to install.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import logging
 import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Iterator
 
 from . import __version__
 from ._io import atomic_write, check_output_path, emit_json
-from .errors import EdgeInferError, UsageError
+from .console import console, progress_bar
+from .errors import EdgeInferError, MissingDependency, UsageError
 
 log = logging.getLogger("edgeinfer")
 
 
 # --- shared helpers --------------------------------------------------------------------------
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # piped output (CI logs, files) gets a wide, stable layout instead of rich's 80 columns
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=None if stream.isatty() else 132)
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (only on a terminal); yields an ``advance(n)`` callback."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda n=1: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=_console(stderr=True), transient=True) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(task, n)
-
-
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
@@ -95,7 +72,7 @@ def cmd_inspect(args) -> int:
     table.add_column(overflow="fold")
     for k, v in describe(bundle):
         table.add_row(k, v)
-    _console().print(table)
+    console().print(table)
     print("integrity: every artifact's size and sha256 match the manifest")
     sig = bundle.signature
     print(f"signature: verified by key {sig.get('key')} ({sig['key_id']})" if sig.get("verified")
@@ -108,9 +85,9 @@ def cmd_preview(args) -> int:
     import cv2
     import numpy as np
 
-    from . import dicomio
     from .errors import InputError
-    from .preprocess import PreprocessSpec, prepare
+    from .intake import Intake
+    from .preprocess import PreprocessSpec
 
     out = check_output_path(args.out, option="--out", inputs=[args.file])
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
@@ -119,8 +96,8 @@ def cmd_preview(args) -> int:
         check_output_path(args.npy, option="--npy", inputs=[args.file])
     bundle = _load_bundle(args.bundle, args.trust)
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
-    try:
-        prepared = prepare(dicomio.read_dataset(args.file), spec)
+    try:  # no applicability rules: preview shows any image as this model would see it
+        prepared = Intake(spec).read(args.file).prepared
     except InputError as exc:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return 2
@@ -211,7 +188,8 @@ def _print_worklist(wl, console) -> None:
 
 
 def cmd_triage(args) -> int:
-    from .triage import DEFAULT_IGNORE, TriageEngine, discover
+    from .intake import DEFAULT_IGNORE, discover
+    from .triage import TriageEngine
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
@@ -241,7 +219,7 @@ def cmd_triage(args) -> int:
     if args.json:
         emit_json(wl.as_dict(), "-")
     else:
-        _print_worklist(wl, _console())
+        _print_worklist(wl, console())
         ev = wl.summary.get("evaluation")
         if ev and ev.get("n"):
             print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
@@ -256,42 +234,6 @@ def cmd_triage(args) -> int:
     return wl.exit_code
 
 
-# --- export --------------------------------------------------------------------------------------
-def cmd_export(args) -> int:
-    from ._lazy import lazy_import
-
-    lazy_import("torch", extra="export", purpose="edgeinfer export")
-    sys.path.insert(0, str(Path.cwd()))  # let --factory name a module in the current project
-    from export.onnx_export import describe_report, export_bundle, load_config, load_module, real_inputs_from_dicom
-
-    config = load_config(args.config)
-    model = load_module(factory=args.factory, weights=args.weights, torchscript=args.torchscript,
-                        exported=args.exported)
-    real = None
-    if args.data:
-        from .triage import discover
-
-        real = real_inputs_from_dicom(discover([args.data]), config)
-    source = {k: str(v) for k, v in (("factory", args.factory), ("weights", args.weights),
-                                     ("torchscript", args.torchscript), ("exported", args.exported)) if v}
-    report = export_bundle(model, config, args.out, real_inputs=real, opset=args.opset,
-                           tolerance=args.tolerance, source=source, overwrite=args.overwrite)
-    d = describe_report(report)
-    if args.json:
-        emit_json(d, "-")
-    else:
-        print(f"exported {d['bundle']} (opset {d['opset']}, {d['onnx_bytes']:,} bytes); "
-              f"max |ONNX Runtime - PyTorch| = {d['max_abs_diff_vs_torch']:.2e} over {', '.join(d['checked'])}")
-    return 0
-
-
-# --- build (TensorRT) -------------------------------------------------------------------------------
-def cmd_build(args) -> int:
-    from export.trt_build import cli_build
-
-    return cli_build(args)
-
-
 # --- parser --------------------------------------------------------------------------------------
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -304,7 +246,38 @@ def _add_trust(s: argparse.ArgumentParser) -> None:
                         "worklist says so)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: workstation subcommands -> (module that registers them, one-line help). They are imported only
+#: when invoked, so ``edgeinfer --help`` and the runtime subcommands never load the workstation side.
+WORKSTATION_COMMANDS = {
+    "export": ("edgeinfer_export.cli", "PyTorch model -> verified ONNX bundle (needs the 'export' extra)"),
+    "build": ("edgeinfer_export.cli", "build a TensorRT plan for this GPU from a bundle's graph (needs the 'trt' extra)"),
+    "calibrate": ("edgeinfer_calibration.cli", "FP16 and INT8 graphs calibrated on DICOM studies (needs the 'export' extra)"),
+    "validate": ("edgeinfer_calibration.cli", "each precision against FP32 on labelled studies, and the accuracy gate"),
+}
+
+
+def _invoked(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is not an option (top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _add_workstation(sub, fmt, command: str | None) -> None:
+    """The invoked workstation command's real parser; a placeholder (its help line) for the others."""
+    if command in WORKSTATION_COMMANDS:
+        import importlib
+
+        module = WORKSTATION_COMMANDS[command][0]
+        try:
+            importlib.import_module(module).add_parsers(sub, formatter_class=fmt)
+        except ImportError as exc:  # a device install without the workstation side
+            raise MissingDependency(f"edgeinfer {command} is a workstation command and {module} cannot be imported "
+                                    f"here ({exc}); install edgeinfer with the 'export' extra on a workstation") from None
+    for name, (_, help_text) in WORKSTATION_COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text, add_help=False)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="edgeinfer", formatter_class=fmt,
                                 description="Edge inference for medical-imaging AI: DICOM studies in, a triage worklist out.",
@@ -375,53 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_triage)
 
-    s = sub.add_parser("export", help="PyTorch model -> verified ONNX bundle (needs the 'export' extra)",
-                       formatter_class=fmt, epilog=_examples("""
-                           edgeinfer export --factory export.models:phantom_triage_net \\
-                               --weights export/weights/phantom_triage.pt \\
-                               --config export/configs/phantom-cxr.json --out my-bundle/
-                           edgeinfer export --torchscript model.ts --config cfg.json --out b/ --data studies/
-                       """))
-    s.add_argument("--factory", help="'package.module:function' returning an nn.Module")
-    s.add_argument("--weights", help="state_dict file for --factory")
-    s.add_argument("--torchscript", help="a TorchScript file (torch.jit.save)")
-    s.add_argument("--exported", help="a torch.export program (.pt2)")
-    s.add_argument("--config", required=True, help="bundle config JSON: labels, triage, applies_to, preprocessing")
-    s.add_argument("--out", required=True, help="bundle folder to create")
-    s.add_argument("--data", help="DICOM folder: a few real images are compared too, not only random input")
-    s.add_argument("--opset", type=int, default=17)
-    s.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed (default 1e-4)")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("build", help="build a TensorRT plan for this GPU from a bundle's graph (needs the 'trt' extra)",
-                       formatter_class=fmt, epilog=_examples("""
-                           edgeinfer build my-bundle/ --precision fp16
-                           edgeinfer build my-bundle/ --precision int8 --batch 1,4,8 --workspace 1024
-                           edgeinfer build my-bundle/ --precision fp16 --dla-core 0 --batch 4
-                       """))
     from .signing import add_parsers as add_signing_parsers
 
     add_signing_parsers(sub, formatter_class=fmt)
 
-    from export.trt_build import add_arguments as add_build_arguments  # argparse only; TensorRT loads at build time
-
-    add_build_arguments(s)
-    s.set_defaults(func=cmd_build)
-
-    from calibration.cli import add_parsers as add_calibration_parsers  # argparse only; heavy imports at run time
-
-    add_calibration_parsers(sub, formatter_class=fmt)
-
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    _add_workstation(sub, fmt, _invoked(sys.argv[1:] if argv is None else argv))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser(argv)
+    except EdgeInferError as exc:
+        print(f"edgeinfer: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

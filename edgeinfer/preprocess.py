@@ -1,7 +1,8 @@
 """DICOM pixels -> model tensor, driven by the bundle's preprocessing spec.
 
 This is the only implementation: training (export/), calibration, validation, preview
-and the runtime all call :func:`prepare` (or :func:`preprocess_pixels`). The stages:
+and the runtime all reach :func:`preprocess_pixels` through :mod:`edgeinfer.intake`, which
+reads and decodes; this module never touches files. The stages:
 
 1. modality LUT: RescaleSlope/RescaleIntercept (or a Modality LUT Sequence, via pydicom);
 2. VOI: the header's VOI LUT, the header's window preset, the bundle's fixed window, or an
@@ -391,13 +392,3 @@ def preprocess_pixels(stored: np.ndarray, ds, spec: PreprocessSpec, *, frame: in
         if spec.channels > 1 else x[None].astype(np.float32, copy=False)
     return Prepared(tensor=tensor, display=display, window=window, frame=frame, inverted=inverted,
                     source_shape=tuple(stored.shape))
-
-
-def prepare(ds, spec: PreprocessSpec, limits=None) -> Prepared:
-    """Header dataset (from :func:`edgeinfer.dicomio.read_dataset`) -> :class:`Prepared`."""
-    from . import dicomio
-
-    limits = limits or dicomio.ReadLimits()
-    frame = select_frame(dicomio.number_of_frames(ds), spec)
-    stored = dicomio.decode_frame(ds, frame, limits)
-    return preprocess_pixels(stored, ds, spec, frame=frame)

@@ -7,28 +7,25 @@ read. A study is never dropped.
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__, dicomio
 from .backends import Runner
 from .bundle import Bundle
-from .errors import EdgeInferError, InferenceError, InputError, NotApplicable
-from .preprocess import PreprocessSpec, preprocess_pixels, select_frame
-from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
+from .errors import EdgeInferError, InferenceError
+from .intake import DEFAULT_IGNORE, Image, Intake
+from .vr import shown_modality, shown_uid
 
 log = logging.getLogger("edgeinfer.triage")
 
 INDETERMINATE = "INDETERMINATE"
-#: sidecar files that sit next to studies; listed as skipped, never read as DICOM
-DEFAULT_IGNORE = ("*.csv", "*.json", "*.txt", "*.md", "*.png", "*.jpg", ".*")
 
 
 # --- policy (pure) --------------------------------------------------------------------------
@@ -47,32 +44,6 @@ def priority_for(score: float | None, bundle: Bundle) -> str:
     return bundle.manifest["triage"]["priorities"][-1]["name"]
 
 
-def applicability(ds, bundle: Bundle) -> str | None:
-    """None if the bundle handles this image, else the reason it does not."""
-    rules = bundle.manifest["applies_to"]
-    raw_modality = ds.get("Modality", "")
-    modality = str(raw_modality or "").upper().strip()
-    if modality not in rules["modalities"]:
-        return (f"modality {shown_modality(raw_modality)} is not handled by {bundle.name} "
-                f"(it reads {', '.join(rules['modalities'])})")
-    parts = rules.get("body_parts")
-    if parts:
-        raw_body = ds.get("BodyPartExamined", "")
-        body = str(raw_body or "").upper().strip()
-        if not body and not rules.get("allow_missing_body_part", True):
-            return f"body part is not recorded; {bundle.name} needs one of {', '.join(parts)}"
-        if body and body not in parts:
-            return (f"body part {shown_body_part(raw_body)} is not handled by {bundle.name} "
-                    f"(it reads {', '.join(parts)})")
-    photometric = rules.get("photometric")
-    raw_pi = ds.get("PhotometricInterpretation", "")
-    pi = str(raw_pi or "").upper().strip()
-    if photometric and pi not in photometric:
-        return (f"photometric interpretation {shown_photometric(raw_pi)} is not handled "
-                f"(needs {', '.join(photometric)})")
-    return None
-
-
 def image_scores(probs: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """(N, n_labels) probabilities -> (image score, finite mask). Score = max over urgent labels."""
     idx = [bundle.labels.index(lab) for lab in bundle.urgent_labels]
@@ -88,58 +59,7 @@ def study_score(scores: Sequence[float], how: str) -> float | None:
     return float(max(vals) if how == "max" else float(np.mean(vals)))
 
 
-# --- file discovery ---------------------------------------------------------------------------
-def discover(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every entry under the given files/folders, sorted, each once.
-
-    Not only the regular files: every entry the reader must account for is listed too (a
-    folder that cannot be listed, a FIFO, socket or device, a link to a folder, a dangling
-    link), so the reader rejects it with a reason instead of it vanishing from the run.
-    Links to folders are not followed inside a folder (no loops, no escaping the tree).
-    """
-    seen: set[str] = set()
-    out: list[Path] = []
-    for item in inputs:
-        top = Path(item)
-        found: list[Path] = []
-        if top.is_dir():
-            stack = [top]
-            while stack:
-                folder = stack.pop()
-                try:
-                    with os.scandir(folder) as it:
-                        entries = list(it)
-                except OSError:
-                    found.append(folder)  # unreadable: the reader says why
-                    continue
-                for entry in entries:
-                    try:
-                        is_dir = entry.is_dir(follow_symlinks=False)
-                    except OSError:
-                        is_dir = False
-                    (stack if is_dir else found).append(Path(entry.path))
-            found.sort()
-        else:
-            found = [top]
-        for f in found:
-            key = os.path.abspath(f)
-            if key not in seen:
-                seen.add(key)
-                out.append(f)
-    return out
-
-
 # --- the engine -------------------------------------------------------------------------------
-@dataclass
-class _Pending:
-    path: Path
-    ds: object
-    tensor: np.ndarray
-    info: dict
-    read_ms: float
-    pre_ms: float
-
-
 @dataclass
 class Worklist:
     bundle: dict
@@ -164,10 +84,8 @@ class TriageEngine:
                  limits: dicomio.ReadLimits | None = None, ignore: Sequence[str] = DEFAULT_IGNORE):
         self.bundle = bundle
         self.runner = runner
-        self.spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
+        self.intake = Intake.for_bundle(bundle, limits=limits, ignore=ignore)
         self.batch_size = max(1, int(batch_size))
-        self.limits = limits or dicomio.ReadLimits()
-        self.ignore = tuple(ignore)
         self.input_name = bundle.manifest["inputs"][0]["name"]
         self.output_name = bundle.manifest["outputs"][0]["name"]
 
@@ -180,7 +98,7 @@ class TriageEngine:
         images: dict[str, list[dict]] = {}     # study uid -> image results
         failed: dict[str, list[str]] = {}      # study uid -> paths of failed images (listed in errors)
         meta: dict[str, dict] = {}             # study uid -> modality etc.
-        pending: list[_Pending] = []
+        pending: list[Image] = []
 
         def flush():
             for res in self._infer(pending):
@@ -188,18 +106,19 @@ class TriageEngine:
             pending.clear()
 
         for f in files:
-            outcome = self._read_one(f)
-            if isinstance(outcome, _Pending):
-                uid = self._study_uid(outcome.ds)
-                meta.setdefault(uid, {"modality": shown_modality(outcome.ds.get("Modality", ""), missing="")})
+            outcome = self.intake.take(f)
+            if isinstance(outcome, Image):
+                meta.setdefault(outcome.study_uid, {"modality": shown_modality(outcome.ds.get("Modality", ""),
+                                                                                missing="")})
                 pending.append(outcome)
                 if len(pending) >= self.batch_size:
                     flush()
             else:
-                kind, rec, uid = outcome
-                (skipped if kind == "skip" else errors).append(rec)
-                if kind == "error" and uid:
-                    failed.setdefault(uid, []).append(rec["path"])
+                (skipped if outcome.skipped else errors).append(outcome.record())
+                if not outcome.skipped:
+                    log.warning("rejected %s: %s", outcome.path, outcome.code)
+                    if outcome.study_uid:
+                        failed.setdefault(outcome.study_uid, []).append(str(outcome.path))
             if progress:
                 progress(1)
         if pending:
@@ -222,41 +141,7 @@ class TriageEngine:
                         errors=errors, summary=summary)
 
     # -- steps ----------------------------------------------------------------------------
-    def _read_one(self, path: Path):
-        rel = str(path)
-        for pat in self.ignore:
-            if fnmatch.fnmatch(path.name, pat):
-                return "skip", {"path": rel, "code": "ignored", "reason": f"ignored (name matches {pat})"}, None
-        t0 = time.perf_counter()
-        ds = None
-        try:
-            ds = dicomio.read_dataset(path, self.limits)
-            why = applicability(ds, self.bundle)
-            if why:
-                raise NotApplicable(why)
-            frame = select_frame(dicomio.number_of_frames(ds), self.spec)
-            stored = dicomio.decode_frame(ds, frame, self.limits)
-            t1 = time.perf_counter()
-            prepared = preprocess_pixels(stored, ds, self.spec, frame=frame)
-            t2 = time.perf_counter()
-        except NotApplicable as exc:
-            return "skip", {"path": rel, "code": exc.code, "reason": exc.reason}, None
-        except InputError as exc:
-            uid = exc.study_uid or (self._study_uid(ds) if ds is not None else None)
-            rec = {"path": rel, "code": exc.code, "reason": str(exc)}
-            if uid:
-                rec["study_uid"] = uid
-            log.warning("rejected %s: %s", rel, exc.code)
-            return "error", rec, uid
-        info = {"window": prepared.window, "frame": prepared.frame, "inverted": prepared.inverted,
-                "source_shape": list(prepared.source_shape)}
-        notes = dicomio.pixel_notes(ds, self.limits) + list(prepared.notes)
-        if notes:
-            info["notes"] = notes
-        return _Pending(path, ds, prepared.tensor, info, read_ms=(t1 - t0) * 1e3,
-                        pre_ms=(t2 - t1) * 1e3)
-
-    def _infer(self, batch: list[_Pending]) -> list[dict]:
+    def _infer(self, batch: list[Image]) -> list[dict]:
         """Run a batch; on a backend failure retry image by image so no study is lost."""
         x = np.stack([p.tensor for p in batch]).astype(np.float32, copy=False)
         t0 = time.perf_counter()
@@ -278,12 +163,16 @@ class TriageEngine:
             raise InferenceError(f"model output has shape {shape}, expected {(x.shape[0], n_labels)}")
         return np.asarray(out, dtype=np.float64)
 
-    def _result(self, p: _Pending, probs: np.ndarray | None, infer_ms: float, failure: str | None) -> dict:
-        ds = p.ds
-        res = {"_study": self._study_uid(ds), "path": str(p.path),
+    def _result(self, p: Image, probs: np.ndarray | None, infer_ms: float, failure: str | None) -> dict:
+        ds, pre = p.ds, p.prepared
+        res = {"_study": p.study_uid, "path": str(p.path),
                "sop_instance_uid": shown_uid(ds.get("SOPInstanceUID", "")),
                "series_uid": shown_uid(ds.get("SeriesInstanceUID", "")),
-               "modality": shown_modality(ds.get("Modality", ""), missing=""), **p.info}
+               "modality": shown_modality(ds.get("Modality", ""), missing=""),
+               "window": pre.window, "frame": pre.frame, "inverted": pre.inverted,
+               "source_shape": list(pre.source_shape)}
+        if p.notes:
+            res["notes"] = p.notes
         if probs is not None:
             score, finite = image_scores(probs[None], self.bundle)
             res["label_scores"] = {lab: (float(v) if np.isfinite(v) else None) for lab, v in zip(self.bundle.labels, probs)}
@@ -293,8 +182,10 @@ class TriageEngine:
                 failure = "model output is not a finite probability"
         if failure:
             res.update(status="indeterminate", score=None, reason=failure)
-        res["timings_ms"] = {"read": _r(p.read_ms), "preprocess": _r(p.pre_ms), "infer": _r(infer_ms),
-                             "total": _r(p.read_ms + p.pre_ms + infer_ms)}
+        t = p.timings_ms
+        read_ms = t["read"] + t["decode"]   # the worklist's "read" has always included decoding
+        res["timings_ms"] = {"read": _r(read_ms), "preprocess": _r(t["preprocess"]), "infer": _r(infer_ms),
+                             "total": _r(read_ms + t["preprocess"] + infer_ms)}
         return res
 
     def _studies(self, images: dict, failed: dict, meta: dict, model: dict) -> list[dict]:
@@ -322,11 +213,6 @@ class TriageEngine:
             out.append(rec)
         out.sort(key=lambda s: (order[s["priority"]], -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
         return out
-
-    @staticmethod
-    def _study_uid(ds) -> str:
-        # the reader refused malformed UIDs already; shown_uid keeps that promise here too
-        return shown_uid(ds.get("StudyInstanceUID", ""), missing="(no StudyInstanceUID)")
 
 
 def _r(x: float | None) -> float | None:

@@ -3,12 +3,17 @@
 Everything that decides *what* to build and *whether* a plan may be loaded lives here,
 so it is unit-tested on machines without a GPU. ``export/trt_build.py`` and
 ``edgeinfer/backends/tensorrt.py`` only translate these decisions into TensorRT calls.
+The INT8 calibration cache (build side only) is ``export/trt_calibration_cache.py``.
 
 Rules, with the documentation they come from:
 
-* Precision lives in the graph (ARCHITECTURE.md section 3). TensorRT 11 removed the
-  weak-typing builder flags (``BuilderFlag.FP16``, ``INT8``...) and the INT8 calibrators;
-  every network is strongly typed and ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is
+* Precision lives in the graph: an engine of a given precision is built from the bundle's
+  ONNX graph of that precision (the FP16 graph, the Q/DQ INT8 graph; ``GRAPH_FOR``), so the
+  precision label and accuracy gate of that graph describe what the engine runs. The one
+  exception, the TensorRT 10.x INT8 calibrator on the FP32 graph, is used only when asked
+  for (the project's design document, docs/ARCHITECTURE.md, gives the reasons).
+  TensorRT 11 removed the weak-typing builder flags (``BuilderFlag.FP16``, ``INT8``...) and
+  the INT8 calibrators; every network is strongly typed and ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is
   "retained for API compatibility but is ignored" (NvInfer.h of TensorRT 11.1;
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-reference.html).
   Note the flag's *value* changed from 1 (10.x) to 0 (11.x): the build code must look
@@ -28,15 +33,10 @@ Rules, with the documentation they come from:
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ._io import atomic_write
 from .errors import PlanIncompatible, PolicyError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -126,7 +126,8 @@ def normalize_hardware_compat(level: Any) -> str:
     return key
 
 
-def _check_int(value: Any, what: str, *, minimum: int = 0) -> int:
+def check_int(value: Any, what: str, *, minimum: int = 0) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``, else a PolicyError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise PolicyError(f"{what} must be an integer, not {value!r}")
     if value < minimum:
@@ -151,7 +152,7 @@ def check_batch(batch: Sequence[int]) -> tuple[int, int, int]:
     """Validate a (min, opt, max) batch triple: 1 <= min <= opt <= max <= MAX_BATCH."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 3:
         raise PolicyError(f"batch must be (min, opt, max), not {batch!r}")
-    lo, opt, hi = (_check_int(b, f"batch {name}", minimum=1) for b, name in zip(batch, ("min", "opt", "max")))
+    lo, opt, hi = (check_int(b, f"batch {name}", minimum=1) for b, name in zip(batch, ("min", "opt", "max")))
     if not lo <= opt <= hi:
         raise PolicyError(f"batch (min, opt, max) = ({lo}, {opt}, {hi}) must satisfy 1 <= min <= opt <= max")
     if hi > MAX_BATCH:
@@ -284,7 +285,7 @@ def build_plan(trt_version: str, precision: str, *, graph_precision: str | None 
     if not isinstance(version_compat, bool):
         raise PolicyError(f"version_compat must be True or False, not {version_compat!r}")
     if dla_core is not None:
-        _check_int(dla_core, "DLA core")
+        check_int(dla_core, "DLA core")
     warnings: list[str] = []
     network_flags: list[str] = []
     builder_flags: list[str] = []
@@ -626,7 +627,7 @@ def calibration_batches(x: Any, batch: int, *, last: str = "drop") -> list:
     """
     import numpy as np
 
-    batch = _check_int(batch, "calibration batch", minimum=1)
+    batch = check_int(batch, "calibration batch", minimum=1)
     if last not in ("drop", "pad", "error"):
         raise PolicyError(f"last-batch policy {last!r} is not one of drop, pad, error")
     if not isinstance(x, np.ndarray) or x.ndim < 2:
@@ -650,112 +651,10 @@ def calibration_batches(x: Any, batch: int, *, last: str = "drop") -> list:
     return out
 
 
-def data_digest(x: Any) -> str:
-    """sha256 over a calibration stack's dtype, shape and bytes (it keys the cache)."""
-    import numpy as np
-
-    a = np.ascontiguousarray(x)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-CACHE_KEY_FIELDS = ("graph_sha256", "preprocessing_digest", "method", "tensorrt_version", "data_digest", "batch")
-
-
-def calibration_cache_key(*, graph_sha256: str, preprocessing_digest: str, method: str, tensorrt_version: str,
-                          data_digest: str | None = None, batch: int | None = None) -> dict:
-    """What a calibration cache depends on. A cache whose key differs is stale and never reused.
-
-    TensorRT's own docs leave it to the application: "the network should also be
-    recalibrated if its structure changes, or the input data set changes".
-    """
-    for name, value in (("graph_sha256", graph_sha256), ("preprocessing_digest", preprocessing_digest)):
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise PolicyError(f"{name} must be a lowercase hex sha256, not {value!r}")
-    if method not in CALIBRATION_METHODS:
-        raise PolicyError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    v = parse_version(tensorrt_version)
-    if data_digest is not None and not re.fullmatch(r"[0-9a-f]{64}", str(data_digest)):
-        raise PolicyError(f"data_digest must be a lowercase hex sha256, not {data_digest!r}")
-    if batch is not None:
-        _check_int(batch, "calibration batch", minimum=1)
-    key = {"graph_sha256": graph_sha256, "preprocessing_digest": preprocessing_digest, "method": method,
-           "tensorrt_version": ".".join(map(str, _pad4(v))), "data_digest": data_digest, "batch": batch}
-    key["digest"] = hashlib.sha256(json.dumps({k: key[k] for k in CACHE_KEY_FIELDS},
-                                              sort_keys=True).encode()).hexdigest()
-    return key
-
-
-def calibration_cache_name(key: Mapping[str, Any]) -> str:
-    """``calib-entropy2-trt10.3.0-<16 hex>.cache``: the name says the method and TensorRT version."""
-    ver = ".".join(key["tensorrt_version"].split(".")[:3])
-    return f"calib-{key['method']}-trt{ver}-{key['digest'][:16]}.cache"
-
-
-def check_calibration_cache(path: str | os.PathLike, key: Mapping[str, Any]) -> list[str]:
-    """Why the cache at ``path`` must not be reused for ``key`` (empty list: reusable).
-
-    The cache carries a ``.json`` sidecar with the key it was made for; a cache without
-    one, or with any differing field, is stale.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return [f"{path.name}: no such calibration cache"]
-    side = path.with_name(path.name + ".json")
-    if not side.is_file():
-        return [f"{path.name}: no key record ({side.name}); its origin is unknown, so it is not reused"]
-    try:
-        made_for = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [f"{side.name}: unreadable ({exc.__class__.__name__})"]
-    if not isinstance(made_for, dict):
-        return [f"{side.name}: not a key record"]
-    problems = []
-    labels = {"graph_sha256": "graph sha256", "preprocessing_digest": "preprocessing",
-              "method": "method", "tensorrt_version": "TensorRT version", "data_digest": "calibration data",
-              "batch": "calibration batch"}
-    for k in CACHE_KEY_FIELDS:
-        a, b = made_for.get(k), key.get(k)
-        if a != b:
-            def fmt(x):
-                return f"{x[:12]}…" if isinstance(x, str) and len(x) == 64 else repr(x)
-            problems.append(f"{labels[k]} differs: the cache was made for {fmt(a)}, this build has {fmt(b)}")
-    try:
-        head = path.read_bytes()[:64]
-    except OSError as exc:
-        problems.append(f"{path.name}: unreadable ({exc})")
-    else:
-        if not head.startswith(b"TRT-"):
-            problems.append(f"{path.name}: not a TensorRT calibration cache (no 'TRT-' header)")
-    return problems
-
-
-def save_calibration_cache(directory: str | os.PathLike, key: Mapping[str, Any], data: bytes) -> Path:
-    """Write the cache and its key sidecar under ``directory``; returns the cache path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / calibration_cache_name(key)
-    atomic_write(path.with_name(path.name + ".json"),
-                  (json.dumps({k: key.get(k) for k in CACHE_KEY_FIELDS + ("digest",)}, indent=2) + "\n").encode())
-    atomic_write(path, bytes(data))
-    return path
-
-
-def load_calibration_cache(directory: str | os.PathLike, key: Mapping[str, Any]) -> tuple[bytes | None, list[str]]:
-    """(cache bytes or None, why it was not used)."""
-    path = Path(directory) / calibration_cache_name(key)
-    problems = check_calibration_cache(path, key)
-    if problems:
-        return None, problems
-    return path.read_bytes(), []
-
-
 __all__ = [
     "PRECISIONS", "GRAPH_FOR", "HARDWARE_COMPAT_LEVELS", "PolicyError", "PlanIncompatible", "BuildPlan",
     "parse_version", "parse_compute_capability", "describe_cc", "normalize_hardware_compat", "parse_batch",
     "check_batch", "profile_shapes", "check_dla_profile", "build_plan", "compatibility_record",
     "record_problems", "check_compatibility", "compatibility_warnings", "rebuild_decision",
-    "incompatible_error", "calibration_batches", "data_digest", "calibration_cache_key",
-    "calibration_cache_name", "check_calibration_cache", "save_calibration_cache", "load_calibration_cache",
+    "incompatible_error", "calibration_batches", "check_int", "CALIBRATION_METHODS",
 ]

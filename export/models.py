@@ -50,5 +50,5 @@ class TriageNet(nn.Module):
 
 
 def phantom_triage_net() -> TriageNet:
-    """Factory used by ``edgeinfer export --factory export.models:phantom_triage_net``."""
+    """Factory used by ``edgeinfer export --factory edgeinfer_export.models:phantom_triage_net``."""
     return TriageNet(n_labels=2)

@@ -202,15 +202,15 @@ def load_config(path: str | Path) -> dict:
 
 def real_inputs_from_dicom(paths: Sequence[str | Path], config: dict, limit: int = 8) -> np.ndarray | None:
     """Preprocess up to ``limit`` DICOM files with the bundle's own spec (for the comparison)."""
-    from edgeinfer import dicomio
     from edgeinfer.errors import InputError
-    from edgeinfer.preprocess import PreprocessSpec, prepare
+    from edgeinfer.intake import Intake
+    from edgeinfer.preprocess import PreprocessSpec
 
-    spec = PreprocessSpec.from_manifest(config["preprocessing"])
+    intake = Intake(PreprocessSpec.from_manifest(config["preprocessing"]))
     out = []
     for p in paths:
         try:
-            out.append(prepare(dicomio.read_dataset(p), spec).tensor)
+            out.append(intake.read(p).tensor)
         except InputError:
             continue
         if len(out) >= limit:

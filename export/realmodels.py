@@ -7,12 +7,12 @@ while their accuracy columns honestly say "not validated". They are never for tr
 
 MONAI is needed here only (the workstation side); the runtime never imports it.
 
-    python -m export.realmodels bundles/                 # both, at their usual sizes
-    python -m export.realmodels bundles/ --models unet --size 512
+    python -m edgeinfer_export.realmodels bundles/                 # both, at their usual sizes
+    python -m edgeinfer_export.realmodels bundles/ --models unet --size 512
     edgeinfer bench bundles/densenet121-random --backend all
 
 DenseNet-121: ``monai.networks.nets.DenseNet121(spatial_dims=2, in_channels=1,
-out_channels=2)`` + sigmoid, 224x224 (the size issue 5's measurements used). U-Net:
+out_channels=2)`` + sigmoid, 224x224 (the size the committed benchmark results use). U-Net:
 ``monai.networks.nets.UNet(spatial_dims=2, in_channels=1, out_channels=2,
 channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)`` + sigmoid (MONAI's
 tutorial configuration), 256x256 by default, task ``segmentation``, output (batch, 2, H, W).
@@ -114,7 +114,7 @@ def export_real_model(name: str, out_dir: str | Path, *, size: int | None = None
     """Export model ``name`` with random weights (``torch.manual_seed(seed)``) into a bundle at ``out_dir``."""
     import torch
 
-    from export.onnx_export import export_bundle
+    from .onnx_export import export_bundle
 
     if name not in MODELS:
         raise ExportError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
@@ -134,7 +134,7 @@ def export_real_model(name: str, out_dir: str | Path, *, size: int | None = None
         warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
         report = export_bundle(model, cfg, out_dir, opset=17, tolerance=tolerance, overwrite=overwrite, seed=seed,
-                               source={"factory": f"export.realmodels:{name}", "weights": f"random (seed {seed})"})
+                               source={"factory": f"edgeinfer_export.realmodels:{name}", "weights": f"random (seed {seed})"})
     if task == "segmentation":
         # export_bundle writes a classification output spec; a segmentation model outputs masks
         bundle = load_bundle(report.bundle_dir)
@@ -147,10 +147,10 @@ def export_real_model(name: str, out_dir: str | Path, *, size: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.realmodels", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m edgeinfer_export.realmodels", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n  python -m export.realmodels bundles/\n"
-                                       "  python -m export.realmodels bundles/ --models unet --size 512 --overwrite")
+                                epilog="examples:\n  python -m edgeinfer_export.realmodels bundles/\n"
+                                       "  python -m edgeinfer_export.realmodels bundles/ --models unet --size 512 --overwrite")
     p.add_argument("out_dir", help="folder to write <model>-random/ bundles into")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)} (default: all)")
     p.add_argument("--size", type=int, default=None, help="input size (default: 224 for densenet121, 256 for unet)")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}: {b.manifest['task']}, input {b.manifest['inputs'][0]['shape']}, "
                   f"output {b.manifest['outputs'][0]['shape']}, {a.record['bytes']:,} bytes, random weights")
     except EdgeInferError as exc:
-        print(f"export.realmodels: {exc}", file=sys.stderr)
+        print(f"edgeinfer_export.realmodels: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,8 +4,8 @@ Seeded and CPU-only (a few minutes on 2 cores). The images go through the runtim
 reader and preprocessing (edgeinfer.preprocess), so the model is trained on exactly what
 the device will feed it.
 
-    python -m export.train_phantom                  # train, save weights, export the bundle
-    python -m export.train_phantom --export-only    # re-export from the committed weights
+    python -m edgeinfer_export.train_phantom                  # train, save weights, export the bundle
+    python -m edgeinfer_export.train_phantom --export-only    # re-export from the committed weights
 
 A PHANTOM MODEL for demonstrating and testing the pipeline. NOT FOR CLINICAL USE.
 """
@@ -42,7 +42,8 @@ def _case_tensors(args):
     import cv2
 
     from edgeinfer import phantom
-    from edgeinfer.preprocess import PreprocessSpec, prepare
+    from edgeinfer.intake import prepare_dataset as prepare
+    from edgeinfer.preprocess import PreprocessSpec
 
     spec = PreprocessSpec.from_manifest(json.loads(CONFIG.read_text())["preprocessing"])
     xs, ys, ms = [], [], []
@@ -97,7 +98,7 @@ def train(args) -> dict:
     from torch import nn
 
     from edgeinfer.metrics import roc_auc
-    from export.models import phantom_triage_net
+    from .models import phantom_triage_net
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -157,10 +158,10 @@ def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def export(args, training: dict | None) -> None:
-    from export.onnx_export import export_bundle, load_config, load_module
+    from .onnx_export import export_bundle, load_config, load_module
 
     config = load_config(CONFIG)
-    model = load_module(factory="export.models:phantom_triage_net", weights=WEIGHTS)
+    model = load_module(factory="edgeinfer_export.models:phantom_triage_net", weights=WEIGHTS)
     xva, _, _ = make_set(VAL_SEED, args.n_val, args.max_size, Path(args.cache) if args.cache else None,
                          workers=args.workers)
     record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED, "paired": True,
@@ -175,7 +176,7 @@ def export(args, training: dict | None) -> None:
         record = {**old, **{k: v for k, v in record.items() if k != "date"}}
     config["training"] = record
     report = export_bundle(model, config, BUNDLE, real_inputs=xva[:16].astype(np.float32),
-                           source={"factory": "export.models:phantom_triage_net",
+                           source={"factory": "edgeinfer_export.models:phantom_triage_net",
                                    "weights": str(WEIGHTS.relative_to(ROOT))}, overwrite=True)
     print(f"  exported {report.bundle_dir} ({report.onnx_bytes:,} bytes), max |ORT - torch| {report.max_abs_diff:.2e}")
 

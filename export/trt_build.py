@@ -18,8 +18,10 @@ the design, not copied):
 INT8 is built from the bundle's Q/DQ graph (explicit quantization). Only on TensorRT 10.x,
 and only when asked, the FP32 graph is calibrated with ``IInt8EntropyCalibrator2`` and a
 calibration cache keyed on (graph sha256, preprocessing digest, method, TensorRT version,
-calibration data digest), so a stale cache is never reused. TensorRT 11 has no
-calibrators.
+calibration data digest), so a stale cache is never reused (:mod:`edgeinfer_export.trt_calibration_cache`).
+TensorRT 11 has no calibrators. The CUDA/TensorRT plumbing shared with the runner (lazy
+imports, CUDA error checks, the TensorRT logger, ``device_info``) is
+:mod:`edgeinfer.backends.cuda`.
 """
 from __future__ import annotations
 
@@ -36,13 +38,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeinfer._io import atomic_write
 from edgeinfer import __version__ as edgeinfer_version
 from edgeinfer import onnxgraph, trt_policy
-from edgeinfer._lazy import lazy_import
+from edgeinfer._io import atomic_write, cache_root
+from edgeinfer.backends import cuda
+from edgeinfer.backends.cuda import device_info  # re-exported: the device a plan is built for and checked against
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.errors import ExportError, IntegrityError, PrecisionNotValidated, UsageError
 from edgeinfer.trt_policy import PolicyError
+
+from .trt_calibration_cache import (calibration_cache_key, calibration_cache_name, data_digest,
+                                    load_calibration_cache, save_calibration_cache)
 
 log = logging.getLogger("edgeinfer.build")
 
@@ -51,28 +57,11 @@ AUTO = "auto"
 
 
 def _trt():
-    return lazy_import("tensorrt", extra="trt", purpose="edgeinfer build")
-
-
-def _cudart():
-    from edgeinfer.backends.tensorrt import _cudart as cudart
-
-    return cudart()
-
-
-def device_info(device_id: int = 0) -> dict:
-    """GPU name, compute capability, CUDA runtime/driver and TensorRT versions, DLA cores, platform.
-
-    The same function the TensorRT backend checks plans against (cuda-python runtime API).
-    """
-    from edgeinfer.backends.tensorrt import device_info as _device_info
-
-    return _device_info(device_id)
+    return cuda.import_tensorrt(purpose="edgeinfer build")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgeinfer" / "tensorrt"
+    return cache_root() / "tensorrt"
 
 
 def default_timing_cache(device: dict) -> Path:
@@ -80,12 +69,6 @@ def default_timing_cache(device: dict) -> Path:
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", device.get("gpu_name") or "gpu").strip("-").lower()
     cc = (device.get("compute_capability") or "0.0").replace(".", "")
     return cache_dir() / f"timing-trt{device.get('tensorrt_version', '0')}-sm{cc}-{gpu}.cache"
-
-
-def _make_logger(trt):
-    from edgeinfer.backends.tensorrt import _make_logger as make
-
-    return make(trt)
 
 
 # --- INT8 calibration (TensorRT 10.x only) --------------------------------------------------
@@ -116,10 +99,10 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` through one device buffer.
 
     ``read_calibration_cache`` returns a cache only when its key record matches ``key``
-    (trt_policy.check_calibration_cache); ``write_calibration_cache`` saves it with the key.
+    (:func:`edgeinfer_export.trt_calibration_cache.check_calibration_cache`); ``write_calibration_cache``
+    saves it with the key.
     """
-    cudart = _cudart()
-    from edgeinfer.backends.tensorrt import _check
+    cudart = cuda.import_cudart()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -127,7 +110,7 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             self._batches = list(batches)
             self._index = 0
             self._nbytes = max((b.nbytes for b in self._batches), default=0)
-            self._device = _check(cudart.cudaMalloc(self._nbytes), "cudaMalloc", cudart) if self._nbytes else 0
+            self._device = cuda.check(cudart.cudaMalloc(self._nbytes), "cudaMalloc", cudart) if self._nbytes else 0
             self.cache_rejected: list[str] = []
             self.cache_read = False
             self.cache_written: Path | None = None
@@ -144,13 +127,13 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             x = np.ascontiguousarray(self._batches[self._index], dtype=np.float32)
             self._index += 1
             kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            _check(cudart.cudaMemcpy(self._device, x.ctypes.data, x.nbytes, kind), "cudaMemcpy", cudart)
+            cuda.check(cudart.cudaMemcpy(self._device, x.ctypes.data, x.nbytes, kind), "cudaMemcpy", cudart)
             self.batches_fed += 1
             return [int(self._device)]
 
         def read_calibration_cache(self):
-            data, why = trt_policy.load_calibration_cache(cache_dir, key)
-            name = trt_policy.calibration_cache_name(key)
+            data, why = load_calibration_cache(cache_dir, key)
+            name = calibration_cache_name(key)
             if data is None:
                 self.cache_rejected = [w for w in why if "no such calibration cache" not in w]
                 for w in self.cache_rejected:
@@ -161,11 +144,11 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             return data
 
         def write_calibration_cache(self, cache):
-            self.cache_written = trt_policy.save_calibration_cache(cache_dir, key, bytes(memoryview(cache)))
+            self.cache_written = save_calibration_cache(cache_dir, key, bytes(memoryview(cache)))
 
         def free(self):
             if self._device:
-                _check(cudart.cudaFree(self._device), "cudaFree", cudart)
+                cuda.check(cudart.cudaFree(self._device), "cudaFree", cudart)
                 self._device = 0
 
     return EntropyCalibrator()
@@ -233,9 +216,9 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     bundle_dir = Path(bundle_dir)
     batch = trt_policy.check_batch(tuple(batch))
     if workspace_mb is not None:
-        trt_policy._check_int(workspace_mb, "workspace (MB)", minimum=1)
+        trt_policy.check_int(workspace_mb, "workspace (MB)", minimum=1)
     if builder_optimization_level is not None:
-        trt_policy._check_int(builder_optimization_level, "builder optimisation level", minimum=0)
+        trt_policy.check_int(builder_optimization_level, "builder optimisation level", minimum=0)
     if precision not in trt_policy.PRECISIONS:
         raise PolicyError(f"precision {precision!r} is not one of {', '.join(trt_policy.PRECISIONS)}")
     calib = _as_calibration(calibration)
@@ -250,7 +233,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
         log.warning("%s", w)
     source, info = _source_artifact(bundle, plan)
 
-    logger = _make_logger(trt)
+    logger = cuda.make_logger(trt)
     logger.errors.clear()
     builder = trt.Builder(logger)
     net_flags = 0
@@ -348,9 +331,9 @@ def _setup_calibrator(trt, builder, config, bundle, source, shapes, calib, devic
         raise UsageError(f"calibration batch {cb} must lie within the engine's batch range {lo[0]}..{hi[0]}")
     batches = trt_policy.calibration_batches(data, cb, last=cset.last)
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
-    key = trt_policy.calibration_cache_key(
+    key = calibration_cache_key(
         graph_sha256=source.sha256, preprocessing_digest=spec.digest(), method="entropy2",
-        tensorrt_version=device["tensorrt_version"], data_digest=trt_policy.data_digest(data), batch=cb)
+        tensorrt_version=device["tensorrt_version"], data_digest=data_digest(data), batch=cb)
     cdir = Path(cset.cache_dir) if cset.cache_dir else cache_dir() / "calibration"
     calibrator = make_entropy_calibrator(trt, batches, input_name=input_name, cache_dir=cdir, key=key)
     config.int8_calibrator = calibrator
@@ -359,7 +342,7 @@ def _setup_calibrator(trt, builder, config, bundle, source, shapes, calib, devic
     calib_profile.set_shape(input_name, fixed, fixed, fixed)
     config.set_calibration_profile(calib_profile)
     record = {"method": "entropy2", "samples": int(data.shape[0]), "batch": cb, "last_batch": cset.last,
-              "batches": len(batches), "data_sha256": key["data_digest"], "cache": trt_policy.calibration_cache_name(key),
+              "batches": len(batches), "data_sha256": key["data_digest"], "cache": calibration_cache_name(key),
               "preprocessing_digest": key["preprocessing_digest"]}
     return calibrator, record
 

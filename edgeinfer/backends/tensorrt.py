@@ -10,7 +10,9 @@ Execution follows the TensorRT 10 named-tensor API (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``) on one CUDA stream, with pinned host
 buffers and device buffers sized for the profile's largest batch, the way NVIDIA's
 ``samples/python/common_runtime.py`` does with cuda-python. ``tensorrt`` and
-``cuda-python`` are imported only when the backend is probed or a runner activates.
+``cuda-python`` are imported only when the backend is probed or a runner activates; the
+plumbing shared with ``edgeinfer build`` (those imports, CUDA error checking, the TensorRT
+logger, :func:`device_info`) lives in :mod:`edgeinfer.backends.cuda`.
 
 Runner options (``RunnerOptions.extra``):
   ``cuda_graph``: capture H2D + execute + D2H into a CUDA graph per input shape after a
@@ -24,21 +26,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib
 import importlib.util
 import logging
-import platform as _platform
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import trt_policy
-from .._lazy import lazy_import
 from ..bundle import Artifact
-from ..errors import BackendUnavailable, CudaError, IntegrityError, InferenceError, MissingDependency
-from . import register
+from ..errors import BackendUnavailable, IntegrityError, InferenceError, MissingDependency
+from ..errors import CudaError  # noqa: F401 - its old import path (edgeinfer.backends.tensorrt) still works
+from . import cuda, register
 from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
+from .cuda import device_info  # re-exported: the device a plan is checked against
 
 log = logging.getLogger("edgeinfer.tensorrt")
 
@@ -48,90 +48,12 @@ _INSTALL = ("pip install 'edgeinfer[trt]' on a machine with an NVIDIA GPU "
             "(on Jetson, TensorRT and CUDA come with JetPack)")
 
 
-# --- lazy imports -------------------------------------------------------------------------------
-def _trt():
-    return lazy_import("tensorrt", extra="trt", purpose="the TensorRT backend")
-
-
-def _cudart():
-    """cuda-python's runtime API: ``cuda.bindings.runtime`` (cuda-python >= 12.6), else the older ``cuda.cudart``."""
-    try:
-        return importlib.import_module("cuda.bindings.runtime")
-    except ImportError:
-        pass
-    return lazy_import("cuda.cudart", extra="trt", purpose="the TensorRT backend (cuda-python)")
-
-
+# --- availability ---------------------------------------------------------------------------
 def _module_present(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # parent package missing
         return False
-
-
-def _check(result, what: str, cudart=None):
-    """Unpack a cuda-python ``(err, *values)`` tuple; raise CudaError naming the call on failure."""
-    if not isinstance(result, tuple):
-        result = (result,)
-    err, rest = result[0], result[1:]
-    code = int(getattr(err, "value", err))
-    if code != 0:
-        name = str(err)
-        if cudart is not None:
-            try:
-                name = cudart.cudaGetErrorName(err)[1]
-                name = name.decode() if isinstance(name, bytes) else str(name)
-            except Exception:  # noqa: BLE001 - the name is only decoration
-                pass
-        raise CudaError(f"{what} failed: CUDA error {code} ({name})")
-    if not rest:
-        return None
-    return rest[0] if len(rest) == 1 else rest
-
-
-def _platform_tag() -> str:
-    return f"{sys.platform}-{_platform.machine().lower()}"
-
-
-def _cuda_version(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def device_info(device_id: int = 0) -> dict:
-    """What this device offers a TensorRT plan (the ``device`` argument of trt_policy checks).
-
-    Keys: tensorrt_version, cuda_version (runtime), cuda_driver_version, gpu_name,
-    compute_capability ("8.7"), integrated (Jetson), dla_cores, platform, device_id.
-    """
-    trt = _trt()
-    cudart = _cudart()
-    count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
-    if not count:
-        raise BackendUnavailable("no CUDA GPU found (cudaGetDeviceCount returned 0)")
-    if not 0 <= device_id < count:
-        raise BackendUnavailable(f"CUDA device {device_id} asked, this machine has {count} (0..{count - 1})")
-    _check(cudart.cudaSetDevice(device_id), "cudaSetDevice", cudart)
-    prop = _check(cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties", cudart)
-    name = prop.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
-    runtime_v = _check(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion", cudart)
-    driver_v = _check(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion", cudart)
-    try:
-        dla = int(trt.Runtime(_make_logger(trt)).num_DLA_cores)
-    except Exception:  # noqa: BLE001 - no DLA API / no DLA: report none
-        dla = 0
-    return {
-        "tensorrt_version": str(trt.__version__),
-        "cuda_version": _cuda_version(int(runtime_v)),
-        "cuda_driver_version": _cuda_version(int(driver_v)),
-        "gpu_name": str(name).strip(),
-        "compute_capability": f"{prop.major}.{prop.minor}",
-        "integrated": bool(getattr(prop, "integrated", False)),
-        "dla_cores": dla,
-        "platform": _platform_tag(),
-        "device_id": device_id,
-    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,7 +62,7 @@ def probe() -> tuple[bool, str]:
     if not _module_present("tensorrt"):
         return False, f"tensorrt is not installed ({_INSTALL})"
     try:
-        trt = _trt()
+        trt = cuda.import_tensorrt()
     except MissingDependency as exc:
         return False, f"tensorrt is installed but cannot be imported ({exc.__cause__ or exc})"
     try:
@@ -152,48 +74,13 @@ def probe() -> tuple[bool, str]:
     if not (_module_present("cuda.bindings") or _module_present("cuda.cudart")):
         return False, f"cuda-python is not installed ({_INSTALL})"
     try:
-        cudart = _cudart()
-        count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
+        cudart = cuda.import_cudart()
+        count = cuda.check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
     except Exception as exc:  # noqa: BLE001 - no driver, no device: all mean "unavailable"
         return False, f"no usable CUDA GPU ({exc})"
     if not count:
         return False, "no CUDA GPU found"
     return True, ""
-
-
-#: one logger per tensorrt module: TensorRT keeps the first logger it is given process-wide and
-#: ignores (with a warning) any different one passed to a later Builder or Runtime
-_LOGGERS: dict[int, tuple[object, object]] = {}
-
-
-def _make_logger(trt):
-    """The process-wide TensorRT logger: forwards to Python logging and keeps recent errors.
-
-    Callers clear ``logger.errors`` before an operation and quote it when the operation fails.
-    """
-    hit = _LOGGERS.get(id(trt))
-    if hit is not None and hit[0] is trt:
-        return hit[1]
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)  # required by the pybind trampoline
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            sev = int(severity)  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
-            if sev <= 1:
-                self.errors.append(str(msg))
-                del self.errors[:-50]
-                log.error("TensorRT: %s", msg)
-            elif sev == 2:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    logger = _Logger()
-    _LOGGERS[id(trt)] = (trt, logger)
-    return logger
 
 
 # --- buffers ------------------------------------------------------------------------------------
@@ -263,9 +150,9 @@ class TrtRunner(Runner):
             raise
 
     def _load(self, data: bytes, record: dict) -> None:
-        trt, cudart = _trt(), _cudart()
+        trt, cudart = cuda.import_tensorrt(), cuda.import_cudart()
         self._trt_version = str(trt.__version__)
-        self._logger = _make_logger(trt)
+        self._logger = cuda.make_logger(trt)
         self._logger.errors.clear()
         self._runtime = trt.Runtime(self._logger)
         if record.get("dla_core") is not None:
@@ -282,10 +169,10 @@ class TrtRunner(Runner):
         if self._context is None:
             raise BackendUnavailable(f"TensorRT could not create an execution context for {self.artifact.id}: "
                                      + ("; ".join(self._logger.errors[-5:]) or "out of device memory?"))
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate", cudart)
+        self._stream = cuda.check(cudart.cudaStreamCreate(), "cudaStreamCreate", cudart)
         self._allocate(trt, cudart)
         if self._timing:
-            self._events = [_check(cudart.cudaEventCreate(), "cudaEventCreate", cudart) for _ in range(4)]
+            self._events = [cuda.check(cudart.cudaEventCreate(), "cudaEventCreate", cudart) for _ in range(4)]
 
     def _allocate(self, trt, cudart) -> None:
         engine, ctx = self._engine, self._context
@@ -313,9 +200,9 @@ class TrtRunner(Runner):
             nbytes = int(np.prod(max_shape, dtype=np.int64)) * dtype.itemsize
             b = _Binding(name, is_in, dtype, tuple(engine.get_tensor_shape(name)), max_shape, max(nbytes, 1))
             self._bindings.append(b)  # listed first, so a failed allocation below still frees the other buffer
-            b.host = _check(cudart.cudaMallocHost(b.nbytes), f"cudaMallocHost({b.nbytes})", cudart)
+            b.host = cuda.check(cudart.cudaMallocHost(b.nbytes), f"cudaMallocHost({b.nbytes})", cudart)
             b.host_view = _pinned_view(b.host, b.nbytes)
-            b.device = _check(cudart.cudaMalloc(b.nbytes), f"cudaMalloc({b.nbytes})", cudart)
+            b.device = cuda.check(cudart.cudaMalloc(b.nbytes), f"cudaMalloc({b.nbytes})", cudart)
             if not ctx.set_tensor_address(name, b.device):
                 raise BackendUnavailable(f"TensorRT rejected the device buffer for {name!r}")
 
@@ -325,14 +212,14 @@ class TrtRunner(Runner):
     def _free(self) -> None:
         """Release everything activate allocated; never raises (logs what it could not free)."""
         try:
-            cudart = _cudart()
+            cudart = cuda.import_cudart()
         except Exception:  # noqa: BLE001
             cudart = None
         problems = []
 
         def attempt(what, fn, *args):
             try:
-                _check(fn(*args), what, cudart)
+                cuda.check(fn(*args), what, cudart)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"{what}: {exc}")
 
@@ -450,41 +337,41 @@ class TrtRunner(Runner):
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         if timed:
-            _check(cudart.cudaEventRecord(ev[0], stream), "cudaEventRecord", cudart)
+            cuda.check(cudart.cudaEventRecord(ev[0], stream), "cudaEventRecord", cudart)
         for b, _shape, nbytes in sizes:
             if b.is_input:
-                _check(cudart.cudaMemcpyAsync(b.device, b.host, nbytes, h2d, stream), "cudaMemcpyAsync H2D", cudart)
+                cuda.check(cudart.cudaMemcpyAsync(b.device, b.host, nbytes, h2d, stream), "cudaMemcpyAsync H2D", cudart)
         if timed:
-            _check(cudart.cudaEventRecord(ev[1], stream), "cudaEventRecord", cudart)
+            cuda.check(cudart.cudaEventRecord(ev[1], stream), "cudaEventRecord", cudart)
         if not self._context.execute_async_v3(int(stream)):
             raise InferenceError(f"TensorRT execute_async_v3 failed on {self.artifact.id}: "
                                  + ("; ".join(self._logger.errors[-3:]) if self._logger else ""))
         if timed:
-            _check(cudart.cudaEventRecord(ev[2], stream), "cudaEventRecord", cudart)
+            cuda.check(cudart.cudaEventRecord(ev[2], stream), "cudaEventRecord", cudart)
         for b, _shape, nbytes in sizes:
             if not b.is_input:
-                _check(cudart.cudaMemcpyAsync(b.host, b.device, nbytes, d2h, stream), "cudaMemcpyAsync D2H", cudart)
+                cuda.check(cudart.cudaMemcpyAsync(b.host, b.device, nbytes, d2h, stream), "cudaMemcpyAsync D2H", cudart)
         if timed:
-            _check(cudart.cudaEventRecord(ev[3], stream), "cudaEventRecord", cudart)
+            cuda.check(cudart.cudaEventRecord(ev[3], stream), "cudaEventRecord", cudart)
 
     def _elapsed(self, cudart, a, b) -> float:
         fn = getattr(cudart, "cudaEventElapsedTime", None) or getattr(cudart, "cudaEventElapsedTime_v2")
-        return float(_check(fn(a, b), "cudaEventElapsedTime", cudart))
+        return float(cuda.check(fn(a, b), "cudaEventElapsedTime", cudart))
 
     def _run(self, arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-        cudart = _cudart()
+        cudart = cuda.import_cudart()
         key, sizes = self._stage(arrays, batch)
         graph = self._graphs.get(key)
         timed = self._timing and bool(self._events)
         if graph is not None:
             if timed:
-                _check(cudart.cudaEventRecord(self._events[0], self._stream), "cudaEventRecord", cudart)
-            _check(cudart.cudaGraphLaunch(graph[1], self._stream), "cudaGraphLaunch", cudart)
+                cuda.check(cudart.cudaEventRecord(self._events[0], self._stream), "cudaEventRecord", cudart)
+            cuda.check(cudart.cudaGraphLaunch(graph[1], self._stream), "cudaGraphLaunch", cudart)
             if timed:
-                _check(cudart.cudaEventRecord(self._events[3], self._stream), "cudaEventRecord", cudart)
+                cuda.check(cudart.cudaEventRecord(self._events[3], self._stream), "cudaEventRecord", cudart)
         else:
             self._enqueue(cudart, sizes, timed=timed)
-        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize", cudart)
+        cuda.check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize", cudart)
         if timed:
             ev = self._events
             if graph is not None:
@@ -506,15 +393,15 @@ class TrtRunner(Runner):
         stream = self._stream
         try:
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-            _check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture", cudart)
+            cuda.check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture", cudart)
             try:
                 self._enqueue(cudart, sizes, timed=False)
             finally:
-                graph = _check(cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture", cudart)
+                graph = cuda.check(cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture", cudart)
             try:
-                graph_exec = _check(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiate", cudart)
+                graph_exec = cuda.check(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiate", cudart)
             except Exception:
-                _check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy", cudart)
+                cuda.check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy", cudart)
                 raise
         except Exception as exc:  # noqa: BLE001 - some engines cannot be captured; say so, keep running
             self._graph_status = f"off: capture failed ({exc})"
@@ -535,12 +422,12 @@ class TrtRunner(Runner):
         lo, hi = self._batch_range
         if not lo <= n <= hi:
             raise InferenceError(f"raw_call needs a batch within the engine's profile {lo}..{hi}; {n} given")
-        cudart = _cudart()
+        cudart = cuda.import_cudart()
         _key, sizes = self._stage(arrays, n)
 
         def call():
             self._enqueue(cudart, sizes, timed=False)
-            _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize", cudart)
+            cuda.check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize", cudart)
             return [b.host_view[:nb].view(b.dtype).reshape(s) for b, s, nb in sizes if not b.is_input]
 
         return call

@@ -1,6 +1,6 @@
 """Session fixtures for the calibration tests: phantom studies and a small model exported here.
 
-The model is the phantom CNN's architecture (export.models.TriageNet) at 64x64 with narrower
+The model is the phantom CNN's architecture (edgeinfer_export.models.TriageNet) at 64x64 with narrower
 layers, trained for 60 seeded steps on 40 phantoms (about a second). Untrained weights are no
 good here: their scores all sit near 0.5, and a head rescaled to spread them amplifies tiny
 feature differences, so every perturbation (INT8 or FP16) looks catastrophic. Everything is
@@ -29,11 +29,12 @@ def small_config(size: int = SIZE) -> dict:
 
 def tensors_of(folder: Path, config: dict, limit: int = 64) -> np.ndarray:
     from edgeinfer import dicomio
-    from edgeinfer.preprocess import PreprocessSpec, prepare
+    from edgeinfer.intake import prepare_dataset
+    from edgeinfer.preprocess import PreprocessSpec
 
     spec = PreprocessSpec.from_manifest(config["preprocessing"])
     files = sorted(folder.rglob("*.dcm"))[:limit]
-    return np.stack([prepare(dicomio.read_dataset(f), spec).tensor for f in files])
+    return np.stack([prepare_dataset(dicomio.read_dataset(f), spec).tensor for f in files])
 
 
 def labels_of(folder: Path, limit: int = 64) -> np.ndarray:
@@ -51,8 +52,8 @@ def export_small_model(out: Path, train_images: np.ndarray, train_labels: np.nda
                        steps: int = 60) -> Path:
     """Train TriageNet (narrow, 64x64) briefly on phantoms and export it as a bundle (about 2 s)."""
     torch = pytest.importorskip("torch")
-    from export.models import TriageNet
-    from export.onnx_export import export_bundle
+    from edgeinfer_export.models import TriageNet
+    from edgeinfer_export.onnx_export import export_bundle
 
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
@@ -114,7 +115,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_bundle(tmp_path_factory, model_bundle, cal_dir, cache_dir):
     """(bundle path, CalibrateResult): fp16 + int8 added by calibrate_bundle (read-only)."""
-    from calibration.calibrate import calibrate_bundle
+    from edgeinfer_calibration.calibrate import calibrate_bundle
 
     out = tmp_path_factory.mktemp("calib-bundles") / "calibrated"
     result = calibrate_bundle(model_bundle, cal_dir, out=out, samples=12, seed=3, cache_dir=cache_dir)

@@ -8,12 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from calibration import CalibrationError
-from calibration.dataset import (STRATUM_FIELDS, TensorReader, allocate, build_calibration_set, plan_selection, scan,
+from edgeinfer_calibration import CalibrationError
+from edgeinfer_calibration.dataset import (STRATUM_FIELDS, TensorReader, allocate, build_calibration_set, plan_selection, scan,
                                  select)
 from edgeinfer import dicomio
 from edgeinfer.bundle import load_bundle, sha256_file, write_manifest
-from edgeinfer.preprocess import PreprocessSpec, prepare
+from edgeinfer.intake import prepare_dataset
+from edgeinfer.preprocess import PreprocessSpec
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_tensors_are_the_runtimes_preprocessing(cal_dir, bundle, tmp_path):
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
     assert cs.tensors.shape == (6, 1, *spec.target_size) and cs.tensors.dtype == np.float32
     for t, c in zip(cs.tensors, cs.samples):
-        np.testing.assert_array_equal(t, prepare(dicomio.read_dataset(c.path), spec).tensor)
+        np.testing.assert_array_equal(t, prepare_dataset(dicomio.read_dataset(c.path), spec).tensor)
 
 
 def test_calibration_manifest(cal_dir, bundle, tmp_path):

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.calibrate import FallbackConfig, calibrate_bundle
-from calibration.dataset import build_calibration_set
-from calibration.mixed import CheckSet, quantize_with_fallback
-from calibration.quantize import Int8Config, ort_session, run_model, verify_int8_form
+from edgeinfer_calibration.calibrate import FallbackConfig, calibrate_bundle
+from edgeinfer_calibration.dataset import build_calibration_set
+from edgeinfer_calibration.mixed import CheckSet, quantize_with_fallback
+from edgeinfer_calibration.quantize import Int8Config, ort_session, run_model, verify_int8_form
 from edgeinfer.bundle import artifact_record, load_bundle, write_manifest
 from edgeinfer.gate import GateConfig
 
@@ -136,14 +136,14 @@ def test_an_impossible_gate_stops_at_max_kept_and_says_so(tmp_path, model_bundle
 
 
 def test_check_set_validation():
-    from calibration import CalibrationError
+    from edgeinfer_calibration import CalibrationError
 
     with pytest.raises(CalibrationError):
         CheckSet(np.zeros((2, 1, 4, 4), np.float32), ["a"])
 
 
 def test_fallback_from_the_cli_flags(tmp_path, outlier, cal_dir, cache_dir):
-    from calibration.cli import add_parsers
+    from edgeinfer_calibration.cli import add_parsers
 
     d, _, _ = outlier
     bundle = tmp_path / "b"

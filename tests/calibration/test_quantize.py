@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from calibration import CalibrationError
-from calibration.dataset import build_calibration_set
-from calibration.quantize import CalibrationMethod, Int8Config, convert_fp16, quantize_int8, verify_int8_form
+from edgeinfer_calibration import CalibrationError
+from edgeinfer_calibration.dataset import build_calibration_set
+from edgeinfer_calibration.quantize import CalibrationMethod, Int8Config, convert_fp16, quantize_int8, verify_int8_form
 from edgeinfer import onnxgraph
 from edgeinfer.backends import RunnerOptions, create_runner
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest

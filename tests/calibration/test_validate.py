@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration import CalibrationError
-from calibration.calibrate import FallbackConfig, calibrate_bundle
-from calibration.cli import add_parsers
-from calibration.quantize import Int8Config
-from calibration.validate import (REQUIRED_KEYS, RuntimeTarget, StudyOutcome, compare_outcomes, record_validation,
+from edgeinfer_calibration import CalibrationError
+from edgeinfer_calibration.calibrate import FallbackConfig, calibrate_bundle
+from edgeinfer_calibration.cli import add_parsers
+from edgeinfer_calibration.quantize import Int8Config
+from edgeinfer_calibration.validate import (REQUIRED_KEYS, RuntimeTarget, StudyOutcome, compare_outcomes, record_validation,
                                   validate_bundle)
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.errors import PrecisionNotValidated
@@ -73,7 +73,7 @@ def test_unvalidated_precisions_are_refused_by_the_runtime_gate(calibrated_bundl
 
 
 def test_calibrate_never_leaves_a_half_written_bundle(bundle_copy, cal_dir, cache_dir, monkeypatch):
-    import calibration.calibrate as cal
+    import edgeinfer_calibration.calibrate as cal
 
     before = {p.name: p.read_bytes() for p in bundle_copy.iterdir()}
 
@@ -81,7 +81,7 @@ def test_calibrate_never_leaves_a_half_written_bundle(bundle_copy, cal_dir, cach
         raise CalibrationError("injected failure after the FP16 graph was written")
 
     monkeypatch.setattr(cal, "quantize_with_fallback", boom, raising=False)
-    monkeypatch.setattr("calibration.mixed.quantize_with_fallback", boom)
+    monkeypatch.setattr("edgeinfer_calibration.mixed.quantize_with_fallback", boom)
     with pytest.raises(CalibrationError, match="injected"):
         calibrate_bundle(bundle_copy, cal_dir, samples=6, cache_dir=cache_dir)
     assert {p.name: p.read_bytes() for p in bundle_copy.iterdir()} == before

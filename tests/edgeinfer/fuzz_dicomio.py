@@ -3,7 +3,8 @@ on arbitrary bytes.
 
 Only edgeinfer's ``InputError`` may escape; anything else is a finding (libFuzzer
 reports it with the input that caused it), and so is a numpy ``RuntimeWarning`` from
-preprocessing (it would reach a device's stderr). RELIABILITY.md item 1.
+preprocessing (it would reach a device's stderr): arbitrary bytes are read or cleanly
+rejected, never crash (see docs/RELIABILITY.md).
 
 Every decoded frame goes through :func:`edgeinfer.preprocess.preprocess_pixels` with the
 embedded bundle's preprocessing spec, as the triage engine does.

@@ -58,14 +58,15 @@ def test_cannot_run_exits_1_with_a_reason(tmp_path):
 def test_preview_writes_what_the_model_sees(tiny_bundle, phantom_dir, tmp_path):
     from edgeinfer import dicomio
     from edgeinfer.bundle import load_bundle
-    from edgeinfer.preprocess import PreprocessSpec, prepare
+    from edgeinfer.intake import prepare_dataset
+    from edgeinfer.preprocess import PreprocessSpec
 
     f = sorted(phantom_dir.rglob("*.dcm"))[0]
     png, npy = tmp_path / "p.png", tmp_path / "t.npy"
     assert main(["preview", str(f), "--bundle", str(tiny_bundle), "--out", str(png), "--npy", str(npy)]) == 0
     img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
     spec = PreprocessSpec.from_manifest(load_bundle(tiny_bundle).manifest["preprocessing"])
-    ref = prepare(dicomio.read_dataset(f), spec)
+    ref = prepare_dataset(dicomio.read_dataset(f), spec)
     assert img.shape == ref.display.shape
     np.testing.assert_allclose(img / 255.0, ref.display, atol=0.5 / 255 + 1e-6)
     np.testing.assert_array_equal(np.load(npy), ref.tensor)

@@ -1,6 +1,14 @@
-"""The runtime never imports torch, tensorrt, openvino, export or calibration (checked in a fresh interpreter)."""
+"""The runtime never imports torch, tensorrt, openvino or the workstation side (checked in a fresh interpreter)."""
 import subprocess
 import sys
+
+import pytest
+
+#: never imported by the runtime: heavy libraries and the workstation packages (under either name)
+FORBIDDEN = ("torch", "tensorrt", "openvino", "matplotlib", "edgeinfer_export", "edgeinfer_calibration",
+             "export", "calibration")
+RUNTIME_COMMANDS = ("phantom", "inspect", "preview", "triage", "bench", "sign", "keygen")
+WORKSTATION_COMMANDS = ("export", "build", "calibrate", "validate")
 
 CHECK = r"""
 import importlib, pkgutil, sys
@@ -13,15 +21,31 @@ for m in pkgutil.walk_packages(edgeinfer.__path__, "edgeinfer."):
         importlib.import_module(m.name)
     except Exception as e:
         failed.append(f"{m.name}: {e!r}")
-heavy = sorted(n for n in ("torch", "tensorrt", "openvino", "export", "calibration", "matplotlib") if n in sys.modules)
+heavy = sorted(n for n in FORBIDDEN if n in sys.modules)
 print("FAILED", failed)
 print("HEAVY", heavy)
 print("COUNT", len(list(pkgutil.walk_packages(edgeinfer.__path__, "edgeinfer."))))
 """
 
+HELP = r"""
+import sys
+from edgeinfer.cli import main
+try:
+    main(ARGV)
+except SystemExit:
+    pass
+print("HEAVY", sorted(n for n in FORBIDDEN if n in sys.modules))
+"""
+
+
+def _run(code: str, **kw) -> subprocess.CompletedProcess:
+    # -I: isolated, so the repository folder (which holds export/ and calibration/) is not on sys.path
+    return subprocess.run([sys.executable, "-I", "-c", f"FORBIDDEN = {FORBIDDEN!r}\n" + code],
+                          capture_output=True, text=True, timeout=120, **kw)
+
 
 def test_runtime_modules_import_without_heavy_dependencies():
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    out = _run(CHECK)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert lines["FAILED"] == "[]"
@@ -29,7 +53,20 @@ def test_runtime_modules_import_without_heavy_dependencies():
     assert int(lines["COUNT"]) >= 10  # the walk really visited the package
 
 
-def test_cli_help_works_without_torch_loaded():
-    code = "import sys; from edgeinfer.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+@pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in RUNTIME_COMMANDS]], ids=lambda a: " ".join(a))
+def test_runtime_help_imports_nothing_from_the_workstation_side(argv):
+    out = _run(HELP.replace("ARGV", repr(argv)))
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    assert "usage: edgeinfer" in out.stdout
+
+
+def test_top_level_help_lists_the_workstation_commands_too():
+    out = _run(HELP.replace("ARGV", "['--help']"))
+    for command in (*RUNTIME_COMMANDS, *WORKSTATION_COMMANDS):
+        assert f"    {command}" in out.stdout, command
+
+
+@pytest.mark.parametrize("command", WORKSTATION_COMMANDS)
+def test_workstation_commands_are_registered_when_invoked(command):
+    out = _run(HELP.replace("ARGV", repr([command, "--help"])))
+    assert f"usage: edgeinfer {command}" in out.stdout and "examples:" in out.stdout, out.stdout + out.stderr

@@ -1,4 +1,10 @@
-"""edgeinfer.dicomio: the hardened DICOM reader (RELIABILITY.md items 1-8 and 21).
+"""edgeinfer.dicomio: the hardened DICOM reader.
+
+Every file is read or cleanly rejected (pydicom's corpus, non-DICOM files, truncation,
+unsupported transfer syntaxes, the pixel budget, deflate bombs, inconsistent image
+attributes, missing or short pixel data, non-image objects, decoding), and no header
+value (patient data) reaches a message, warning or log record; docs/RELIABILITY.md lists
+each behaviour with its test.
 
 Inputs are pydicom's shipped test files plus small files generated here. No file in
 this module needs a network or a GPU; the whole module runs in well under a minute on
@@ -588,7 +594,7 @@ def test_garbage_after_valid_elements(tmp_path):
 def test_nested_zero_stream_hits_the_read_cap(tmp_path, monkeypatch):
     """Zeros inside an undefined-length sequence item are parsed element by element;
     the read cap ends it (lowered here to keep the test fast)."""
-    monkeypatch.setattr(dicomio, "_MAX_READ_CALLS", 20_000)
+    monkeypatch.setattr(dicomio.parse, "_MAX_READ_CALLS", 20_000)
     ds = image_ds()
     body = explicit_le(ds)
     seq = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)

@@ -383,7 +383,8 @@ def test_flat_header_window_makes_the_study_indeterminate(tmp_path, monkeypatch)
     from edgeinfer import phantom
     from edgeinfer.backends import create_runner
     from edgeinfer.bundle import default_bundle_path, load_bundle, write_manifest
-    from edgeinfer.triage import INDETERMINATE, TriageEngine, discover
+    from edgeinfer.intake import discover
+    from edgeinfer.triage import INDETERMINATE, TriageEngine
 
     monkeypatch.delenv("EDGEINFER_TRUST", raising=False)  # the copied bundle is changed, so unsigned
     case = phantom.make_case(np.random.default_rng(5), index=1, finding="none", size=256, compress=False)

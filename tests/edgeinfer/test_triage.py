@@ -16,7 +16,8 @@ from helpers import make_bundle
 
 from edgeinfer.backends import create_runner
 from edgeinfer.bundle import load_bundle
-from edgeinfer.triage import (INDETERMINATE, TriageEngine, discover, evaluate_worklist, priority_for,
+from edgeinfer.intake import discover
+from edgeinfer.triage import (INDETERMINATE, TriageEngine, evaluate_worklist, priority_for,
                               priority_order, read_study_labels)
 
 

@@ -11,7 +11,7 @@ from edgeinfer import bench  # noqa: E402
 from edgeinfer.backends import RunnerOptions, create_runner  # noqa: E402
 from edgeinfer.bundle import load_bundle  # noqa: E402
 from edgeinfer.errors import ExportError  # noqa: E402
-from export.realmodels import export_real_model  # noqa: E402
+from edgeinfer_export.realmodels import export_real_model  # noqa: E402
 
 SMALL_UNET = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}
 

@@ -18,10 +18,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeinfer import trt_policy
+from edgeinfer.backends import cuda
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.errors import ExportError, MissingDependency, PrecisionNotValidated
 from edgeinfer.trt_policy import PolicyError
-from export import trt_build
+from edgeinfer_export import trt_build
 from helpers import make_bundle
 
 DEV = {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "cuda_driver_version": "12.6", "gpu_name": "Orin",
@@ -239,7 +240,7 @@ def fake(monkeypatch):
         trt = FakeBuildTrt(version, fail_build)
         cudart = FakeCalibCudart()
         monkeypatch.setattr(trt_build, "_trt", lambda: trt)
-        monkeypatch.setattr(trt_build, "_cudart", lambda: cudart)
+        monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
         monkeypatch.setattr(trt_build, "device_info", lambda device_id=0: dict(device or DEV, tensorrt_version=version))
         return types.SimpleNamespace(trt=trt, cudart=cudart)
 

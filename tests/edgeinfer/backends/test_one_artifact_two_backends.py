@@ -3,7 +3,8 @@ import pytest
 
 from edgeinfer.backends import RunnerOptions, select
 from edgeinfer.bundle import load_bundle
-from edgeinfer.triage import TriageEngine, discover
+from edgeinfer.intake import discover
+from edgeinfer.triage import TriageEngine
 
 pytest.importorskip("openvino")
 #: stated tolerance on |score(ORT) - score(OpenVINO)| for the same INT8 graph

@@ -20,7 +20,7 @@ import pytest
 
 import edgeinfer.backends.tensorrt as trtmod
 from edgeinfer import trt_policy
-from edgeinfer.backends import RunnerOptions, choose, create_runner, get_backend
+from edgeinfer.backends import RunnerOptions, choose, create_runner, cuda, get_backend
 from edgeinfer.backends.tensorrt import TensorRTBackend, TrtRunner
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.errors import BackendUnavailable, InferenceError, IntegrityError, MissingDependency
@@ -265,8 +265,8 @@ class FakeTrt(types.SimpleNamespace):
 def fake(monkeypatch):
     cudart = FakeCudart()
     trt = FakeTrt(cudart)
-    monkeypatch.setattr(trtmod, "_trt", lambda: trt)
-    monkeypatch.setattr(trtmod, "_cudart", lambda: cudart)
+    monkeypatch.setattr(cuda, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
     monkeypatch.setattr(trtmod, "_module_present", lambda name: True)
     trtmod.probe.cache_clear()
     yield types.SimpleNamespace(trt=trt, cudart=cudart)
@@ -275,7 +275,7 @@ def fake(monkeypatch):
 
 def fake_device(**kw):
     d = {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "gpu_name": "Orin", "compute_capability": "8.7",
-         "platform": trtmod._platform_tag(), "dla_cores": 2}
+         "platform": cuda.platform_tag(), "dla_cores": 2}
     d.update(kw)
     return d
 
@@ -285,7 +285,7 @@ def plan_bundle(tmp_path, plan_bytes=PLAN, **record_kw):
     d = make_bundle(tmp_path / "b", size=8)
     (d / "fp32.plan").write_bytes(plan_bytes)
     kw = dict(tensorrt_version="10.3.0.30", cuda_version="12.6", gpu_name="Orin", compute_capability="8.7",
-              plan_sha256=hashlib.sha256(plan_bytes).hexdigest(), platform=trtmod._platform_tag())
+              plan_sha256=hashlib.sha256(plan_bytes).hexdigest(), platform=cuda.platform_tag())
     kw.update(record_kw)
     compat = trt_policy.compatibility_record(**kw)
     rec = artifact_record(d, "fp32.plan", id="trt-fp32", precision="fp32", format="tensorrt-plan",
@@ -323,7 +323,7 @@ def test_registry_choice_fails_cleanly_with_that_reason(tmp_path):
 
 
 def test_importing_the_backend_imports_no_tensorrt_or_cuda():
-    code = ("import sys, edgeinfer.backends.tensorrt, edgeinfer.trt_policy; "
+    code = ("import sys, edgeinfer.backends.tensorrt, edgeinfer.backends.cuda, edgeinfer.trt_policy; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -394,7 +394,7 @@ def test_device_info_from_cuda_properties(fake):
     info = trtmod.device_info()
     assert info == {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "cuda_driver_version": "12.6",
                     "gpu_name": "Orin", "compute_capability": "8.7", "integrated": True, "dla_cores": 2,
-                    "platform": trtmod._platform_tag(), "device_id": 0}
+                    "platform": cuda.platform_tag(), "device_id": 0}
     with pytest.raises(BackendUnavailable, match="device 3"):
         trtmod.device_info(3)
 
@@ -429,8 +429,8 @@ def test_runs_and_reports_what_ran(tmp_path, fake):
 def test_large_batches_are_chunked_and_small_ones_padded(tmp_path, monkeypatch):
     cudart = FakeCudart()
     trt = FakeTrt(cudart, profile=((2, 1, 8, 8), (4, 1, 8, 8), (4, 1, 8, 8)))
-    monkeypatch.setattr(trtmod, "_trt", lambda: trt)
-    monkeypatch.setattr(trtmod, "_cudart", lambda: cudart)
+    monkeypatch.setattr(cuda, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
     art = plan_artifact(plan_bundle(tmp_path))
     x = np.random.default_rng(1).random((11, 1, 8, 8), dtype=np.float32)
     with TrtRunner(art, RunnerOptions(device="cuda")) as r:

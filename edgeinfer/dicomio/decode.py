@@ -1,0 +1,211 @@
+"""Decoding one frame: transfer syntax and decoder availability, the frame's codestream
+header (JPEG, JPEG-LS, JPEG 2000 dimensions) checked before a decoder allocates, pydicom's
+decoder with plugin failures summarised, and the result checked for shape.
+"""
+from __future__ import annotations
+
+import operator
+import struct
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import get_decoder
+from pydicom.pixels import pixel_array as _pd_pixel_array
+
+from ..errors import CorruptDicomError, InputError, TooLargeError, UnsupportedError
+from .checks import _Geometry, _check_pixels, _pixel_element, _raw_value, _ts_uid
+from .common import (
+    _DEFAULT_LIMITS,
+    ReadLimits,
+    _cause,
+    _clean_text,
+    _is_input_failure,
+    _parse_error,
+    _safe_uid,
+    _with_study,
+)
+from .quiet import _library_quiet
+
+
+def describe_transfer_syntax(ds: Dataset) -> str:
+    """Human name of the data set's transfer syntax, e.g. "JPEG 2000 Image Compression"."""
+    with _library_quiet():
+        uid = _ts_uid(ds)
+    if uid is None:
+        return "unknown transfer syntax (none in the file meta)"
+    name = uid.name
+    if not name or name == str(uid):
+        return f"unknown transfer syntax {_safe_uid(uid)}"
+    if uid.is_valid and uid.type and uid.type != "Transfer Syntax":
+        return f"{name} (not a transfer syntax)"
+    return name
+
+
+#: plugin failures that mean "this variant is not implemented", not "this data is damaged"
+_UNSUPPORTED_WORDS = ("does not support", "not supported", "unsupported")
+
+
+def _plugin_failures(exc: BaseException) -> list[tuple[str, str]]:
+    lines = str(exc).splitlines()[1:]
+    failures = []
+    for line in lines:
+        name, sep, message = line.strip().partition(": ")
+        if sep:
+            failures.append((_clean_text(name, 40), _clean_text(message)))
+    return failures
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
+
+
+def _jp2_codestream_offset(frame: bytes) -> int:
+    """Offset of the J2K codestream in a frame that may carry a (non-conformant) JP2 header.
+
+    Walks the boxes as pydicom's ``get_j2k_parameters`` does, but refuses a box of
+    length 0 before the codestream box: pydicom 3.0.2 loops forever on one.
+    """
+    if not frame.startswith(_JP2_SIGNATURE):
+        return 0
+    offset, total = 12, len(frame)
+    while offset < total:
+        length = int.from_bytes(frame[offset : offset + 4], "big")
+        if frame[offset + 4 : offset + 8] == b"jp2c":
+            return offset + 8
+        if length < 8:  # 0 ("to the end") or 1 (64-bit length) before the codestream
+            raise CorruptDicomError("the JPEG 2000 frame has a malformed JP2 box structure (damaged)")
+        offset += length
+    raise CorruptDicomError("the JPEG 2000 frame has no codestream (damaged)")
+
+
+def _encoded_dimensions(frame: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG/JPEG-LS SOF or a JPEG 2000 SIZ segment."""
+    if frame[:2] == b"\xff\xd8":
+        offset, n = 2, len(frame)
+        while offset + 4 <= n:
+            if frame[offset] != 0xFF:  # junk between segments: decoders such as
+                offset += 1  # libjpeg-turbo skip it, so look past it too
+                continue
+            marker = frame[offset + 1]
+            if marker == 0xFF:  # fill byte
+                offset += 1
+                continue
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                offset += 2
+                continue
+            if marker in (0xDA, 0xD9):  # start of scan / end of image before any SOF
+                return None
+            length = struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                if offset + 10 > n:
+                    return None
+                height, width = struct.unpack(">HH", frame[offset + 5 : offset + 9])
+                return height, width, frame[offset + 9]
+            offset += 2 + length
+        return None
+    o = _jp2_codestream_offset(frame)
+    if frame[o : o + 4] == b"\xff\x4f\xff\x51" and o + 42 <= len(frame):
+        o += 2  # at the SIZ marker
+        xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", frame[o + 6 : o + 22])
+        components = struct.unpack(">H", frame[o + 38 : o + 40])[0]
+        return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components
+    return None
+
+
+def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadLimits) -> None:
+    """Locate the frame and check its codestream header before any decoder allocates."""
+    found = _pixel_element(ds)
+    if found is None:
+        raise CorruptDicomError("pixel data is missing")
+    value = _raw_value(found[1])
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frame = get_frame(value, index, extended_offsets=extended, number_of_frames=geom.frames)
+    except Exception as exc:
+        raise CorruptDicomError(
+            f"frame {index} cannot be located in the compressed pixel data (damaged or cut short)"
+        ) from _cause(exc)
+    if not frame:
+        raise CorruptDicomError(f"frame {index} of the compressed pixel data is empty")
+    dims = _encoded_dimensions(frame)
+    if dims is None:
+        return
+    height, width, components = dims
+    if height * width * max(components, 1) > limits.max_pixels:
+        raise TooLargeError(
+            f"compressed frame declares {width} x {height} x {components}, above the "
+            f"{limits.max_pixels:,} value budget"
+        )
+    if height and (height, width) != (geom.rows, geom.cols):
+        raise CorruptDicomError(
+            f"compressed frame is {width} x {height} but the header says {geom.cols} x {geom.rows}"
+        )
+
+
+def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMITS) -> np.ndarray:
+    """Decode one frame's stored values (no rescale / VOI), shape (rows, cols[, samples]).
+
+    Colour data in YBR_FULL/YBR_FULL_422 comes back as RGB, as from pydicom's
+    ``pixel_array``. The array is in native byte order.
+    """
+    index = operator.index(index)
+    try:
+        with _library_quiet():
+            return _decode(ds, index, limits)
+    except InputError as err:
+        raise _with_study(err, ds)
+    except BaseException as exc:
+        if not _is_input_failure(exc):
+            raise
+        raise _with_study(_parse_error(exc, "pixel data could not be decoded"), ds) from _cause(exc)
+
+
+def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
+    geom, encapsulated = _check_pixels(ds, limits)
+    if not 0 <= index < geom.frames:
+        raise CorruptDicomError(f"frame {index} was requested but the image has {geom.frames} frame(s)")
+    ts = _ts_uid(ds)
+    if ts is None:
+        raise CorruptDicomError("the transfer syntax is unknown (no file meta)")
+    ts_name = describe_transfer_syntax(ds)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise UnsupportedError(
+            f"pixel data compressed as {ts_name} cannot be decoded here (no decoder for this "
+            "transfer syntax); the study needs a human read"
+        ) from _cause(exc)
+    if not decoder.is_available:
+        missing = "; ".join(_clean_text(m, 80) for m in decoder.missing_dependencies)
+        raise UnsupportedError(
+            f"pixel data compressed as {ts_name} cannot be decoded here: no decoder plugin is "
+            f"installed ({missing or 'none registered'}); the study needs a human read",
+            hint="install one of the listed plugins",
+        )
+    if encapsulated:
+        _check_encoded_frame(ds, geom, index, limits)
+    try:
+        arr = _pd_pixel_array(ds, index=index)
+    except RuntimeError as exc:
+        failures = _plugin_failures(exc)
+        if not failures:
+            raise
+        summary = "; ".join(f"{name}: {msg}" for name, msg in failures)
+        if all(any(w in msg.lower() for w in _UNSUPPORTED_WORDS) for _, msg in failures):
+            raise UnsupportedError(
+                f"pixel data compressed as {ts_name} uses a variant no installed decoder "
+                f"supports ({summary}); the study needs a human read"
+            ) from _cause(exc)
+        raise CorruptDicomError(
+            f"compressed pixel data ({ts_name}) could not be decoded, the frame is damaged ({summary})"
+        ) from _cause(exc)
+    expected = (geom.rows, geom.cols) if geom.samples == 1 else (geom.rows, geom.cols, geom.samples)
+    if arr.shape != expected:
+        raise CorruptDicomError(
+            f"decoded frame has shape {tuple(arr.shape)} but the header says {expected}"
+        )
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr

@@ -1,0 +1,227 @@
+"""The one intake stage: from a folder, a file or a dataset to the tensor a model sees.
+
+    discover -> ignore rules -> hardened read (header) -> applicability -> decode -> preprocess
+
+Triage, bench, calibration, validation, the export checks and preview all come through here,
+so what the model sees on a device is what it saw when it was calibrated and validated.
+Every path given to :meth:`Intake.take` comes back as an :class:`Image` or a
+:class:`Rejection` (a skip or an error, with its reason): nothing is lost, and bad input
+never raises. Per-stage timings (read, decode, preprocess) travel with each image.
+
+The stages are separate methods (:meth:`Intake.header`, :meth:`Intake.prepare`) so that a
+caller can read headers first and decode later, or run the decode and preprocess work in a
+pool while a runner infers the previous batch.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import dicomio
+from .errors import InputError, NotApplicable
+from .preprocess import Prepared, PreprocessSpec, preprocess_pixels, select_frame
+from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
+
+#: sidecar files that sit next to studies; listed as skipped, never read as DICOM
+DEFAULT_IGNORE = ("*.csv", "*.json", "*.txt", "*.md", "*.png", "*.jpg", ".*")
+#: the study an image without a StudyInstanceUID is grouped under
+NO_STUDY_UID = "(no StudyInstanceUID)"
+
+
+# --- discovery ---------------------------------------------------------------------------------
+def discover(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every entry under the given files/folders, sorted, each once.
+
+    Not only the regular files: every entry the reader must account for is listed too (a
+    folder that cannot be listed, a FIFO, socket or device, a link to a folder, a dangling
+    link), so the reader rejects it with a reason instead of it vanishing from the run.
+    Links to folders are not followed inside a folder (no loops, no escaping the tree).
+    """
+    seen: set[str] = set()
+    out: list[Path] = []
+    for item in inputs:
+        top = Path(item)
+        found: list[Path] = []
+        if top.is_dir():
+            stack = [top]
+            while stack:
+                folder = stack.pop()
+                try:
+                    with os.scandir(folder) as it:
+                        entries = list(it)
+                except OSError:
+                    found.append(folder)  # unreadable: the reader says why
+                    continue
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    (stack if is_dir else found).append(Path(entry.path))
+            found.sort()
+        else:
+            found = [top]
+        for f in found:
+            key = os.path.abspath(f)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def ignored(path: Path, patterns: Sequence[str]) -> str | None:
+    """The first name pattern ``path`` matches (it is listed as skipped, never read), or None."""
+    return next((p for p in patterns if fnmatch.fnmatch(path.name, p)), None)
+
+
+# --- header rules ------------------------------------------------------------------------------
+def applicability(ds, applies_to: dict, name: str) -> str | None:
+    """None if a bundle with these ``applies_to`` rules handles this image, else the reason it does not.
+
+    Header values in the reason pass through :mod:`edgeinfer.vr`: never echoed as written.
+    """
+    raw_modality = ds.get("Modality", "")
+    modality = str(raw_modality or "").upper().strip()
+    if modality not in applies_to["modalities"]:
+        return (f"modality {shown_modality(raw_modality)} is not handled by {name} "
+                f"(it reads {', '.join(applies_to['modalities'])})")
+    parts = applies_to.get("body_parts")
+    if parts:
+        raw_body = ds.get("BodyPartExamined", "")
+        body = str(raw_body or "").upper().strip()
+        if not body and not applies_to.get("allow_missing_body_part", True):
+            return f"body part is not recorded; {name} needs one of {', '.join(parts)}"
+        if body and body not in parts:
+            return f"body part {shown_body_part(raw_body)} is not handled by {name} (it reads {', '.join(parts)})"
+    photometric = applies_to.get("photometric")
+    raw_pi = ds.get("PhotometricInterpretation", "")
+    pi = str(raw_pi or "").upper().strip()
+    if photometric and pi not in photometric:
+        return (f"photometric interpretation {shown_photometric(raw_pi)} is not handled "
+                f"(needs {', '.join(photometric)})")
+    return None
+
+
+def study_uid(ds) -> str:
+    """The study an image belongs to (the reader refused malformed UIDs; shown_uid keeps that promise)."""
+    return shown_uid(ds.get("StudyInstanceUID", ""), missing=NO_STUDY_UID)
+
+
+# --- results -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rejection:
+    """A path that gives no image: ``skipped`` (not for this bundle, or ignored) or an error."""
+
+    path: Path
+    skipped: bool
+    code: str
+    reason: str
+    study_uid: str | None = None   # set when the header was readable: the study needs a human read
+
+    def record(self) -> dict:
+        rec = {"path": str(self.path), "code": self.code, "reason": self.reason}
+        if self.study_uid:
+            rec["study_uid"] = self.study_uid
+        return rec
+
+
+@dataclass
+class Image:
+    """One image ready for a model, with where it came from and what each stage cost."""
+
+    path: Path | None
+    ds: object
+    prepared: Prepared
+    timings_ms: dict[str, float]             # read, decode, preprocess
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tensor(self) -> np.ndarray:
+        return self.prepared.tensor
+
+    @property
+    def study_uid(self) -> str:
+        return study_uid(self.ds)
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1e3
+
+
+# --- the stage ---------------------------------------------------------------------------------
+class Intake:
+    """Read, check, decode and preprocess images for one preprocessing spec and one set of rules."""
+
+    def __init__(self, spec: PreprocessSpec, *, applies_to: dict | None = None, name: str = "this model",
+                 limits: dicomio.ReadLimits | None = None, ignore: Sequence[str] = DEFAULT_IGNORE):
+        self.spec = spec
+        self.applies_to = applies_to
+        self.name = name
+        self.limits = limits or dicomio.ReadLimits()
+        self.ignore = tuple(ignore)
+
+    @classmethod
+    def for_bundle(cls, bundle, **kw) -> "Intake":
+        m = bundle.manifest
+        return cls(PreprocessSpec.from_manifest(m["preprocessing"]), applies_to=m["applies_to"],
+                   name=bundle.name, **kw)
+
+    def header(self, path: str | os.PathLike):
+        """The checked header of ``path`` (pixels present, not decoded). Raises InputError;
+        NotApplicable when the rules say this image is not for this model."""
+        ds = dicomio.read_dataset(path, self.limits)
+        if self.applies_to is not None:
+            why = applicability(ds, self.applies_to, self.name)
+            if why:
+                raise NotApplicable(why)
+        return ds
+
+    def prepare(self, ds, path: Path | None = None, *, read_ms: float = 0.0) -> Image:
+        """Decode the frame the spec selects and preprocess it. Raises InputError."""
+        t0 = time.perf_counter()
+        frame = select_frame(dicomio.number_of_frames(ds), self.spec)
+        stored = dicomio.decode_frame(ds, frame, self.limits)
+        t1 = time.perf_counter()
+        prepared = preprocess_pixels(stored, ds, self.spec, frame=frame)
+        t2 = time.perf_counter()
+        notes = dicomio.pixel_notes(ds, self.limits) + list(prepared.notes)
+        return Image(path, ds, prepared, {"read": round(read_ms, 3), "decode": round(_ms(t0, t1), 3),
+                                          "preprocess": round(_ms(t1, t2), 3)}, notes)
+
+    def read(self, path: str | os.PathLike) -> Image:
+        """:meth:`header` then :meth:`prepare`. Raises InputError."""
+        t0 = time.perf_counter()
+        ds = self.header(path)
+        return self.prepare(ds, Path(path), read_ms=_ms(t0, time.perf_counter()))
+
+    def take(self, path: str | os.PathLike) -> Image | Rejection:
+        """An :class:`Image`, or a :class:`Rejection` with its reason; never raises for bad input."""
+        path = Path(path)
+        pattern = ignored(path, self.ignore)
+        if pattern:
+            return Rejection(path, True, "ignored", f"ignored (name matches {pattern})")
+        ds = None
+        t0 = time.perf_counter()
+        try:
+            ds = self.header(path)
+            return self.prepare(ds, path, read_ms=_ms(t0, time.perf_counter()))
+        except NotApplicable as exc:
+            return Rejection(path, True, exc.code, exc.reason)
+        except InputError as exc:
+            uid = exc.study_uid or (study_uid(ds) if ds is not None else None)
+            return Rejection(path, False, exc.code, str(exc), uid)
+
+
+def prepare_dataset(ds, spec: PreprocessSpec, limits: dicomio.ReadLimits | None = None) -> Prepared:
+    """One-off: a header dataset (from the reader, or built in memory) -> :class:`Prepared`."""
+    return Intake(spec, limits=limits).prepare(ds).prepared
+
+
+__all__ = ["DEFAULT_IGNORE", "NO_STUDY_UID", "Image", "Intake", "Rejection", "applicability", "discover",
+           "ignored", "prepare_dataset", "study_uid"]

@@ -1,0 +1,29 @@
+"""edgeinfer.bench.report and .plot: the Markdown and the PNG; the committed reports stay readable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeinfer import bench
+
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+
+
+def test_markdown_and_png_are_written(report, tmp_path):
+    md = bench.render_markdown(report)
+    assert "| ort fp32 | 1 |" in md and "speed-up vs ORT fp32" in md and "Not measured here" in md
+    assert "End to end" in md and "Fast CPU path target" in md and "How to read this" in md
+    png = bench.render_plot(report, tmp_path / "plot.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in RESULTS.glob("*.json")))
+def test_committed_reports_are_current_and_render_to_their_markdown(name):
+    """benchmarks/results/*.json are in the current format, and their .md is what this code renders from them."""
+    report = json.loads((RESULTS / f"{name}.json").read_text())
+    assert report["edgeinfer_bench"] == bench.REPORT_VERSION
+    assert bench.OPENVINO_TARGET_KEY in report["targets"]
+    assert bench.render_markdown(report) == (RESULTS / f"{name}.md").read_text()

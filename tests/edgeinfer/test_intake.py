@@ -1,0 +1,80 @@
+"""The one intake stage: discovery, ignore rules, applicability, and read -> decode -> preprocess."""
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+
+from edgeinfer import dicomio
+from edgeinfer.bundle import load_bundle
+from edgeinfer.errors import NotApplicable
+from edgeinfer.intake import (NO_STUDY_UID, Image, Intake, Rejection, applicability, discover, ignored,
+                              prepare_dataset, study_uid)
+from edgeinfer.preprocess import PreprocessSpec
+
+
+@pytest.fixture
+def intake(tiny_bundle):
+    return Intake.for_bundle(load_bundle(tiny_bundle))
+
+
+def test_take_gives_an_image_with_stage_timings_or_a_reason_never_raises(intake, phantom_dir, corpus_dir, tmp_path):
+    d = tmp_path / "in"
+    shutil.copytree(phantom_dir, d)
+    (d / "junk.dcm").write_bytes(b"\x00" * 300)
+    shutil.copy(corpus_dir / "CT_small.dcm", d / "ct.dcm")
+    outcomes = {p.name: intake.take(p) for p in discover([d])}
+    images = [o for o in outcomes.values() if isinstance(o, Image)]
+    assert images and all(set(i.timings_ms) == {"read", "decode", "preprocess"} for i in images)
+    assert all(i.tensor.shape == (1, *intake.spec.target_size) and i.tensor.dtype == np.float32 for i in images)
+    assert outcomes["labels.csv"] == Rejection(d / "labels.csv", True, "ignored", "ignored (name matches *.csv)")
+    assert outcomes["ct.dcm"].skipped and outcomes["ct.dcm"].code == "not-applicable"
+    junk = outcomes["junk.dcm"]
+    assert not junk.skipped and junk.record()["path"] == str(d / "junk.dcm") and junk.reason
+
+
+def test_a_failed_image_keeps_its_study_for_a_human_read(intake, phantom_dir, tmp_path):
+    src = next(p for p in sorted(phantom_dir.rglob("*.dcm")) if "RLE" not in p.name)
+    data = src.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 5000])  # header intact, pixels short
+    out = intake.take(tmp_path / "cut.dcm")
+    assert isinstance(out, Rejection) and not out.skipped
+    assert out.study_uid == str(pydicom.dcmread(src, stop_before_pixels=True).StudyInstanceUID)
+    assert out.record()["study_uid"] == out.study_uid
+
+
+def test_header_then_prepare_equals_read_and_prepare_dataset(intake, phantom_dir):
+    f = sorted(phantom_dir.rglob("*.dcm"))[0]
+    whole = intake.read(f)
+    staged = intake.prepare(intake.header(f), f)
+    one_off = prepare_dataset(dicomio.read_dataset(f), intake.spec)
+    np.testing.assert_array_equal(whole.tensor, staged.tensor)
+    np.testing.assert_array_equal(whole.tensor, one_off.tensor)
+    assert whole.study_uid == staged.study_uid == study_uid(whole.ds)
+
+
+def test_applicability_names_the_rule_without_echoing_header_text():
+    rules = {"modalities": ["DX", "CR"], "body_parts": ["CHEST"], "photometric": ["MONOCHROME1", "MONOCHROME2"]}
+    ds = pydicom.Dataset()
+    ds.Modality, ds.BodyPartExamined, ds.PhotometricInterpretation = "DX", "CHEST", "MONOCHROME2"
+    assert applicability(ds, rules, "m") is None
+    ds.BodyPartExamined = "ABC123XYZ"
+    assert applicability(ds, rules, "m") == "body part <unlisted CS> is not handled by m (it reads CHEST)"
+    ds.BodyPartExamined, ds.Modality = "CHEST", "CT"
+    assert applicability(ds, rules, "m") == "modality CT is not handled by m (it reads DX, CR)"
+    ds.Modality, ds.PhotometricInterpretation = "DX", "RGB"
+    assert "photometric interpretation RGB" in applicability(ds, rules, "m")
+
+
+def test_header_raises_not_applicable_and_rules_are_optional(phantom_dir, tiny_bundle):
+    f = sorted(phantom_dir.rglob("*.dcm"))[0]
+    spec = PreprocessSpec.from_manifest(load_bundle(tiny_bundle).manifest["preprocessing"])
+    with pytest.raises(NotApplicable, match="modality"):
+        Intake(spec, applies_to={"modalities": ["MR"]}, name="m").header(f)
+    assert isinstance(Intake(spec).take(f), Image)  # no rules: every image
+
+
+def test_study_uid_fallback_and_ignore_patterns(tmp_path):
+    assert study_uid(pydicom.Dataset()) == NO_STUDY_UID
+    assert ignored(tmp_path / ".hidden.dcm", (".*",)) == ".*"
+    assert ignored(tmp_path / "a.dcm", ("*.csv",)) is None
