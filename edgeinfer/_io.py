@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import JsonFileError, UsageError
+from .errors import JsonFileError, OutputPathError
 
 #: default cap on a trusted JSON file's size; a manifest is a few kB
 MAX_JSON_BYTES = 1 << 20
@@ -134,13 +134,13 @@ def check_output_path(path: str | os.PathLike, *, option: str = "--output",
     Refused: a folder, a device or pipe (``/dev/full``), a path under a file, a folder that
     cannot be written (probed by creating a file: permission bits say nothing for root, a
     read-only mount does), and any of ``inputs`` (the same file, by device and inode).
-    Raises :class:`UsageError`; returns the path.
+    Raises :class:`OutputPathError`; returns the path.
     """
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"{option} {p} is a folder; name a file in it, e.g. {p / 'worklist.json'}")
+        raise OutputPathError(f"{option} {p} is a folder; name a file in it, e.g. {p / 'worklist.json'}")
     if p.exists() and not p.is_file():
-        raise UsageError(f"{option} {p} is not a regular file (a device, pipe or socket); name a regular file")
+        raise OutputPathError(f"{option} {p} is not a regular file (a device, pipe or socket); name a regular file")
     if p.exists():
         st = p.stat()
         for item in inputs:
@@ -149,19 +149,19 @@ def check_output_path(path: str | os.PathLike, *, option: str = "--output",
             except OSError:
                 continue
             if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                raise UsageError(f"{option} {p} is one of the inputs ({item}): writing there would destroy it; "
+                raise OutputPathError(f"{option} {p} is one of the inputs ({item}): writing there would destroy it; "
                                  "name a file outside the inputs")
     folder = p.parent
     while not folder.exists():
         if folder.is_symlink():
-            raise UsageError(f"{option} {p}: {folder} is a broken link; name a path in an existing folder")
+            raise OutputPathError(f"{option} {p}: {folder} is a broken link; name a path in an existing folder")
         folder = folder.parent
     if not folder.is_dir():
-        raise UsageError(f"{option} {p}: {folder} is a file, not a folder; name a path in a folder")
+        raise OutputPathError(f"{option} {p}: {folder} is a file, not a folder; name a path in a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".edgeinfer-probe-", dir=folder)
     except OSError as exc:
-        raise UsageError(f"{option} {p}: cannot create files in {folder} ({exc.strerror or exc}); "
+        raise OutputPathError(f"{option} {p}: cannot create files in {folder} ({exc.strerror or exc}); "
                          "choose a writable folder") from None
     os.close(fd)
     os.unlink(probe)

@@ -36,17 +36,18 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ._io import cache_root, read_json, write_json
-from .backends import RUNTIME_PRECISIONS, RunnerOptions, get_backend, registered, select
+from .backends import RUNTIME_PRECISIONS, Resolved, RunnerOptions, get_backend, registered, resolve
 from .bundle import Bundle
 from .errors import BackendUnavailable, EdgeInferError, JsonFileError
 from .gate import check_runtime_precision, check_usable
+from .precision import ALL, rank
 
 log = logging.getLogger("edgeinfer.autoselect")
 
 #: precisions tried, in this order
-PRECISIONS = ("int8", "bf16", "fp16", "fp32")
+PRECISIONS = tuple(sorted(ALL, key=rank, reverse=True))
 #: lower is more precise; used when speeds are within the noise, and to break exact ties
-PRECISION_RANK = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3}
+PRECISION_RANK = {p: rank(p) for p in ALL}
 
 #: version of the speed cache's layout; any other value is an invalid (old or foreign) file
 CACHE_FORMAT = 2
@@ -62,8 +63,19 @@ LOCK_WAIT_S = 60.0
 _EPS_MS = 1e-9
 
 
+class Allowed(NamedTuple):
+    """A mode the gate allows and this machine can run; ``forced`` says so when only --force allowed it."""
+
+    backend: str
+    precision: str
+    resolved: Resolved
+    forced: str | None = None
+
+
 @dataclass
-class Candidate:
+class ModeTiming:
+    """A mode and its probe's timing (median and spread, ms)."""
+
     backend: str
     precision: str
     artifact_id: str
@@ -79,9 +91,14 @@ class Selection:
     precision: str
     artifact_id: str
     reason: str
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[ModeTiming] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     forced: str | None = None
+    #: what runs it: artifact, backend and options (selection is done once; the caller creates the runner)
+    resolved: Resolved | None = field(default=None, repr=False, compare=False)
+
+    def create_runner(self):
+        return self.resolved.create()
 
     def as_dict(self) -> dict:
         d = {"backend": self.backend, "precision": self.precision, "artifact": self.artifact_id,
@@ -105,37 +122,39 @@ def cache_dir() -> Path:
     return cache_root()
 
 
-def _usable(bundle: Bundle, backend: str, precision: str, artifact, force: bool) -> str | None:
-    """None if the gate allows it, else why not (never raises)."""
+def _gate(bundle: Bundle, backend: str, precision: str, artifact, force: bool) -> tuple[str | None, str | None]:
+    """(why not, forced message): the gate's verdict on one mode (never raises)."""
     try:
         if precision in RUNTIME_PRECISIONS:
             verdict = check_runtime_precision(bundle.manifest, backend, precision, artifact.record, force)
         else:
             verdict = check_usable(artifact.record, force)
     except EdgeInferError as exc:
-        return str(exc)
-    return None if verdict.usable or verdict.forced else verdict.message
+        return str(exc), None
+    if verdict.usable:
+        return None, None
+    return (None, verdict.message) if verdict.forced else (verdict.message, None)
 
 
 def candidates(bundle: Bundle, *, device: str = "cpu", backend: str | None = None, precision: str | None = None,
-               force: bool = False) -> tuple[list[tuple[str, str, object]], list[str]]:
-    """Runnable and allowed (backend, precision, artifact) triples, and why the others are not."""
+               force: bool = False, options: RunnerOptions | None = None) -> tuple[list[Allowed], list[str]]:
+    """Modes this machine can run and the gate allows, and why the others are not."""
+    options = options or RunnerOptions(device=device)
     backends = [get_backend(backend).name] if backend else list(registered())
     precisions = [precision] if precision else list(PRECISIONS)
     ok, rejected = [], []
     for b in backends:
         for p in precisions:
-            options = RunnerOptions(device=device)
             try:
-                art, cls = select(bundle, p, options, backend=b)
+                res = resolve(bundle, p, options, backend=b)
             except EdgeInferError as exc:
                 rejected.append(f"{b} {p}: {str(exc).splitlines()[-1].strip(' -')}")
                 continue
-            why = _usable(bundle, cls.name, p, art, force)
+            why, forced = _gate(bundle, res.backend.name, p, res.artifact, force)
             if why:
-                rejected.append(f"{cls.name} {p}: {why}")
+                rejected.append(f"{res.backend.name} {p}: {why}")
                 continue
-            ok.append((cls.name, p, art))
+            ok.append(Allowed(res.backend.name, p, res, forced))
     return ok, rejected
 
 
@@ -154,20 +173,19 @@ def _profile_key(bundle: Bundle, threads: int | None, device: str, pairs) -> str
     except OSError:
         pass
     raw = json.dumps([sorted(a.sha256 for a in bundle.artifacts), versions, cpu, platform.machine(),
-                      os.cpu_count(), threads, device, sorted(f"{b}:{p}" for b, p, _ in pairs)])
+                      os.cpu_count(), threads, device, sorted(f"{a.backend}:{a.precision}" for a in pairs)])
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
 # --- probing -------------------------------------------------------------------------------------
 def _timed_iterations(bundle: Bundle, backend: str, precision: str, *, threads: int | None, device: str,
                       warmup: int, iterations: int) -> list[float]:
-    options = RunnerOptions(device=device, threads=threads)
-    art, cls = select(bundle, precision, options, backend=backend)
+    res = resolve(bundle, precision, RunnerOptions(device=device, threads=threads), backend=backend)
     spec = bundle.manifest["inputs"][0]
     shape = [1 if not isinstance(d, int) else d for d in spec["shape"]]
     rng = np.random.default_rng(0)
     feeds = [{spec["name"]: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
-    with cls.create(art, options) as runner:
+    with res.create() as runner:
         for i in range(max(0, warmup)):
             runner.infer(feeds[i % 4])
         times = []
@@ -196,7 +214,7 @@ def probe_stats(bundle: Bundle, backend: str, precision: str, *, threads: int | 
     return ProbeStats(max(p50, 1e-6), max(p75 - p25, 0.0))
 
 
-def probe(bundle: Bundle, backend: str, precision: str, *, threads: int | None, device: str = "cpu",
+def probe_latency(bundle: Bundle, backend: str, precision: str, *, threads: int | None, device: str = "cpu",
           warmup: int = 5, iterations: int = 20) -> float:
     """Median batch-1 latency in ms of one (backend, precision), measured here and now."""
     return probe_stats(bundle, backend, precision, threads=threads, device=device, warmup=warmup,
@@ -217,7 +235,7 @@ def _rank(precision: str) -> int:
     return PRECISION_RANK.get(precision, len(PRECISION_RANK))
 
 
-def pick(cands: Sequence[Candidate]) -> tuple[Candidate, str]:
+def pick(cands: Sequence[ModeTiming]) -> tuple[ModeTiming, str]:
     """The mode to use among timed candidates, and why (pure: no I/O, no clock).
 
     1. The fastest is the lowest ``p50_ms`` (an exact tie goes to the more precise, then to the
@@ -233,7 +251,7 @@ def pick(cands: Sequence[Candidate]) -> tuple[Candidate, str]:
     if not timed:
         raise ValueError("pick() needs at least one candidate with a p50")
 
-    def spread(c: Candidate) -> float:
+    def spread(c: ModeTiming) -> float:
         return c.spread_ms or 0.0
 
     fastest = min(timed, key=lambda c: (c.p50_ms, _rank(c.precision), c.backend))
@@ -369,15 +387,23 @@ def _cache_path(bundle: Bundle, threads: int | None, device: str, pairs) -> Path
 
 
 def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", backend: str | None = None,
-           precision: str | None = None, force: bool = False, use_cache: bool = True) -> Selection:
-    pairs, rejected = candidates(bundle, device=device, backend=backend, precision=precision, force=force)
+           precision: str | None = None, force: bool = False, use_cache: bool = True,
+           allow_fallback: bool = False) -> Selection:
+    """The mode triage runs: pinned (``backend``/``precision``), or the fastest the gate allows here.
+
+    Selection is done once: the result carries the artifact, backend and runner options
+    (:meth:`Selection.create_runner`) and, with ``force``, the gate's warning."""
+    options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback)
+    pairs, rejected = candidates(bundle, backend=backend, precision=precision, force=force, options=options)
     if not pairs:
         raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + "\n".join(f"  - {r}" for r in rejected))
     if len(pairs) == 1:
-        b, p, art = pairs[0]
-        return Selection(b, p, art.id, reason="the only allowed choice" if (backend or precision) is None
-                         else "as pinned", candidates=[Candidate(b, p, art.id)], rejected=rejected)
-    keys = [f"{b}:{p}" for b, p, _ in pairs]
+        only = pairs[0]
+        return Selection(only.backend, only.precision, only.resolved.artifact.id,
+                         reason="the only allowed choice" if (backend or precision) is None else "as pinned",
+                         candidates=[ModeTiming(only.backend, only.precision, only.resolved.artifact.id)],
+                         rejected=rejected, forced=only.forced, resolved=only.resolved)
+    keys = [f"{a.backend}:{a.precision}" for a in pairs]
     path = _cache_path(bundle, threads, device, pairs) if use_cache else None
     stats: dict[str, ProbeStats] = {}
     problems: list[str] = []
@@ -395,7 +421,7 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
                 log.warning("ignoring what is invalid in the speed cache %s: %s%s; it will be re-probed and "
                             "rewritten", path, "; ".join(problems[:3]), more)
         cands = []
-        for (b, p, art), k in zip(pairs, keys):
+        for (b, p, res, _), k in zip(pairs, keys):
             if k not in stats:
                 probed = True
                 try:
@@ -404,7 +430,7 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
                     rejected.append(f"{b} {p}: failed its speed probe ({exc})")
                     continue
             s = stats[k]
-            cands.append(Candidate(b, p, art.id, p50_ms=_sig(s.p50_ms), spread_ms=_sig(s.spread_ms)))
+            cands.append(ModeTiming(b, p, res.artifact.id, p50_ms=_sig(s.p50_ms), spread_ms=_sig(s.spread_ms)))
         if path is not None and (probed or problems):
             try:
                 write_json(path, _cache_doc(bundle.name, {k: stats[k] for k in keys if k in stats}))
@@ -417,5 +443,6 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
     ref = next((c for c in cands if c.backend == "onnxruntime" and c.precision == "fp32"), None)
     speedup = f", {ref.p50_ms / best.p50_ms:.1f}x ONNX Runtime fp32" if ref and best is not ref and best.p50_ms > 0 else ""
     reason = f"{why}{speedup}; {'probed now' if probed else 'cached probe, ' + str(path)})"
+    chosen = next(a for a in pairs if (a.backend, a.precision) == (best.backend, best.precision))
     return Selection(best.backend, best.precision, best.artifact_id, reason=reason, candidates=cands,
-                     rejected=rejected)
+                     rejected=rejected, forced=chosen.forced, resolved=chosen.resolved)

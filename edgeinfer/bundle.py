@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ._io import atomic_write, non_finite_at, read_json
-from .errors import IntegrityError, JsonFileError, ManifestError
+from .errors import ArtifactNotFound, IntegrityError, JsonFileError, ManifestError
 from .signing import SIGNATURES, resolve_trust, unverified_status, verify_bundle_signature
 
 MANIFEST = "manifest.json"
@@ -184,7 +184,7 @@ class Bundle:
         if not found:
             have = ", ".join(f"{a.id} ({a.precision}, {a.format})" for a in self.artifacts)
             asked = ", ".join(f"{k}={v}" for k, v in (("id", id), ("precision", precision), ("format", format)) if v)
-            raise IntegrityError(f"bundle {self.name} has no artifact with {asked}; it has: {have}.")
+            raise ArtifactNotFound(f"bundle {self.name} has no artifact with {asked}; it has: {have}.")
         if len(found) > 1 and id is None:
             # several of one precision (e.g. onnx and a TensorRT plan): prefer the portable onnx one
             onnx = [a for a in found if a.format == "onnx"]

@@ -125,22 +125,14 @@ def cmd_preview(args) -> int:
 def _runner_for(bundle, args):
     """The runner triage uses: pinned by flags/environment, else the fastest allowed mode here."""
     from . import autoselect
-    from .backends import RunnerOptions, select
 
     backend = None if args.backend in (None, "auto") else args.backend
     precision = None if args.precision in (None, "auto") else args.precision
     sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
-                            precision=precision, force=args.force)
-    options = RunnerOptions(device=args.device, threads=args.threads, allow_fallback=args.allow_fallback)
-    artifact, cls = select(bundle, sel.precision, options, backend=sel.backend)
-    if args.force and sel.precision != "fp32":
-        from .gate import check_runtime_precision
-
-        verdict = check_runtime_precision(bundle.manifest, cls.name, sel.precision, artifact.record, force=True)
-        if verdict.forced:
-            sel.forced = verdict.message
-            log.warning("%s", verdict.message)
-    return cls.create(artifact, options), sel
+                            precision=precision, force=args.force, allow_fallback=args.allow_fallback)
+    if sel.forced:
+        log.warning("%s", sel.forced)
+    return sel.create_runner(), sel
 
 
 def _print_worklist(wl, console) -> None:

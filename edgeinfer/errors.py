@@ -89,6 +89,10 @@ class PrecisionNotValidated(BundleError):
     pass
 
 
+class ArtifactNotFound(BundleError):
+    """The bundle has no artifact of the precision or format asked for (it is intact, just lacking it)."""
+
+
 class PlanIncompatible(IntegrityError):
     """A TensorRT plan that must not be deserialized on this device.
 
@@ -138,6 +142,14 @@ class ExportError(EdgeInferError):
 
 class UsageError(EdgeInferError):
     """The command line asked for something impossible."""
+
+
+class OutputPathError(EdgeInferError):
+    """An output path that could not be written, or that would destroy an input."""
+
+
+class LabelsError(EdgeInferError):
+    """A reference-labels file (study_uid,label) that cannot be read."""
 
 
 class PolicyError(UsageError):

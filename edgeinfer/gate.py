@@ -37,9 +37,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .errors import PrecisionNotValidated
+from .precision import REFERENCE
 
 #: the precision every other one is compared with
-REFERENCE_PRECISION = "fp32"
+REFERENCE_PRECISION = REFERENCE
 
 
 @dataclass(frozen=True)

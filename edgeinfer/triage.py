@@ -227,19 +227,19 @@ def read_study_labels(path: str | os.PathLike) -> dict[str, bool]:
     """
     import csv
 
-    from .errors import UsageError
+    from .errors import LabelsError
 
     out: dict[str, bool] = {}
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"study_uid", "label"} <= set(reader.fieldnames):
-                raise UsageError(f"{path}: needs columns study_uid and label; found {reader.fieldnames}")
+                raise LabelsError(f"{path}: needs columns study_uid and label; found {reader.fieldnames}")
             for row in reader:
                 urgent = str(row["label"]).strip().lower() in ("urgent", "1", "true", "positive")
                 out[row["study_uid"]] = out.get(row["study_uid"], False) or urgent
     except OSError as exc:
-        raise UsageError(f"cannot read labels file {path}: {exc}") from exc
+        raise LabelsError(f"cannot read labels file {path}: {exc}") from exc
     return out
 
 

@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import PlanIncompatible, PolicyError
+from .precision import GRAPH
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = GRAPH
 #: the ONNX graph (artifact precision, format "onnx") each engine precision is built from
 GRAPH_FOR = {"fp32": "fp32", "fp16": "fp16", "int8": "int8"}
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")

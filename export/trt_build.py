@@ -44,7 +44,7 @@ from edgeinfer._io import atomic_write, cache_root
 from edgeinfer.backends import cuda
 from edgeinfer.backends.cuda import device_info  # re-exported: the device a plan is built for and checked against
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
-from edgeinfer.errors import ExportError, IntegrityError, PrecisionNotValidated, UsageError
+from edgeinfer.errors import ArtifactNotFound, ExportError, PrecisionNotValidated, UsageError
 from edgeinfer.trt_policy import PolicyError
 
 from .trt_calibration_cache import (calibration_cache_key, calibration_cache_name, data_digest,
@@ -182,7 +182,7 @@ def _parse(trt, network, logger, path: Path, plan: trt_policy.BuildPlan):
 def _source_artifact(bundle, plan: trt_policy.BuildPlan):
     try:
         source = bundle.artifact(precision=plan.graph, format="onnx")
-    except IntegrityError as exc:
+    except ArtifactNotFound as exc:
         raise ExportError(f"{exc} A {plan.precision} engine is built from the {plan.graph} ONNX graph: produce it "
                           "first (precision lives in the graph).") from exc
     val = source.validation or {}

@@ -5,8 +5,12 @@ Heavy libraries (tensorrt, openvino) are imported only inside a backend's method
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from ..bundle import Artifact
 from ..errors import BackendUnavailable
+from ..precision import RUNTIME
 from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
 
 _REGISTRY: dict[str, type[Backend]] = {}
@@ -38,41 +42,23 @@ def get_backend(name: str) -> type[Backend]:
     return reg[key]
 
 
-def choose(artifact: Artifact, options: RunnerOptions, backend: str | None = None) -> type[Backend]:
-    """The backend to run ``artifact``: the one asked for, or the first that can.
+@dataclass(frozen=True)
+class Resolved:
+    """What runs a bundle at a precision: the artifact, the backend, and the options to create it with
+    (a copy of the caller's, with the runtime precision hint set; the caller's own are never changed)."""
 
-    On failure, the error lists every backend tried and why it could not.
-    """
-    candidates = [get_backend(backend)] if backend else list(registered().values())
-    reasons = []
-    for cls in candidates:
-        ok, why = cls.available()
-        if ok:
-            ok, why = cls.accepts(artifact, options)
-        if ok:
-            return cls
-        reasons.append(f"{cls.name}: {why}")
-    raise BackendUnavailable(
-        f"no backend can run artifact {artifact.id} ({artifact.precision}, {artifact.format}) "
-        f"on device {options.device!r}:\n" + "\n".join(f"  - {r}" for r in reasons))
+    artifact: Artifact
+    backend: type[Backend]
+    options: RunnerOptions
+
+    def create(self) -> Runner:
+        return self.backend.create(self.artifact, self.options)
 
 
-def select(bundle, precision: str, options: RunnerOptions, backend: str | None = None):
-    """(artifact, backend class) for running ``bundle`` at ``precision``: every artifact of that
-    precision is offered to every candidate backend; no look at file suffixes.
-
-    A runtime precision with no artifact of its own (bf16) runs the fp32 graph with a precision hint.
-    """
-    from ..errors import IntegrityError
-
-    graph_precision = "fp32" if precision in RUNTIME_PRECISIONS else precision
-    if precision in RUNTIME_PRECISIONS:
-        options.precision_hint = precision
-    arts = [a for a in bundle.artifacts if a.precision == graph_precision]
-    if not arts:
-        have = sorted({a.precision for a in bundle.artifacts})
-        raise IntegrityError(f"bundle {bundle.name} has no {graph_precision} artifact (it has {', '.join(have)}); "
-                             "run edgeinfer calibrate to add fp16/int8 graphs.")
+def _first_accepting(artifacts: list[Artifact], options: RunnerOptions, backend: str | None,
+                     failure: str) -> tuple[Artifact, type[Backend]]:
+    """The first (artifact, backend) pair where the backend is available here and accepts the artifact.
+    On failure the error lists every backend tried and why it could not (``failure`` heads it)."""
     candidates = [get_backend(backend)] if backend else list(registered().values())
     reasons = []
     for cls in candidates:
@@ -80,23 +66,48 @@ def select(bundle, precision: str, options: RunnerOptions, backend: str | None =
         if not ok:
             reasons.append(f"{cls.name}: {why}")
             continue
-        for art in arts:
+        for art in artifacts:
             ok, why = cls.accepts(art, options)
             if ok:
                 return art, cls
-            reasons.append(f"{cls.name} on {art.id} ({art.format}): {why}")
-    raise BackendUnavailable(f"nothing here can run {bundle.name} at {precision} on device {options.device!r}:\n"
-                             + "\n".join(f"  - {r}" for r in reasons))
+            reasons.append(f"{cls.name} on {art.id} ({art.format}): {why}" if len(artifacts) > 1
+                           else f"{cls.name}: {why}")
+    raise BackendUnavailable(f"{failure} on device {options.device!r}:\n" + "\n".join(f"  - {r}" for r in reasons))
+
+
+def backend_for(artifact: Artifact, options: RunnerOptions, backend: str | None = None) -> type[Backend]:
+    """The backend to run ``artifact``: the one asked for, or the first that can."""
+    return _first_accepting([artifact], options, backend,
+                            f"no backend can run artifact {artifact.id} ({artifact.precision}, {artifact.format})")[1]
+
+
+def resolve(bundle, precision: str, options: RunnerOptions, backend: str | None = None) -> Resolved:
+    """What runs ``bundle`` at ``precision``: every artifact of that precision is offered to every
+    candidate backend; no look at file suffixes. A runtime precision with no artifact of its own
+    (bf16) runs the fp32 graph with a precision hint, set on a copy of ``options``."""
+    from ..errors import ArtifactNotFound
+
+    runtime = precision in RUNTIME_PRECISIONS
+    graph_precision = "fp32" if runtime else precision
+    if runtime:
+        options = dataclasses.replace(options, precision_hint=precision)
+    arts = [a for a in bundle.artifacts if a.precision == graph_precision]
+    if not arts:
+        have = sorted({a.precision for a in bundle.artifacts})
+        raise ArtifactNotFound(f"bundle {bundle.name} has no {graph_precision} artifact (it has {', '.join(have)}); "
+                               "run edgeinfer calibrate to add fp16/int8 graphs.")
+    art, cls = _first_accepting(arts, options, backend, f"nothing here can run {bundle.name} at {precision}")
+    return Resolved(art, cls, options)
 
 
 #: precisions that exist only at run time, on top of the fp32 graph
-RUNTIME_PRECISIONS = ("bf16",)
+RUNTIME_PRECISIONS = RUNTIME
 
 
 def create_runner(artifact: Artifact, options: RunnerOptions | None = None, backend: str | None = None) -> Runner:
     options = options or RunnerOptions()
-    return choose(artifact, options, backend).create(artifact, options)
+    return backend_for(artifact, options, backend).create(artifact, options)
 
 
-__all__ = ["Backend", "Runner", "RunnerOptions", "RunReport", "TensorMeta", "register", "registered",
-           "get_backend", "choose", "select", "create_runner", "RUNTIME_PRECISIONS"]
+__all__ = ["Backend", "Runner", "RunnerOptions", "RunReport", "TensorMeta", "Resolved", "register", "registered",
+           "get_backend", "backend_for", "resolve", "create_runner", "RUNTIME_PRECISIONS"]

@@ -11,13 +11,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from ..errors import BackendUnavailable, UsageError
+from ..precision import ALL
 from .stats import _ms
 
 #: report order of the registered backends: these first, any other one after them by name
 BACKEND_ORDER = ("onnxruntime", "openvino", "tensorrt")
 #: table labels ("ort fp32"); a backend not named here is labelled with its registry name
 SHORT = {"onnxruntime": "ort", "openvino": "openvino", "tensorrt": "trt"}
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+PRECISIONS = ALL
 #: the row every other one is compared with
 BASELINE = ("onnxruntime", "fp32")
 #: where each backend runs (ONNX Runtime's device is a setting); a backend not named here: cpu

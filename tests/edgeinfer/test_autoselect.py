@@ -9,7 +9,7 @@ import pytest
 from helpers import make_bundle
 
 from edgeinfer import autoselect
-from edgeinfer.autoselect import Candidate, pick
+from edgeinfer.autoselect import ModeTiming, pick
 from edgeinfer.bundle import load_bundle, write_manifest
 from edgeinfer.errors import BackendUnavailable
 
@@ -32,16 +32,16 @@ def _with_bf16_record(tmp_path, passed):
 
 def test_unvalidated_precisions_are_not_candidates(tiny_bundle):
     pairs, rejected = autoselect.candidates(load_bundle(tiny_bundle))
-    assert {(b, p) for b, p, _ in pairs} == {("onnxruntime", "fp32"), ("openvino", "fp32")}
+    assert {(b, p) for b, p, *_ in pairs} == {("onnxruntime", "fp32"), ("openvino", "fp32")}
     assert any(r.startswith("openvino bf16") and "never been validated" in r for r in rejected)
 
 
 def test_a_validated_runtime_precision_becomes_a_candidate(tmp_path):
     pytest.importorskip("openvino")
     pairs, _ = autoselect.candidates(_with_bf16_record(tmp_path, True))
-    assert ("openvino", "bf16") in {(b, p) for b, p, _ in pairs}
+    assert ("openvino", "bf16") in {(b, p) for b, p, *_ in pairs}
     pairs, rejected = autoselect.candidates(_with_bf16_record(tmp_path, False))
-    assert ("openvino", "bf16") not in {(b, p) for b, p, _ in pairs}
+    assert ("openvino", "bf16") not in {(b, p) for b, p, *_ in pairs}
     assert any("failed the accuracy gate" in r for r in rejected)
 
 
@@ -80,7 +80,7 @@ def test_choose_picks_the_fastest_and_caches_the_probe(tiny_bundle, cache, monke
 
 
 def test_pinning_restricts_and_skips_the_probe(tiny_bundle, monkeypatch):
-    monkeypatch.setattr(autoselect, "probe", lambda *a, **k: pytest.fail("pinned choice must not probe"))
+    monkeypatch.setattr(autoselect, "probe_stats", lambda *a, **k: pytest.fail("pinned choice must not probe"))
     sel = autoselect.choose(load_bundle(tiny_bundle), backend="ort", precision="fp32")
     assert (sel.backend, sel.precision, sel.reason) == ("onnxruntime", "fp32", "as pinned")
 
@@ -91,7 +91,7 @@ def test_nothing_allowed_is_a_clear_error(tiny_bundle):
 
 
 def test_real_probe_measures_something(tiny_bundle):
-    ms = autoselect.probe(load_bundle(tiny_bundle), "onnxruntime", "fp32", threads=1, warmup=1, iterations=3)
+    ms = autoselect.probe_latency(load_bundle(tiny_bundle), "onnxruntime", "fp32", threads=1, warmup=1, iterations=3)
     assert ms > 0
     assert isinstance(ms, float)
 
@@ -103,7 +103,7 @@ def test_real_probe_stats_gives_a_median_and_a_spread(tiny_bundle):
 
 # --- the stable choice (pure) --------------------------------------------------------------------
 def _c(backend, precision, p50, spread):
-    return Candidate(backend, precision, f"{backend}-{precision}", p50_ms=p50, spread_ms=spread)
+    return ModeTiming(backend, precision, f"{backend}-{precision}", p50_ms=p50, spread_ms=spread)
 
 
 def test_pick_within_the_spread_prefers_the_more_precise():
@@ -137,7 +137,7 @@ def test_pick_breaks_ties_deterministically():
     fast, slow = _c("openvino", "fp32", 2.0, 0.5), _c("onnxruntime", "fp32", 2.2, 0.5)
     assert pick([slow, fast])[0] is fast                     # same precision, within the spread: the faster
     with pytest.raises(ValueError):
-        pick([Candidate("a", "fp32", "x")])
+        pick([ModeTiming("a", "fp32", "x")])
 
 
 def test_choose_reports_a_more_precise_mode_chosen_within_the_spread(tmp_path, cache, monkeypatch):

@@ -233,3 +233,23 @@ def test_edited_manifest_is_refused_with_a_trust_folder_and_marked_unverified_wi
     signature = json.loads(out.read_text())["bundle"]["signature"]
     assert signature["verified"] is False and "not verified" in signature["note"]
     assert len(json.loads(out.read_text())["bundle"]["digest"]) == 64
+
+
+def test_force_runs_a_failed_precision_and_records_it(phantom_dir, tmp_path):
+    import shutil
+
+    from edgeinfer.bundle import default_bundle_path, load_bundle, write_manifest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), bundle)
+    m = load_bundle(bundle).manifest
+    next(a for a in m["artifacts"] if a["precision"] == "int8")["validation"]["passed"] = False
+    write_manifest(bundle, m)
+    pinned = ("--backend", "onnxruntime", "--precision", "int8", "--no-progress")
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, *pinned)
+    assert r.returncode == 1 and "accuracy gate" in r.stderr, r.stderr
+    out = tmp_path / "wl.json"
+    r = edgeinfer("triage", phantom_dir, "--bundle", bundle, "--force", "--output", out, *pinned)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(out.read_text())["run"]
+    assert run["precision"] == "int8" and run["selection"]["forced"].startswith("FORCED")

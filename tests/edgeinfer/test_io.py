@@ -9,7 +9,7 @@ import pytest
 
 from edgeinfer._io import (atomic_write, check_output_path, parse_json, publish_dir, read_json, staging_dir,
                            write_json)
-from edgeinfer.errors import JsonFileError, UsageError
+from edgeinfer.errors import JsonFileError, OutputPathError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,12 +59,12 @@ def test_output_path_check(tmp_path):
     assert check_output_path(tmp_path / "new" / "deeper" / "wl.json") == tmp_path / "new" / "deeper" / "wl.json"
     for bad, words in ((tmp_path, "is a folder"), ("/dev/full", "not a regular file"),
                        (tmp_path / "f" / "wl.json", "is a file, not a folder")):
-        with pytest.raises(UsageError, match=words):
+        with pytest.raises(OutputPathError, match=words):
             check_output_path(bad)
-    with pytest.raises(UsageError, match="one of the inputs"):
+    with pytest.raises(OutputPathError, match="one of the inputs"):
         check_output_path(tmp_path / "f", inputs=[tmp_path / "f"])
     (tmp_path / "link").symlink_to(tmp_path / "f")
-    with pytest.raises(UsageError, match="one of the inputs"):
+    with pytest.raises(OutputPathError, match="one of the inputs"):
         check_output_path(tmp_path / "link", inputs=[tmp_path / "f"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgeinfer-probe")]
 

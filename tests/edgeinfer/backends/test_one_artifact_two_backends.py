@@ -1,7 +1,7 @@
 """One INT8 artifact serves TensorRT's form on ONNX Runtime and OpenVINO: same priorities, close scores."""
 import pytest
 
-from edgeinfer.backends import RunnerOptions, select
+from edgeinfer.backends import RunnerOptions, resolve
 from edgeinfer.bundle import load_bundle
 from edgeinfer.intake import discover
 from edgeinfer.triage import TriageEngine
@@ -12,10 +12,9 @@ TOLERANCE = 0.02
 
 
 def _worklist(bundle, backend, files):
-    options = RunnerOptions(threads=1)
-    art, cls = select(bundle, "int8", options, backend=backend)
-    with cls.create(art, options) as runner:
-        return TriageEngine(bundle, runner).run(files), art
+    res = resolve(bundle, "int8", RunnerOptions(threads=1), backend=backend)
+    with res.create() as runner:
+        return TriageEngine(bundle, runner).run(files), res.artifact
 
 
 def test_int8_artifact_agrees_across_backends(phantom_dir):

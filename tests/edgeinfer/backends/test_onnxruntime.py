@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeinfer.backends import RunnerOptions, choose, create_runner, get_backend
+from edgeinfer.backends import RunnerOptions, backend_for, create_runner, get_backend
 from edgeinfer.backends.onnxruntime import providers_for
 from edgeinfer.bundle import load_bundle
 from edgeinfer.errors import BackendError, BackendUnavailable, InferenceError, IntegrityError
@@ -32,7 +32,7 @@ def test_raw_call_gives_the_same_answer(tiny_bundle):
 def test_unavailable_provider_is_an_error_unless_fallback_allowed(tiny_bundle):
     art = load_bundle(tiny_bundle).artifact(precision="fp32")
     with pytest.raises(BackendUnavailable, match=r"CUDAExecutionProvider is not available.*--allow-fallback"):
-        choose(art, RunnerOptions(device="cuda"))
+        backend_for(art, RunnerOptions(device="cuda"))
     with create_runner(art, RunnerOptions(device="tensorrt", allow_fallback=True)) as r:
         rep = r.report()
     assert rep.provider == "CPUExecutionProvider" and rep.fallback_from == "tensorrt"
@@ -76,3 +76,16 @@ def test_registry_names_and_reasons(tiny_bundle):
     assert get_backend("ort").name == "onnxruntime"
     with pytest.raises(BackendUnavailable, match="unknown backend 'nope'"):
         get_backend("nope")
+
+
+def test_resolve_never_changes_the_callers_options(tiny_bundle):
+    from edgeinfer.backends import resolve
+    from edgeinfer.bundle import load_bundle
+
+    options = RunnerOptions(threads=1)
+    res = resolve(load_bundle(tiny_bundle), "fp32", options)
+    assert res.options is options and res.backend.name == "onnxruntime" and res.artifact.precision == "fp32"
+    pytest.importorskip("openvino")
+    b16 = resolve(load_bundle(tiny_bundle), "bf16", options, backend="openvino")
+    assert b16.options.precision_hint == "bf16" and options.precision_hint is None  # a copy carries the hint
+    assert b16.artifact.precision == "fp32"

@@ -20,7 +20,7 @@ import pytest
 
 import edgeinfer.backends.tensorrt as trtmod
 from edgeinfer import trt_policy
-from edgeinfer.backends import RunnerOptions, choose, create_runner, cuda, get_backend
+from edgeinfer.backends import RunnerOptions, backend_for, create_runner, cuda, get_backend
 from edgeinfer.backends.tensorrt import TensorRTBackend, TrtRunner
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
 from edgeinfer.errors import BackendUnavailable, InferenceError, IntegrityError, MissingDependency
@@ -312,7 +312,7 @@ def test_registry_choice_fails_cleanly_with_that_reason(tmp_path):
     art = plan_artifact(plan_bundle(tmp_path))
     assert get_backend("trt") is TensorRTBackend
     with pytest.raises(BackendUnavailable) as exc:
-        choose(art, RunnerOptions(device="cuda"), backend="tensorrt")
+        backend_for(art, RunnerOptions(device="cuda"), backend="tensorrt")
     assert "tensorrt: tensorrt is not installed" in str(exc.value)
     # without a named backend every candidate says why it cannot run the plan
     with pytest.raises(BackendUnavailable) as exc:
@@ -377,7 +377,7 @@ def test_accepts_explains_an_incompatible_plan(tmp_path, fake):
     ok, why = TensorRTBackend.accepts(art, RunnerOptions(device="cuda"))
     assert not ok and "built for compute capability 8.6 (Ampere), this GPU is 8.7 (Orin)" in why
     with pytest.raises(BackendUnavailable, match="this GPU is 8.7"):
-        choose(art, RunnerOptions(device="cuda"), backend="tensorrt")
+        backend_for(art, RunnerOptions(device="cuda"), backend="tensorrt")
 
 
 def test_probe_with_the_fake(fake):
