@@ -6,7 +6,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo-out
 
-.PHONY: demo test test-gpu bench train clean
+.PHONY: demo test test-gpu bench train clean peers
+
+# the real DICOM peers the node tests talk to: DCMTK (storescu, echoscu, dsrdump) as the modality,
+# Orthanc as the PACS. Installed from Debian when missing (CI runs as root); never mocked.
+PEERS := /usr/bin/storescu /usr/bin/echoscu /usr/bin/dsrdump /usr/sbin/Orthanc
+peers:
+	@missing=0; for b in $(PEERS); do [ -x $$b ] || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing DCMTK and Orthanc (the node tests' modality and PACS)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk orthanc >/dev/null; \
+	  else echo "DCMTK and Orthanc are missing: run 'apt-get install dcmtk orthanc' as root (the node tests need them)"; fi; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +40,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/edgeinfer triage $(DEMO)/studies --labels $(DEMO)/studies/labels.csv --output $(DEMO)/worklist.json --no-progress
 	$(BIN)/edgeinfer preview $$(ls $(DEMO)/studies/study0001/series01/*.dcm | head -1) --out $(DEMO)/preview.png
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev peers
 	$(BIN)/python -m pytest
 
 # on a Jetson or x86 GPU host with TensorRT installed: only the GPU-marked tests

@@ -226,6 +226,29 @@ def cmd_triage(args) -> int:
     return wl.exit_code
 
 
+# --- serve ---------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from .node.config import load_config
+    from .node.service import Node
+
+    overrides = {k: getattr(args, k) for k in (
+        "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
+        "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb",
+        "inference_timeout", "send_to", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
+        "bundle", "trust", "backend", "precision", "device", "threads", "batch_size")}
+    config = load_config(args.config, overrides)
+    if args.no_http:
+        config.http_port = None
+    logging.getLogger("edgeinfer.audit").setLevel(logging.INFO)  # one line per study event: UIDs only
+    node = Node(config)
+    print(f"edgeinfer serve: {config.ae_title} on port {config.port}, spool {config.spool}, "
+          + (f"HTTP on {config.http_host}:{config.http_port}, " if config.http_port is not None else "")
+          + (f"results to {', '.join(map(str, config.send_to))}" if config.send_to else "no --send-to"),
+          file=sys.stderr, flush=True)
+    node.serve_forever()
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -246,6 +269,54 @@ WORKSTATION_COMMANDS = {
     "calibrate": ("edgeinfer_calibration.cli", "FP16 and INT8 graphs calibrated on DICOM studies (needs the 'export' extra)"),
     "validate": ("edgeinfer_calibration.cli", "each precision against FP32 on labelled studies, and the accuracy gate"),
 }
+
+
+def _add_serve(sub, fmt) -> None:
+    s = sub.add_parser("serve", help="run as a DICOM node: receive studies, triage each, send an SR back to PACS",
+                       formatter_class=fmt, epilog=_examples("""
+                           edgeinfer serve --spool /var/lib/edgeinfer --send-to PACS@10.0.0.5:104
+                           edgeinfer serve --config /etc/edgeinfer/serve.toml
+                           edgeinfer serve --port 2762 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem
+                       """) + "\n\nC-STORE status: 0x0000 stored durably; 0xA700 out of resources (spool nearly full or "
+                       "queue full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing")
+    a = s.add_argument
+    a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
+    a("--spool", default=None, help="folder for received instances, results and the state database (default ./spool)")
+    a("--port", type=int, default=None, help="DICOM port (default 11112)")
+    a("--host", default=None, help="address to listen on (default 0.0.0.0)")
+    a("--ae-title", dest="ae_title", default=None, help="this node's AE title (default EDGEINFER)")
+    a("--allow-calling", dest="allow_calling", default=None, metavar="AET,...",
+      help="accept associations only from these calling AE titles")
+    a("--max-associations", dest="max_associations", type=int, default=None, help="concurrent associations (default 10)")
+    a("--acse-timeout", dest="acse_timeout", type=float, default=None, help="seconds (default 30)")
+    a("--dimse-timeout", dest="dimse_timeout", type=float, default=None, help="seconds (default 30)")
+    a("--network-timeout", dest="network_timeout", type=float, default=None, help="seconds (default 60)")
+    a("--max-pdu", dest="max_pdu", type=int, default=None, help="largest PDU accepted, bytes (default 16384)")
+    a("--tls-cert", dest="tls_cert", default=None, help="PEM certificate: DICOM over TLS")
+    a("--tls-key", dest="tls_key", default=None, help="PEM private key for --tls-cert")
+    a("--tls-ca", dest="tls_ca", default=None, help="PEM CA: require client certificates it signed (mutual TLS)")
+    a("--quiet-seconds", dest="quiet_seconds", type=float, default=None,
+      help="a study is complete this long after its last instance (default: 5 for DX/CR, 30 for CT/MR, 10 others)")
+    a("--max-queue", dest="max_queue", type=int, default=None, help="studies waiting for inference before 0xA700 (default 200)")
+    a("--min-free-mb", dest="min_free_mb", type=int, default=None, help="spool free space before 0xA700 (default 512)")
+    a("--inference-timeout", dest="inference_timeout", type=float, default=None,
+      help="watchdog: seconds before a study's inference is abandoned and the study goes to a human read (default 120)")
+    a("--send-to", dest="send_to", action="append", default=None, metavar="AET@HOST:PORT",
+      help="send each result (DICOM SR) here; repeat for more destinations")
+    a("--send-retries", dest="send_retries", type=int, default=None, help="attempts before dead-lettering (default 8)")
+    a("--send-backoff", dest="send_backoff", type=float, default=None, help="first retry delay, doubling (default 2 s)")
+    a("--worklist", default=None, help="also keep the live worklist JSON in this file (written atomically)")
+    a("--http-host", dest="http_host", default=None, help="HTTP side address (default 127.0.0.1)")
+    a("--http-port", dest="http_port", type=int, default=None, help="HTTP side port (default 8080)")
+    a("--no-http", dest="no_http", action="store_true", help="no HTTP side")
+    a("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
+    _add_trust(s)
+    a("--backend", default=None, help="onnxruntime | openvino | tensorrt | auto (default auto)")
+    a("--precision", default=None, help="fp32 | fp16 | int8 | bf16 | auto (default auto)")
+    a("--device", default=None, help="cpu | cuda | tensorrt (default cpu)")
+    a("--threads", type=int, default=None, help="inference threads")
+    a("--batch-size", dest="batch_size", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
 
 
 def _invoked(argv: list[str]) -> str | None:
@@ -343,6 +414,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .signing import add_parsers as add_signing_parsers
 
     add_signing_parsers(sub, formatter_class=fmt)
+    _add_serve(sub, fmt)
 
     from .bench import add_parser as add_bench_parser
 

@@ -1,0 +1,1 @@
+"""The DICOM node behind ``edgeinfer serve``: C-STORE in, spool, state, triage, SR back to PACS."""

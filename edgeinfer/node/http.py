@@ -1,0 +1,251 @@
+"""The node's HTTP side, for operators and monitoring: health, readiness, metrics and the worklist.
+
+``GET /healthz``  200 ``{"status": "alive", ...}`` while the process serves at all (liveness);
+``GET /readyz``   200 ``{"status": "ready"}``, or 503 ``{"status": "not ready", "reasons": [...]}``;
+``GET /metrics``  the Prometheus text exposition of the node's :class:`NodeMetrics`;
+``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``.
+
+Nothing else is served (404; another method on these paths: 405). An exception inside a handler
+answers 500 with a short JSON error and is logged by its class only: an exception's text may carry
+patient details or paths, so neither the response nor the log repeats it. Request bodies and
+query strings are never logged, and uvicorn's access log is off unless asked for.
+
+:class:`HttpServer` runs uvicorn in a background thread, bound to localhost unless told otherwise
+(the worklist is not for the network at large). Only this module and :mod:`.metrics` import
+starlette, uvicorn and prometheus_client; importing ``edgeinfer`` never imports them.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._io import json_text
+from .metrics import NodeMetrics
+
+log = logging.getLogger("edgeinfer.node.http")
+
+#: no response of this server is worth caching: every one is a snapshot of the node's state
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@runtime_checkable
+class NodeView(Protocol):
+    """What the HTTP side sees of a running node. Called from worker threads, one per request.
+
+    ``health()``    alive information, e.g. ``{"uptime_s": 12.5, "version": "0.1.0"}``; cheap, no I/O.
+    ``readiness()`` why the node is not ready (e.g. "spool disk full", "no model loaded"); ``[]``: ready.
+    ``worklist()``  the current worklist, shaped like ``edgeinfer triage --output``.
+    ``metrics``     the node's :class:`NodeMetrics`; refresh its gauges before a scrape if they are
+                    not kept current as things happen.
+    """
+
+    metrics: NodeMetrics
+
+    def health(self) -> dict: ...
+
+    def readiness(self) -> list[str]: ...
+
+    def worklist(self) -> dict: ...
+
+
+# --- the application -------------------------------------------------------------------------------
+def _json(obj: Any, status: int = 200) -> Response:
+    """The one JSON rendering of the project (strict: no NaN tokens), as a response."""
+    return Response(json_text(obj), status_code=status, media_type="application/json", headers=_NO_STORE)
+
+
+def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """Any exception -> 500 with a short JSON body; logged by class and stack, never by its text."""
+
+    @functools.wraps(handler)
+    def endpoint(request: Request) -> Response:
+        try:
+            return handler(request)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns failures into a 500
+            log.error("GET %s failed: %s (message withheld)", request.url.path, type(exc).__name__)
+            if log.isEnabledFor(logging.DEBUG):  # where it failed: files, lines, functions; no message, no source
+                stack = "\n".join(f"  {f.filename}:{f.lineno} in {f.name}"
+                                  for f in traceback.extract_tb(exc.__traceback__))
+                log.debug("GET %s failed (%s) at:\n%s", request.url.path, type(exc).__name__, stack)
+            return JSONResponse({"status": "error", "error": "internal error"}, status_code=500,
+                                headers=_NO_STORE)
+
+    return endpoint
+
+
+def make_app(view: NodeView) -> Starlette:
+    """The Starlette app serving ``view``. The handlers are plain functions: Starlette runs them in
+    its worker threads, so the view may block briefly (SQLite) without stalling the event loop."""
+
+    @_guarded
+    def healthz(request: Request) -> Response:
+        return _json({**view.health(), "status": "alive"})
+
+    @_guarded
+    def readyz(request: Request) -> Response:
+        reasons = [str(r) for r in view.readiness()]
+        if reasons:
+            return _json({"status": "not ready", "reasons": reasons}, status=503)
+        return _json({"status": "ready"})
+
+    @_guarded
+    def metrics(request: Request) -> Response:
+        payload, content_type = view.metrics.render()
+        return Response(payload, media_type=content_type, headers=_NO_STORE)
+
+    @_guarded
+    def worklist(request: Request) -> Response:
+        return _json(view.worklist())
+
+    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"]), Route("/worklist", worklist, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    """404 / 405 as short JSON too (the detail is Starlette's fixed phrase, never the request's path)."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"status": "error", "error": exc.detail}, status_code=exc.status_code,
+                        headers={**_NO_STORE, **(exc.headers or {})})
+
+
+# --- the server ------------------------------------------------------------------------------------
+class _ThreadedServer(uvicorn.Server):
+    """uvicorn without signal handling: it runs in a thread, the node owns SIGINT/SIGTERM.
+
+    uvicorn 0.54 installs handlers in ``capture_signals()`` (it already skips them off the main
+    thread); older releases call ``install_signal_handlers()``. Both are no-ops here.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+class HttpServer:
+    """uvicorn serving ``app`` in a background thread.
+
+    ``start()`` binds the socket itself (so a taken port raises :class:`OSError` right there, and
+    ``port=0`` picks a free port, then readable as :attr:`port`) and returns once uvicorn serves
+    it. ``stop()`` closes the socket, lets requests in flight finish (up to
+    ``graceful_timeout_s``) and joins the thread. Also a context manager.
+
+    ``log_level`` applies to uvicorn's own loggers; the access log is off unless ``access_log=True``
+    (and even then its lines are INFO, so they need ``log_level="info"``): it would write every
+    URL and client address into the logs.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "warning",
+                 access_log: bool = False, graceful_timeout_s: int = 3, start_timeout_s: float = 10.0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.log_level = log_level
+        self.access_log = access_log
+        self.graceful_timeout_s = graceful_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._server: _ThreadedServer | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _bind(self) -> socket.socket:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            if os.name == "posix":  # rebind at once after stop(), past TIME_WAIT (not on Windows: it means steal)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def start(self) -> "HttpServer":
+        if self._thread is not None:
+            raise RuntimeError("this HttpServer was already started; make a new one")
+        sock = self._bind()
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, host=self.host, port=self.port, lifespan="off", log_config=None, log_level=self.log_level,
+            access_log=self.access_log, timeout_graceful_shutdown=self.graceful_timeout_s, server_header=False)
+        if self.access_log:  # undo an earlier server's access_log=False on the shared logger
+            logging.getLogger("uvicorn.access").propagate = True
+        self._server = server = _ThreadedServer(config)
+        self._thread = threading.Thread(target=self._run, args=(server, sock), name=f"edgeinfer-http-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while not server.started:
+            if not self._thread.is_alive():
+                self._close_socket()
+                raise RuntimeError(f"the HTTP server on {self.url} did not start"
+                                   + (f" ({type(self._error).__name__})" if self._error else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the HTTP server on {self.url} did not start within {self.start_timeout_s:g} s")
+            time.sleep(0.01)
+        log.info("serving on %s", self.url)
+        return self
+
+    def _run(self, server: _ThreadedServer, sock: socket.socket) -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from uvicorn's startup included
+            self._error = exc
+            log.error("the HTTP server stopped: %s", type(exc).__name__)
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop serving and free the port. Safe to call twice, or without start()."""
+        server, thread = self._server, self._thread
+        if server is not None and thread is not None:
+            server.should_exit = True
+            thread.join(self.graceful_timeout_s + 2 if timeout_s is None else timeout_s)
+            if thread.is_alive():  # a request still stuck: stop waiting for it
+                server.force_exit = True
+                thread.join(2)
+            if thread.is_alive():
+                log.warning("the HTTP server thread did not stop; leaving it (daemon) behind")
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "HttpServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

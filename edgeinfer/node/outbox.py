@@ -1,0 +1,109 @@
+"""The outbox: results go to every destination by C-STORE, with retries and backoff; after the last
+attempt an item is dead-lettered (kept, visible in /metrics and the state, never silently dropped)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .config import Destination, NodeConfig
+from .state import State
+
+log = logging.getLogger("edgeinfer.node")
+audit = logging.getLogger("edgeinfer.audit")
+MAX_BACKOFF_S = 600.0
+
+
+def backoff(attempt: int, first: float) -> float:
+    """Delay before retry ``attempt`` (1-based): ``first`` doubling, capped at 10 minutes."""
+    return min(first * 2 ** max(0, attempt - 1), MAX_BACKOFF_S)
+
+
+def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 30.0) -> str | None:
+    """C-STORE one Part 10 file to ``dest``. None on success, else why it failed (no data values)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
+    if not assoc.is_established:
+        return f"association with {dest} was not established (rejected, aborted or no answer)"
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    if not status or "Status" not in status:
+        return f"{dest} sent no C-STORE response (connection lost or DIMSE timeout)"
+    if status.Status not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with warnings
+        return f"{dest} answered C-STORE status 0x{int(status.Status):04X}"
+    return None
+
+
+class Outbox:
+    def __init__(self, config: NodeConfig, state: State, metrics=None, send=send_file):
+        self.config, self.state, self.metrics, self.send = config, state, metrics, send
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edgeinfer-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                log.error("outbox pass failed (%s); retrying", exc.__class__.__name__)
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def drain(self) -> int:
+        """Send every item that is due now; returns how many were attempted."""
+        due = self.state.due_sends()
+        for item_id, study_uid, version, destination, path, attempts in due:
+            if self._stop.is_set():
+                break
+            dest = Destination.parse(destination)
+            try:
+                error = self.send(path, dest, self.config.ae_title)
+            except Exception as exc:  # noqa: BLE001
+                error = f"sending failed ({exc.__class__.__name__})"
+            if error is None:
+                self.state.mark_sent(item_id)
+                audit.info("sent study %s result v%d to %s", study_uid, version, dest)
+                self._inc("outbox_sent_total", destination)
+                continue
+            attempt = attempts + 1
+            if attempt >= self.config.send_retries:
+                self.state.mark_failed(item_id, error, retry_at=None)
+                log.error("dead-lettered study %s result v%d for %s after %d attempts: %s",
+                          study_uid, version, dest, attempt, error)
+                self._inc("outbox_dead_letters_total", destination)
+            else:
+                delay = backoff(attempt, self.config.send_backoff)
+                self.state.mark_failed(item_id, error, retry_at=time.time() + delay)
+                log.warning("sending study %s result v%d to %s failed (%s); retry %d in %.0f s",
+                            study_uid, version, dest, error, attempt, delay)
+                self._inc("outbox_retries_total", destination)
+        if self.metrics is not None:
+            self.metrics.outbox_pending.set(self.state.outbox_counts().get("pending", 0))
+        return len(due)
+
+    def _inc(self, name: str, destination: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, name).labels(destination=destination).inc()

@@ -1,0 +1,173 @@
+"""The DICOM side: a pynetdicom storage SCP that stores each instance durably before it answers Success.
+
+Status codes the sender can see (C-STORE):
+  0x0000  stored durably (spool file fsync'd and renamed, state committed)
+  0xA700  out of resources: the spool's free space is below its threshold, or the study queue is full
+          (backpressure: try again later; nothing was kept)
+  0xC210  cannot understand: the data set cannot be parsed, or its Study/SOP Instance UID is malformed
+  0xC211  the node failed while storing (an unexpected error; nothing was kept, the sender may retry)
+"""
+from __future__ import annotations
+
+import io
+import logging
+import ssl
+import threading
+import time
+from typing import Callable
+
+from ..vr import valid_uid
+from .config import NodeConfig
+from .spool import Spool
+from .state import State
+
+log = logging.getLogger("edgeinfer.node")
+audit = logging.getLogger("edgeinfer.audit")
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, FAILED = 0x0000, 0xA700, 0xC210, 0xC211
+_URGENT_PRIORITIES = {"STAT", "HIGH"}
+_HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
+                "RequestedProcedurePriority")
+
+
+def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """Server TLS from the config: TLS 1.2 or newer; with a CA, clients must present a certificate it signed."""
+    if config.tls_cert is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    if config.tls_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(config.tls_ca))
+    return ctx
+
+
+def _header(data: bytes):
+    """The few header values the node needs, read without touching the pixel data."""
+    import pydicom
+
+    from ..dicomio.quiet import _library_quiet  # pydicom's warnings can quote values: never shown
+
+    with _library_quiet():
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=list(_HEADER_TAGS))
+
+
+class Receiver:
+    """Starts and stops the SCP; every accepted instance is in the spool and the state before Success."""
+
+    def __init__(self, config: NodeConfig, spool: Spool, state: State, *, metrics=None,
+                 busy: Callable[[], str | None] = lambda: None, on_stored: Callable[[str], None] = lambda uid: None):
+        self.config, self.spool, self.state, self.metrics = config, spool, state, metrics
+        self.busy = busy            # -> why the node cannot take more now (0xA700), or None
+        self.on_stored = on_stored  # called with the study UID after each stored instance
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.started = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug output dumps data sets
+        c = self.config
+        ae = AE(ae_title=c.ae_title)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(c.allow_calling)
+        ae.maximum_associations = c.max_associations
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout, c.dimse_timeout, c.network_timeout
+        ae.maximum_pdu_size = c.max_pdu
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
+                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected)]
+        before = set(threading.enumerate())
+        self._server = ae.start_server((c.host, c.port), block=False, evt_handlers=handlers,
+                                       ssl_context=tls_context(c))
+        # pynetdicom keeps no handle on the thread that accepts connections: find it, for /readyz
+        self._thread = next((t for t in threading.enumerate() if t not in before
+                             and t.name.startswith("AcceptorServer")), None)
+        self.started.set()
+        log.info("receiving as %s on %s:%d%s", c.ae_title, c.host, self.port,
+                 " (TLS" + (", mutual" if c.tls_ca else "") + ")" if c.tls_cert else "")
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.config.port
+
+    @property
+    def alive(self) -> bool:
+        """The thread accepting associations is running."""
+        return self._server is not None and self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- events -----------------------------------------------------------------------------------
+    def _count(self, family: str, outcome: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, family).labels(outcome=outcome).inc()
+
+    def _on_accepted(self, event) -> None:
+        self._count("associations_total", "accepted")
+
+    def _on_rejected(self, event) -> None:
+        self._count("associations_total", "rejected")
+        audit.info("association rejected (calling AE title not allowed, or called AE title wrong)")
+
+    def _on_store(self, event) -> int:
+        try:
+            return self._store(event)
+        except Exception as exc:  # noqa: BLE001 - never Success on an error; the class only, no values
+            log.error("storing an instance failed (%s); answered 0xC211", exc.__class__.__name__)
+            self._count("instances_total", "failed")
+            return FAILED
+
+    def _store(self, event) -> int:
+        why = self.busy()
+        if why:
+            log.warning("answered 0xA700 (out of resources): %s", why)
+            self._count("instances_total", "out_of_resources")
+            return OUT_OF_RESOURCES
+        data = event.encoded_dataset(include_meta=True)   # the bytes as received: no decode, no re-encode
+        try:
+            ds = _header(data)
+        except Exception:  # noqa: BLE001 - a data set pydicom cannot parse
+            self._count("instances_total", "rejected")
+            return CANNOT_UNDERSTAND
+        sop = str(event.request.AffectedSOPInstanceUID or "").strip(" \x00")
+        study = str(ds.get("StudyInstanceUID", "") or "").strip(" \x00")
+        if not (valid_uid(sop) and valid_uid(study)):
+            log.warning("answered 0xC210: the SOP Instance or Study Instance UID is malformed (not shown)")
+            self._count("instances_total", "rejected")
+            return CANNOT_UNDERSTAND
+        path = self.spool.store_instance(sop, data)
+        series = str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00")
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        urgent = event.request.Priority == 1 or \
+            str(ds.get("RequestedProcedurePriority", "") or "").strip().upper() in _URGENT_PRIORITIES
+        new = self.state.add_instance(sop_uid=sop, study_uid=study, series_uid=series if valid_uid(series) else "",
+                                      path=str(path), modality=modality[:16], urgent=urgent,
+                                      calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
+        self._count("instances_total", "stored" if new else "duplicate")
+        if new:
+            audit.info("received study %s instance %s", study, sop)
+        self.on_stored(study)
+        return SUCCESS
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False

@@ -1,0 +1,188 @@
+"""``edgeinfer serve``: receiver -> spool -> state -> worker (intake, runner, SR) -> outbox, plus HTTP.
+
+Each arrow is a file or a table row, so a ``kill -9`` anywhere loses nothing that was acknowledged:
+on start the node removes temporary files, re-queues studies that were being scored, and resumes
+the outbox.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from .. import __version__
+from .._io import write_json
+from ..bundle import load_bundle
+from ..errors import UsageError
+from .config import NodeConfig
+from .outbox import Outbox
+from .receiver import Receiver
+from .spool import Spool
+from .state import State
+from .worker import Worker, worklist_document
+
+log = logging.getLogger("edgeinfer.node")
+audit = logging.getLogger("edgeinfer.audit")
+
+
+class Node:
+    """The running service; also the view the HTTP side reads (health, readiness, worklist, metrics)."""
+
+    def __init__(self, config: NodeConfig, *, metrics=None):
+        from .metrics import NodeMetrics
+
+        self.config = config
+        self.started_at = time.time()
+        self.bundle = load_bundle(config.bundle, trust=config.trust)
+        self.spool = Spool(config.spool)
+        removed = self.spool.remove_temporary()
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted write", removed)
+        self.state = State(self.spool.root / "state.sqlite3")
+        resumed = self.state.resume()
+        if resumed:
+            log.warning("%d study(ies) were being scored when the node stopped; they are scored again", resumed)
+        self.metrics = metrics or NodeMetrics()
+        self._runner = None
+        self._runner_lock = threading.Lock()
+        self.selection = None
+        self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy,
+                                 on_stored=lambda uid: None)
+        self.worker = Worker(self)
+        self.outbox = Outbox(config, self.state, self.metrics)
+        self.http = None
+        self._stopped = threading.Event()
+        self._closed = False
+
+    # -- the model ----------------------------------------------------------------------------------
+    def runner(self):
+        with self._runner_lock:
+            if self._runner is None:
+                from .. import autoselect
+
+                backend = None if self.config.backend in (None, "auto") else self.config.backend
+                precision = None if self.config.precision in (None, "auto") else self.config.precision
+                self.selection = autoselect.choose(self.bundle, threads=self.config.threads,
+                                                   device=self.config.device, backend=backend, precision=precision)
+                self._runner = self.selection.create_runner().activate()
+                log.info("model %s %s ready on %s %s", self.bundle.name, self.bundle.version,
+                         self.selection.backend, self.selection.precision)
+            return self._runner
+
+    def replace_runner(self) -> None:
+        """After a hung inference: abandon the runner (its thread may never return) and start afresh."""
+        with self._runner_lock:
+            self._runner = None
+
+    def model_record(self) -> dict:
+        sel = self.selection
+        return {"bundle": self.bundle.name, "bundle_version": self.bundle.version,
+                "precision": sel.precision if sel else None, "backend": sel.backend if sel else None}
+
+    def run_record(self) -> dict:
+        r = self._runner
+        return (r.report().as_dict() if r is not None else {}) | (
+            {"selection": self.selection.as_dict()} if self.selection else {})
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> "Node":
+        self.runner()  # load the model before saying we receive: /readyz tells the truth from the start
+        self.worker.start()
+        self.outbox.start()
+        c = self.config
+        try:
+            self.receiver.start()
+        except OSError as exc:
+            self.stop()
+            raise UsageError(f"cannot listen for DICOM on {c.host}:{c.port} ({exc.strerror or exc}); "
+                             "another program may use that port: choose another --port") from None
+        if c.http_port is not None:
+            from .http import HttpServer, make_app
+
+            try:
+                self.http = HttpServer(make_app(self), host=c.http_host, port=c.http_port).start()
+            except OSError as exc:
+                self.stop()
+                raise UsageError(f"cannot serve HTTP on {c.http_host}:{c.http_port} ({exc.strerror or exc}); "
+                                 "choose another --http-port, or --no-http") from None
+        audit.info("node started: %s on port %d, bundle %s %s (digest %s)", self.config.ae_title, self.receiver.port,
+                   self.bundle.name, self.bundle.version, self.bundle.digest[:16])
+        return self
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.receiver.stop()
+        self.worker.stop()
+        self.outbox.stop()
+        if self.http is not None:
+            self.http.stop()
+        self.state.close()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        def _stop(signum, frame):
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            self.stop()
+
+    # -- decisions ----------------------------------------------------------------------------------
+    def busy(self) -> str | None:
+        """Why the node cannot take an instance now (the sender gets 0xA700), or None."""
+        free = self.spool.free_mb()
+        if free < self.config.min_free_mb:
+            return f"the spool has {free:.0f} MB free, below the {self.config.min_free_mb} MB threshold"
+        queued = self.state.queued_count()
+        if queued >= self.config.max_queue:
+            return f"{queued} studies wait for inference (the limit is {self.config.max_queue})"
+        return None
+
+    def result_recorded(self, job, record: dict) -> None:
+        study = record.get("study")
+        if study is not None:
+            audit.info("study %s scored v%d: %s", job.study_uid, job.version, study["priority"])
+            self.metrics.studies_total.labels(priority=study["priority"]).inc()
+            self.metrics.arrival_to_result_seconds.observe(max(0.0, time.time() - job.last_received))
+        else:
+            audit.info("study %s v%d: no image this model handles", job.study_uid, job.version)
+        if self.config.worklist is not None:
+            try:
+                write_json(self.config.worklist, self.worklist())
+            except OSError as exc:
+                log.error("could not write the worklist %s (%s); /worklist still has it",
+                          self.config.worklist, exc.strerror or exc)
+
+    def refresh_gauges(self) -> None:
+        counts = self.state.counts_by_state()
+        self.metrics.queue_depth.set(counts.get("queued", 0))
+        for name in ("receiving", "queued", "scoring", "scored"):
+            self.metrics.studies_in_state.labels(state=name).set(counts.get(name, 0))
+
+    # -- NodeView (the HTTP side) -------------------------------------------------------------------
+    def health(self) -> dict:
+        return {"status": "alive", "version": __version__, "uptime_s": round(time.time() - self.started_at, 1)}
+
+    def readiness(self) -> list[str]:
+        reasons = []
+        if self._runner is None:
+            reasons.append("the model is not loaded")
+        if not self.receiver.alive:
+            reasons.append("the DICOM receiver is not running")
+        if not self.worker.alive:
+            reasons.append("the inference worker is not running")
+        why = self.busy()
+        if why:
+            reasons.append(why)
+        return reasons
+
+    def worklist(self) -> dict:
+        return worklist_document(self, self.state.current_results())

@@ -1,0 +1,201 @@
+"""The node's state in SQLite (WAL): instances, studies, results and the outbox.
+
+Every change that matters is one transaction, so a ``kill -9`` anywhere leaves a state the node
+resumes from: an acknowledged instance is in ``instances`` before Success is sent; a study being
+scored when the node died is scored again (its result is keyed on study and version, so it is
+recorded once); an unsent result stays in the outbox.
+
+Study states: ``receiving`` (instances arriving; its quiet timer runs) -> ``queued`` (complete,
+waiting for inference; its version was bumped) -> ``scoring`` -> ``scored``. An instance arriving
+for a queued, scoring or scored study puts it back to ``receiving``: it is scored again as a new
+version, and the new result supersedes the earlier one.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT, path TEXT NOT NULL,
+    received REAL NOT NULL, calling_aet TEXT);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY, modality TEXT, urgent INTEGER NOT NULL DEFAULT 0,
+    first_received REAL NOT NULL, last_received REAL NOT NULL, state TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0, enqueued REAL);
+CREATE TABLE IF NOT EXISTS results (
+    study_uid TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL, priority TEXT,
+    score REAL, record TEXT NOT NULL, superseded INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (study_uid, version));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, version INTEGER NOT NULL, destination TEXT NOT NULL,
+    path TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL, last_error TEXT, UNIQUE (study_uid, version, destination));
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    study_uid: str
+    version: int
+    modality: str
+    urgent: bool
+    last_received: float
+    paths: list[str]
+
+
+class State:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives a power cut
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args=()):
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args=()):
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- receiving ------------------------------------------------------------------------------
+    def add_instance(self, *, sop_uid: str, study_uid: str, series_uid: str, path: str, modality: str,
+                     urgent: bool, calling_aet: str, now: float | None = None) -> bool:
+        """Record a stored instance and restart its study's quiet timer. False if it was already known
+        (a resend: the file was replaced by the same bytes' new copy, nothing else changes)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            known = db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+            if not known:
+                db.execute("INSERT INTO instances VALUES (?,?,?,?,?,?)",
+                           (sop_uid, study_uid, series_uid, path, now, calling_aet))
+            row = db.execute("SELECT state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO studies (study_uid, modality, urgent, first_received, last_received, state)"
+                           " VALUES (?,?,?,?,?, 'receiving')", (study_uid, modality, int(urgent), now, now))
+            elif not known:
+                db.execute("UPDATE studies SET last_received=?, state='receiving', urgent=max(urgent, ?) "
+                           "WHERE study_uid=?", (now, int(urgent), study_uid))
+        return not known
+
+    # -- scheduling -----------------------------------------------------------------------------
+    def complete_quiet_studies(self, quiet_for, now: float | None = None) -> list[str]:
+        """Studies whose quiet period has passed: -> queued, version + 1. Returns their UIDs."""
+        now = time.time() if now is None else now
+        done = []
+        with self._tx() as db:
+            for uid, modality, last in db.execute(
+                    "SELECT study_uid, modality, last_received FROM studies WHERE state='receiving'").fetchall():
+                if now - last >= quiet_for(modality or ""):
+                    db.execute("UPDATE studies SET state='queued', version=version+1, enqueued=? WHERE study_uid=?",
+                               (now, uid))
+                    done.append(uid)
+        return done
+
+    def queued_count(self) -> int:
+        return self._one("SELECT count(*) FROM studies WHERE state='queued'")[0]
+
+    def counts_by_state(self) -> dict[str, int]:
+        return dict(self._all("SELECT state, count(*) FROM studies GROUP BY state"))
+
+    def next_job(self) -> Job | None:
+        """The next study to score (urgent first, then the oldest), marked ``scoring``."""
+        with self._tx() as db:
+            row = db.execute("SELECT study_uid, version, modality, urgent, last_received FROM studies "
+                             "WHERE state='queued' ORDER BY urgent DESC, enqueued ASC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE studies SET state='scoring' WHERE study_uid=?", (row[0],))
+            paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? ORDER BY sop_uid",
+                                              (row[0],))]
+        return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths)
+
+    def resume(self) -> int:
+        """After a restart: studies that were being scored are queued again. Returns how many."""
+        with self._tx() as db:
+            return db.execute("UPDATE studies SET state='queued' WHERE state='scoring'").rowcount
+
+    def finish_job(self, job: Job, *, priority: str | None, score: float | None, record: dict,
+                   sends: list[tuple[str, str]], now: float | None = None) -> bool:
+        """Record ``job``'s result and its outbox items in one transaction. False if this version's
+        result was recorded already (a job re-run after a crash): nothing is recorded twice."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM results WHERE study_uid=? AND version=?",
+                          (job.study_uid, job.version)).fetchone():
+                fresh = False
+            else:
+                fresh = True
+                db.execute("UPDATE results SET superseded=1 WHERE study_uid=? AND version<?",
+                           (job.study_uid, job.version))
+                db.execute("INSERT INTO results VALUES (?,?,?,?,?,?,0)",
+                           (job.study_uid, job.version, now, priority, score, json.dumps(record, allow_nan=False)))
+                for destination, path in sends:
+                    db.execute("INSERT OR IGNORE INTO outbox (study_uid, version, destination, path, next_attempt) "
+                               "VALUES (?,?,?,?,?)", (job.study_uid, job.version, destination, path, now))
+            # instances that arrived while this version was scored make the study receive again
+            db.execute("UPDATE studies SET state=CASE WHEN state='scoring' THEN 'scored' ELSE state END "
+                       "WHERE study_uid=?", (job.study_uid,))
+        return fresh
+
+    # -- results --------------------------------------------------------------------------------
+    def current_results(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self._all("SELECT record FROM results WHERE superseded=0")]
+
+    def history(self, study_uid: str) -> list[dict]:
+        return [{"version": v, "priority": p, "score": s, "superseded": bool(x), "created": c}
+                for v, p, s, x, c in self._all("SELECT version, priority, score, superseded, created FROM results "
+                                                "WHERE study_uid=? ORDER BY version", (study_uid,))]
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def due_sends(self, now: float | None = None, limit: int = 20) -> list[tuple]:
+        now = time.time() if now is None else now
+        return self._all("SELECT id, study_uid, version, destination, path, attempts FROM outbox "
+                         "WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?", (now, limit))
+
+    def mark_sent(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET state='sent', attempts=attempts+1, last_error=NULL WHERE id=?", (item_id,))
+
+    def mark_failed(self, item_id: int, error: str, *, retry_at: float | None) -> None:
+        """A failed send: retried at ``retry_at``, or dead-lettered when that is None."""
+        with self._tx() as db:
+            if retry_at is None:
+                db.execute("UPDATE outbox SET state='dead', attempts=attempts+1, last_error=? WHERE id=?",
+                           (error, item_id))
+            else:
+                db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt=? WHERE id=?",
+                           (error, retry_at, item_id))
+
+    def outbox_counts(self) -> dict[str, int]:
+        return dict(self._all("SELECT state, count(*) FROM outbox GROUP BY state"))
+
+    def dead_letters(self) -> list[dict]:
+        return [{"study_uid": s, "version": v, "destination": d, "attempts": a, "last_error": e}
+                for s, v, d, a, e in self._all("SELECT study_uid, version, destination, attempts, last_error "
+                                                "FROM outbox WHERE state='dead' ORDER BY id")]

@@ -1,0 +1,164 @@
+"""From a complete study to its result: intake, the runner (under a watchdog), the SR, the outbox."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from ..triage import INDETERMINATE, TriageEngine, priority_order
+from .state import Job
+
+log = logging.getLogger("edgeinfer.node")
+audit = logging.getLogger("edgeinfer.audit")
+
+
+class Worker:
+    """Scores queued studies one at a time. A hung inference is abandoned after ``inference_timeout``
+    seconds: the study is INDETERMINATE (a human read), a fresh runner takes over, the next study goes on."""
+
+    def __init__(self, node):
+        self.node = node
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: Job | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edgeinfer-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        node = self.node
+        while not self._stop.is_set():
+            try:
+                for uid in node.state.complete_quiet_studies(node.config.quiet_for):
+                    audit.info("study %s complete (quiet period passed)", uid)
+                job = node.state.next_job()
+                if job is not None:
+                    self.current = job
+                    self.run(job)
+                    self.current = None
+                    continue
+            except Exception as exc:  # noqa: BLE001 - keep serving; the study stays queued and is retried
+                log.error("worker pass failed (%s: %s)", exc.__class__.__name__, exc)
+                time.sleep(1.0)
+            node.refresh_gauges()
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    # -- one study --------------------------------------------------------------------------------
+    def run(self, job: Job) -> None:
+        node = self.node
+        files = [Path(p) for p in job.paths]
+        t0 = time.perf_counter()
+        box: dict = {}
+
+        def infer():
+            try:
+                box["wl"] = TriageEngine(node.bundle, node.runner(), batch_size=node.config.batch_size).run(files)
+            except BaseException as exc:  # noqa: BLE001 - reported below, never lost
+                box["error"] = exc
+
+        thread = threading.Thread(target=infer, name=f"edgeinfer-infer-{job.study_uid[-12:]}", daemon=True)
+        thread.start()
+        thread.join(node.config.inference_timeout)
+        elapsed = time.perf_counter() - t0
+        if thread.is_alive():
+            log.error("study %s: inference did not finish within %.0f s; abandoned (watchdog), the study "
+                      "needs a human read", job.study_uid, node.config.inference_timeout)
+            node.replace_runner()
+            record = self._indeterminate(job, f"inference did not finish within {node.config.inference_timeout:g} s "
+                                              "(watchdog)")
+        elif "error" in box:
+            exc = box["error"]
+            log.error("study %s: scoring failed (%s); the study needs a human read", job.study_uid,
+                      exc.__class__.__name__)
+            record = self._indeterminate(job, f"scoring failed ({exc.__class__.__name__})")
+        else:
+            wl = box["wl"]
+            study = next((s for s in wl.studies if s["study_uid"] == job.study_uid), None)
+            others = [s for s in wl.studies if s["study_uid"] != job.study_uid]
+            record = {"study": study, "skipped": wl.skipped, "errors": wl.errors + [
+                {"path": i["path"], "code": "other-study", "reason": "the file names another study than the one it "
+                 "was received for"} for s in others for i in s["images"]], "run": wl.run}
+            if node.metrics is not None:
+                node.metrics.inference_seconds.observe(elapsed)
+        record.update(version=job.version, bundle=node.bundle.summary(), received_last=job.last_received,
+                      scored_at=time.time())
+        study = record["study"]
+        sends = []
+        if study is not None:
+            study["version"] = job.version
+            sends = self._result_for_pacs(job, study, record)
+        fresh = node.state.finish_job(job, priority=study and study["priority"],
+                                      score=study and study["score"], record=record, sends=sends)
+        if fresh:
+            node.result_recorded(job, record)
+        node.outbox.wake()
+
+    def _indeterminate(self, job: Job, why: str) -> dict:
+        node = self.node
+        study = {"study_uid": job.study_uid, "priority": INDETERMINATE, "score": None, "modality": job.modality,
+                 "images": [], "failed_images": list(job.paths), "model": node.model_record(),
+                 "reason": f"{why} - needs a human read"}
+        return {"study": study, "skipped": [], "errors": [{"path": p, "code": "watchdog", "reason": why}
+                                                          for p in job.paths], "run": node.run_record()}
+
+    def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str]]:
+        """Write the SR for this study version into the spool; one outbox item per destination."""
+        node = self.node
+        if not node.config.send_to:
+            return []
+        from .. import dicomio
+        from .sr import build_sr, sr_bytes
+
+        sources = []
+        for p in job.paths:
+            try:
+                sources.append(dicomio.read_dataset(p))
+            except InputError:
+                continue
+        if not sources:
+            log.warning("study %s: no readable source header, so no SR can be made; see the worklist", job.study_uid)
+            return []
+        ds = build_sr(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
+        path = node.spool.store_result(job.study_uid, job.version, sr_bytes(ds))
+        return [(str(d), str(path)) for d in node.config.send_to]
+
+
+def worklist_document(node, results: list[dict]) -> dict:
+    """The live worklist, in the shape ``edgeinfer triage --output`` writes."""
+    import datetime as dt
+
+    from .. import __version__
+
+    order = {name: i for i, name in enumerate(priority_order(node.bundle))}
+    studies = [r["study"] for r in results if r.get("study")]
+    studies.sort(key=lambda s: (order.get(s["priority"], len(order)),
+                                -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
+    skipped = [x for r in results for x in r.get("skipped", [])]
+    errors = [x for r in results for x in r.get("errors", [])]
+    counts = {p: 0 for p in order}
+    for s in studies:
+        counts[s["priority"]] = counts.get(s["priority"], 0) + 1
+    n_img = sum(len(s["images"]) for s in studies)
+    return {"edgeinfer": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "bundle": node.bundle.summary(), "run": node.run_record(), "studies": studies, "skipped": skipped,
+            "errors": errors, "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img,
+                                          "studies": len(studies), "by_priority": counts, "skipped": len(skipped),
+                                          "errors": len(errors)}}

@@ -1,0 +1,182 @@
+"""edgeinfer serve end to end, against real peers: DCMTK's storescu/echoscu as the modality, Orthanc as the PACS."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+
+import peers
+
+NODE_AET = "EDGEINFER"
+
+
+class NodeProcess:
+    """``edgeinfer serve`` in a subprocess, as a service runs it."""
+
+    def __init__(self, workdir: Path, *args: str, port: int | None = None, http_port: int | None = None):
+        self.workdir = workdir
+        self.port = port or peers.free_port()
+        self.http_port = http_port or peers.free_port()
+        self.spool = workdir / "spool"
+        self.log = workdir / "serve.log"
+        cmd = [sys.executable, "-m", "edgeinfer", "serve", "--spool", str(self.spool), "--port", str(self.port),
+               "--http-port", str(self.http_port), "--backend", "onnxruntime", "--precision", "fp32",
+               "--threads", "1", *args]
+        env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_TRUST"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        peers.wait_until(lambda: self.proc.poll() is not None or self.ready_or_none() is not None, 60, 0.2,
+                         "the node's HTTP side")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def get(self, path: str) -> tuple[int, dict | str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                body = r.read()
+                code = r.status
+        except urllib.error.HTTPError as e:
+            body, code = e.read(), e.code
+        try:
+            return code, json.loads(body)
+        except ValueError:
+            return code, body.decode()
+
+    def ready_or_none(self):
+        try:
+            return self.get("/readyz")
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def store(self, paths, **kw):
+        kw.setdefault("extra", ("-xr",))  # propose RLE too: phantom sets hold RLE-compressed images
+        return peers.storescu("127.0.0.1", self.port, NODE_AET, paths, **kw)
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    started: list[NodeProcess] = []
+
+    def start(*args: str, workdir: Path | None = None, **kw) -> NodeProcess:
+        node = NodeProcess(workdir or tmp_path, *args, **kw)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    from edgeinfer import phantom
+
+    out = tmp_path_factory.mktemp("node_studies") / "set"
+    rows = phantom.generate(out, 10, seed=11, max_size=256)
+    return out, sorted({r["study_uid"] for r in rows})
+
+
+def test_serve_triages_each_study_and_puts_one_sr_per_study_into_pacs(node_factory, orthanc, dcmtk, studies, tmp_path):
+    folder, study_uids = studies
+    wl_file = tmp_path / "worklist.json"
+    node = node_factory("--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--quiet-seconds", "2",
+                        "--worklist", str(wl_file))
+    assert node.get("/readyz")[0] == 200
+    assert peers.echoscu("127.0.0.1", node.port, NODE_AET).returncode == 0
+    sent = node.store([folder])
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    n_files = len(list(folder.rglob("*.dcm")))
+    assert peers.parse_store_statuses(sent.stdout + sent.stderr) == [0] * n_files
+    for uid in study_uids:
+        srs = orthanc.wait_for_srs(uid, 1, timeout=60)
+        assert len(srs) == 1
+    time.sleep(1.0)  # nothing else arrives: exactly one SR per study
+    assert all(len(orthanc.srs(uid)) == 1 for uid in study_uids)
+    code, wl = node.get("/worklist")
+    assert code == 200 and sorted(s["study_uid"] for s in wl["studies"]) == study_uids
+    assert json.loads(wl_file.read_text())["summary"]["studies"] == len(study_uids)
+    sr = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"])))
+    assert sr.StudyInstanceUID == study_uids[0] and sr.Modality == "SR"
+    dump = subprocess.run([dcmtk["dsrdump"], "-"], input=orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"]),
+                          capture_output=True)
+    assert dump.returncode == 0, dump.stderr[-1000:]
+    _, metrics = node.get("/metrics")
+    assert f'edgeinfer_instances_total{{outcome="stored"}} {float(n_files)}' in metrics
+    assert 'edgeinfer_outbox_sent_total{destination=' in metrics
+    # resending the same instances changes nothing: no new version, no new SR
+    node.store([folder])
+    time.sleep(3.5)
+    assert all(len(orthanc.srs(uid)) == 1 for uid in study_uids)
+
+
+def test_late_image_rescores_the_study_and_supersedes(node_factory, orthanc, dcmtk, studies, tmp_path):
+    folder, study_uids = studies
+    node = node_factory("--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--quiet-seconds", "1")
+    multi = next(d for d in sorted(folder.iterdir()) if d.is_dir() and len(list(d.rglob("*.dcm"))) > 1)
+    first, *rest = sorted(multi.rglob("*.dcm"))
+    uid = str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+    assert node.store([first]).returncode == 0
+    orthanc.wait_for_srs(uid, 1, timeout=60)
+    assert node.store(rest).returncode == 0
+    srs = orthanc.wait_for_srs(uid, 2, timeout=60)
+    assert len(srs) == 2                                   # v1 and v2, both in PACS
+    _, wl = node.get("/worklist")
+    study = next(s for s in wl["studies"] if s["study_uid"] == uid)
+    assert study["version"] == 2 and len(study["images"]) == 1 + len(rest)
+
+
+def test_unknown_calling_ae_is_rejected_and_a_full_spool_answers_a700(node_factory, dcmtk, node_phantoms, tmp_path):
+    node = node_factory("--allow-calling", "MODALITY", "--min-free-mb", str(10**9))
+    assert peers.echoscu("127.0.0.1", node.port, NODE_AET, calling_aet="STRANGER").returncode != 0
+    assert peers.echoscu("127.0.0.1", node.port, NODE_AET, calling_aet="MODALITY").returncode == 0
+    r = node.store([node_phantoms], extra=("-xr", "-nh"))
+    statuses = peers.parse_store_statuses(r.stdout + r.stderr)
+    assert statuses and set(statuses) == {0xA700}           # out of resources, never Success
+    code, body = node.get("/readyz")
+    assert code == 503 and any("free" in reason for reason in body["reasons"])
+    assert not list((node.spool / "instances").rglob("*.dcm"))
+
+
+def test_hostile_uids_never_become_paths_and_get_a_failure_status(node_factory, node_phantoms):
+    from pynetdicom import AE
+
+    node = node_factory()
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(src.SOPClassUID, src.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    statuses = []
+    for sop, study in (("../../x", src.StudyInstanceUID), ("1.2.3", "/etc/passwd"), ("ABC.PATIENT", "1.2.3")):
+        ds = src.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns (quoting the value) about the invalid UIDs we set
+            ds.SOPInstanceUID, ds.StudyInstanceUID = sop, study
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+        statuses.append(assoc.send_c_store(ds).Status)
+    assoc.release()
+    assert statuses == [0xC210] * 3
+    stored = list(node.spool.rglob("*"))
+    assert all(p.resolve().is_relative_to(node.spool.resolve()) for p in stored)
+    assert not (node.spool.parent / "x").exists() and not list((node.spool / "instances").rglob("*.dcm"))

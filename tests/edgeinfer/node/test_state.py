@@ -1,0 +1,103 @@
+"""The node's durable parts: config, spool names, SQLite state transitions, outbox backoff."""
+import re
+import sqlite3
+
+import pytest
+
+from edgeinfer.errors import UsageError
+from edgeinfer.node.config import Destination, NodeConfig, load_config
+from edgeinfer.node.outbox import MAX_BACKOFF_S, backoff
+from edgeinfer.node.spool import Spool
+from edgeinfer.node.state import State
+
+
+def test_spool_names_are_hashes_never_paths(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    for hostile in ("../../x", "/abs/olute", "1.2.3/../../etc", "ABC^PATIENT", "1.2.840.1"):
+        p = spool.store_instance(hostile, b"data")
+        assert p.resolve().is_relative_to((tmp_path / "spool" / "instances").resolve())
+        assert re.fullmatch(r"[0-9a-f]{40}\.dcm", p.name) and re.fullmatch(r"[0-9a-f]{2}", p.parent.name)
+        assert p.read_bytes() == b"data"
+    (spool.instances / ".x.dcm-abc.tmp").write_bytes(b"half")
+    assert spool.remove_temporary() == 1
+    assert not list(spool.root.rglob("*.tmp"))
+
+
+def _add(state, sop, study="1.2.3", t=0.0, modality="DX", urgent=False):
+    return state.add_instance(sop_uid=sop, study_uid=study, series_uid="1.2.3.4", path=f"/s/{sop}", modality=modality,
+                              urgent=urgent, calling_aet="MOD", now=t)
+
+
+def test_quiet_timer_versions_and_supersede(tmp_path):
+    st = State(tmp_path / "s.db")
+    quiet = lambda modality: 5.0  # noqa: E731
+    assert _add(st, "1.1", t=0) and _add(st, "1.2", t=3) and not _add(st, "1.2", t=4)  # a resend is not new
+    assert st.complete_quiet_studies(quiet, now=7) == []          # the timer restarted at t=3
+    assert st.complete_quiet_studies(quiet, now=8) == ["1.2.3"]
+    job = st.next_job()
+    assert (job.version, sorted(job.paths)) == (1, ["/s/1.1", "/s/1.2"]) and st.next_job() is None
+    assert st.finish_job(job, priority="STAT", score=0.95, record={"study": {"study_uid": "1.2.3"}},
+                         sends=[("PACS@h:1", "/r/v1.dcm")], now=9)
+    assert not st.finish_job(job, priority="STAT", score=0.95, record={}, sends=[], now=9)  # recorded once
+    _add(st, "1.3", t=20)                                          # a late image: scored again as version 2
+    st.complete_quiet_studies(quiet, now=30)
+    job2 = st.next_job()
+    assert job2.version == 2 and len(job2.paths) == 3
+    st.finish_job(job2, priority="URGENT", score=0.6, record={"study": {"v": 2}}, sends=[], now=31)
+    assert [h["superseded"] for h in st.history("1.2.3")] == [True, False]
+    assert st.current_results() == [{"study": {"v": 2}}]
+
+
+def test_urgent_first_then_oldest_and_resume_after_a_crash(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "2.1", study="2.1", t=0)
+    _add(st, "3.1", study="3.1", t=1, urgent=True)
+    _add(st, "4.1", study="4.1", t=2)
+    st.complete_quiet_studies(lambda m: 0, now=10)
+    assert st.next_job().study_uid == "3.1"
+    st.close()
+    st = State(tmp_path / "s.db")                                  # as after kill -9 while scoring 3.1
+    assert st.resume() == 1 and st.queued_count() == 3
+    assert [st.next_job().study_uid for _ in range(3)] == ["3.1", "2.1", "4.1"]
+    assert sqlite3.connect(tmp_path / "s.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_instance_arriving_while_scoring_queues_a_new_version(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "5.1", study="5.1", t=0)
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    job = st.next_job()
+    _add(st, "5.2", study="5.1", t=2)                               # arrives during scoring
+    st.finish_job(job, priority="ROUTINE", score=0.1, record={}, sends=[], now=3)
+    assert st.counts_by_state() == {"receiving": 1}
+    assert st.complete_quiet_studies(lambda m: 0, now=4) == ["5.1"] and st.next_job().version == 2
+
+
+def test_outbox_retries_then_dead_letters(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "6.1", study="6.1")
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    st.finish_job(st.next_job(), priority="STAT", score=1.0, record={}, sends=[("PACS@h:104", "/r.dcm")], now=1)
+    (item_id, *_), = st.due_sends(now=1)
+    st.mark_failed(item_id, "refused", retry_at=100)
+    assert st.due_sends(now=50) == [] and len(st.due_sends(now=100)) == 1
+    st.mark_failed(item_id, "refused again", retry_at=None)
+    assert st.outbox_counts() == {"dead": 1} and st.dead_letters()[0]["last_error"] == "refused again"
+    assert [backoff(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0] and backoff(30, 2.0) == MAX_BACKOFF_S
+
+
+def test_config_file_flags_and_clear_errors(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[serve]\nport = 2000\nae_title = "NODE"\nsend_to = ["PACS@127.0.0.1:4242"]\nquiet_seconds = 1\n')
+    c = load_config(cfg, {"port": 3000, "allow_calling": "A,B"})
+    assert (c.port, c.ae_title, c.allow_calling, c.send_to) == (3000, "NODE", ("A", "B"),
+                                                               (Destination("PACS", "127.0.0.1", 4242),))
+    assert c.quiet_for("CT") == 1.0 and NodeConfig().quiet_for("CT") == 30.0 and NodeConfig().quiet_for("DX") == 5.0
+    for bad, words in (("port = 70000", "not a TCP port"), ('ae_title = "WAY-TOO-LONG-AE-TITLE"', "not an AE title"),
+                       ('tls_cert = "/nope.pem"', "go together"), ("bogus = 1", "unknown setting"),
+                       ("port = [", "not valid TOML")):
+        cfg.write_text(bad + "\n")
+        with pytest.raises(UsageError, match=words):
+            load_config(cfg)
+    with pytest.raises(UsageError, match="AET@HOST:PORT"):
+        Destination.parse("PACS:104")
