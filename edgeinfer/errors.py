@@ -140,6 +140,10 @@ class ExportError(EdgeInferError):
     pass
 
 
+class SRError(EdgeInferError):
+    """A result's DICOM SR cannot be built or encoded. Messages carry UIDs and counts only."""
+
+
 class UsageError(EdgeInferError):
     """The command line asked for something impossible."""
 

@@ -50,7 +50,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from .. import __version__
 from ..dicomio.quiet import _DROP_FILTER, _library_quiet
-from ..errors import EdgeInferError
+from ..errors import EdgeInferError, SRError
 from ..vr import shown_uid, valid_uid
 
 log = logging.getLogger("edgeinfer.node.sr")
@@ -91,10 +91,6 @@ _PROBABILITY_UNIT = ("{probability}", "UCUM", "probability")
 _SOURCE = ("260753009", "SCT", "Source")
 
 _CODE_VALUE_OK = re.compile(r"[A-Z0-9_]{1,16}")
-
-
-class SRError(EdgeInferError):
-    """The SR for a study cannot be built or encoded. Messages carry UIDs and counts only."""
 
 
 # --- public -----------------------------------------------------------------------------------

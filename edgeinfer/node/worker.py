@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import EdgeInferError, InputError
 from ..triage import INDETERMINATE, TriageEngine, priority_order
 from .state import Job
 
@@ -51,7 +51,13 @@ class Worker:
                 job = node.state.next_job()
                 if job is not None:
                     self.current = job
-                    self.run(job)
+                    try:
+                        self.run(job)
+                    except Exception as exc:  # noqa: BLE001 - the study must not stay 'scoring' until a restart
+                        log.error("study %s: the node failed while scoring it (%s); it goes to a human read",
+                                  job.study_uid, exc.__class__.__name__)
+                        self._record(job, self._indeterminate(job, f"the node failed while scoring it "
+                                                                   f"({exc.__class__.__name__})"))
                     self.current = None
                     continue
             except Exception as exc:  # noqa: BLE001 - keep serving; the study stays queued and is retried
@@ -98,13 +104,24 @@ class Worker:
                  "was received for"} for s in others for i in s["images"]], "run": wl.run}
             if node.metrics is not None:
                 node.metrics.inference_seconds.observe(elapsed)
+        self._record(job, record)
+
+    def _record(self, job: Job, record: dict) -> None:
+        """The result of one study version: its SR into the spool and the outbox, then one transaction."""
+        node = self.node
         record.update(version=job.version, bundle=node.bundle.summary(), received_last=job.last_received,
                       scored_at=time.time())
         study = record["study"]
         sends = []
         if study is not None:
             study["version"] = job.version
-            sends = self._result_for_pacs(job, study, record)
+            try:
+                sends = self._result_for_pacs(job, study, record)
+            except EdgeInferError as exc:  # e.g. sources naming two patients: no SR, and a human read
+                log.error("study %s: no result can be sent to PACS (%s); it goes to a human read",
+                          job.study_uid, exc)
+                study["priority"], study["score"] = INDETERMINATE, None
+                study["reason"] = f"no result could be sent to PACS ({exc}) - needs a human read"
         fresh = node.state.finish_job(job, priority=study and study["priority"],
                                       score=study and study["score"], record=record, sends=sends)
         if fresh:

@@ -180,3 +180,26 @@ def test_hostile_uids_never_become_paths_and_get_a_failure_status(node_factory, 
     stored = list(node.spool.rglob("*"))
     assert all(p.resolve().is_relative_to(node.spool.resolve()) for p in stored)
     assert not (node.spool.parent / "x").exists() and not list((node.spool / "instances").rglob("*.dcm"))
+
+
+def test_a_study_whose_images_name_two_patients_goes_to_a_human_read_without_an_sr(node_factory, orthanc, dcmtk,
+                                                                                    node_phantoms, tmp_path):
+    from pydicom.uid import generate_uid
+
+    node = node_factory("--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--quiet-seconds", "1")
+    study = generate_uid()
+    for i, src in enumerate(sorted(node_phantoms.rglob("*.dcm"))[:2]):
+        ds = pydicom.dcmread(src)
+        ds.StudyInstanceUID, ds.PatientID = study, f"PATIENT{i}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / f"mixed{i}.dcm", enforce_file_format=True)
+    assert node.store([tmp_path / "mixed0.dcm", tmp_path / "mixed1.dcm"]).returncode == 0
+
+    def result():
+        code, wl = node.get("/worklist")
+        return next((s for s in wl["studies"] if s["study_uid"] == study), None)
+    found = peers.wait_until(result, 60, 0.3, "the mixed-patient study in the worklist")
+    assert found["priority"] == "INDETERMINATE" and "human read" in found["reason"]
+    assert "PATIENT" not in found["reason"]
+    time.sleep(2)
+    assert orthanc.srs(study) == [] and "PATIENT0" not in node.log.read_text()
