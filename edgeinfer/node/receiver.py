@@ -14,6 +14,7 @@ import logging
 import ssl
 import threading
 import time
+import warnings
 from typing import Callable
 
 from ..vr import valid_uid
@@ -30,17 +31,40 @@ _HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Moda
                 "RequestedProcedurePriority")
 
 
+class _HandshakeInAssociation(ssl.SSLContext):
+    """pynetdicom wraps each accepted socket in the one thread that accepts connections; a handshake
+    there lets a single silent peer block every TLS client. This context defers the handshake to the
+    first read, in the association's own thread, bounded by a timeout."""
+
+    handshake_timeout = 30.0
+
+    def wrap_socket(self, sock, *args, **kwargs):
+        sock.settimeout(self.handshake_timeout)
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
     """Server TLS from the config: TLS 1.2 or newer; with a CA, clients must present a certificate it signed."""
     if config.tls_cert is None:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = _HandshakeInAssociation(ssl.PROTOCOL_TLS_SERVER)
+    ctx.handshake_timeout = config.acse_timeout
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
     if config.tls_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=str(config.tls_ca))
     return ctx
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_no_traceback = _NoTraceback()
 
 
 def _header(data: bytes):
@@ -70,7 +94,11 @@ class Receiver:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug output dumps data sets
+        pn_log = logging.getLogger("pynetdicom")
+        pn_log.setLevel(logging.WARNING)      # its debug output dumps data sets
+        pn_log.addFilter(_no_traceback)       # a peer's bad PDU is an event, not a crash: no traceback
+        # pydicom warns with the offending value when it decodes a peer's command set: never shown
+        warnings.filterwarnings("ignore", module="pydicom")
         c = self.config
         ae = AE(ae_title=c.ae_title)
         for cx in AllStoragePresentationContexts:
@@ -82,7 +110,8 @@ class Receiver:
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout, c.dimse_timeout, c.network_timeout
         ae.maximum_pdu_size = c.max_pdu
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
-                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_CONN_OPEN, self._on_connection)]
         before = set(threading.enumerate())
         self._server = ae.start_server((c.host, c.port), block=False, evt_handlers=handlers,
                                        ssl_context=tls_context(c))
@@ -112,12 +141,27 @@ class Receiver:
         if self.metrics is not None:
             getattr(self.metrics, family).labels(outcome=outcome).inc()
 
+    def _on_connection(self, event) -> None:
+        """Bound what one peer can hold: a read timeout on its socket (a peer that stalls inside a PDU
+        cannot keep an association slot), and a PDU size limit checked before the body is read."""
+        sock = event.assoc.dul.socket
+        sock.socket.settimeout(self.config.network_timeout)
+        if self.config.max_pdu:
+            cap = max(self.config.max_pdu, 65536)  # P-DATA-TF within our maximum; association PDUs are small
+            real_recv = sock.recv
+
+            def recv(n: int):
+                if n > cap:
+                    raise OSError(f"the peer announced a {n}-byte PDU, over the {cap}-byte limit")
+                return real_recv(n)
+            sock.recv = recv
+
     def _on_accepted(self, event) -> None:
         self._count("associations_total", "accepted")
 
     def _on_rejected(self, event) -> None:
         self._count("associations_total", "rejected")
-        audit.info("association rejected (calling AE title not allowed, or called AE title wrong)")
+        audit.info("association rejected (calling or called AE title not accepted, or the association limit reached)")
 
     def _on_store(self, event) -> int:
         try:
