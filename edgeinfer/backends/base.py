@@ -69,6 +69,7 @@ class Runner(ABC):
         self.is_active = False
         self.activate_ms: float | None = None
         self.last_infer_ms: float | None = None
+        self.cancelled = False
 
     # -- lifecycle --------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -113,6 +114,9 @@ class Runner(ABC):
         if not self.is_active:
             raise BackendError(f"{self.backend_name} runner for {self.artifact.id} is not active; "
                                "call activate() or use it as a context manager.")
+        if self.cancelled:
+            raise InferenceError(f"{self.backend_name} runner for {self.artifact.id} was cancelled (watchdog); "
+                                 "a new runner takes over")
         if feeds.keys() != self._input_names:
             raise InferenceError(f"inputs {sorted(feeds)} given, the model takes {sorted(self._input_names)}.")
         t0 = time.perf_counter()
@@ -139,6 +143,15 @@ class Runner(ABC):
 
     def deactivate_impl(self) -> None:
         pass
+
+    def cancel(self) -> bool:
+        """From another thread: stop this runner. Every later ``infer`` fails at once, and a call in
+        flight is interrupted where the backend can do that (True), else it runs to its end (False)."""
+        self.cancelled = True
+        return self.cancel_impl()
+
+    def cancel_impl(self) -> bool:
+        return False
 
     def raw_call(self, feeds: dict[str, np.ndarray]):
         """The backend's own inference call on ``feeds``, for overhead benchmarks.

@@ -102,11 +102,21 @@ class OrtRunner(Runner):
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self._output_names
+        self._run_options = run_options = _ort().RunOptions()  # cancel() interrupts this call through it
         try:
-            values = self.session.run(names, feeds)
+            values = self.session.run(names, feeds, run_options)
         except Exception as exc:
+            if self.cancelled:
+                raise InferenceError(f"onnxruntime run on {self.artifact.id} was cancelled (watchdog)") from None
             raise InferenceError(f"onnxruntime failed on {self.artifact.id}: {exc}") from exc
         return dict(zip(names, values))
+
+    def cancel_impl(self) -> bool:
+        """ONNX Runtime stops a run whose RunOptions.terminate is set (between kernels)."""
+        run_options = getattr(self, "_run_options", None)
+        if run_options is not None:
+            run_options.terminate = True
+        return True
 
     def raw_call(self, feeds):
         run, names = self.session.run, [o.name for o in self.session.get_outputs()]

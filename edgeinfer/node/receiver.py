@@ -81,7 +81,7 @@ class Receiver:
     """Starts and stops the SCP; every accepted instance is in the spool and the state before Success."""
 
     def __init__(self, config: NodeConfig, spool: Spool, state: State, *, metrics=None,
-                 busy: Callable[[], str | None] = lambda: None, on_stored: Callable[[str], None] = lambda uid: None):
+                 busy: Callable[[str], str | None] = lambda study_uid: None, on_stored: Callable[[str], None] = lambda uid: None):
         self.config, self.spool, self.state, self.metrics = config, spool, state, metrics
         self.busy = busy            # -> why the node cannot take more now (0xA700), or None
         self.on_stored = on_stored  # called with the study UID after each stored instance
@@ -172,11 +172,6 @@ class Receiver:
             return FAILED
 
     def _store(self, event) -> int:
-        why = self.busy()
-        if why:
-            log.warning("answered 0xA700 (out of resources): %s", why)
-            self._count("instances_total", "out_of_resources")
-            return OUT_OF_RESOURCES
         data = event.encoded_dataset(include_meta=True)   # the bytes as received: no decode, no re-encode
         try:
             ds = _header(data)
@@ -189,6 +184,11 @@ class Receiver:
             log.warning("answered 0xC210: the SOP Instance or Study Instance UID is malformed (not shown)")
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
+        why = self.busy(study)
+        if why:
+            log.warning("answered 0xA700 (out of resources): %s", why)
+            self._count("instances_total", "out_of_resources")
+            return OUT_OF_RESOURCES
         path = self.spool.store_instance(sop, data)
         series = str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00")
         modality = str(ds.get("Modality", "") or "").strip().upper()

@@ -7,6 +7,7 @@ the outbox.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,8 @@ class Node:
         self.http = None
         self._stopped = threading.Event()
         self._closed = False
+        #: inference threads the watchdog could not interrupt (a backend without cancellation)
+        self.abandoned: list[threading.Thread] = []
 
     # -- the model ----------------------------------------------------------------------------------
     def runner(self):
@@ -70,10 +73,18 @@ class Node:
                          self.selection.backend, self.selection.precision)
             return self._runner
 
+    def current_runner(self):
+        return self._runner
+
     def replace_runner(self) -> None:
-        """After a hung inference: abandon the runner (its thread may never return) and start afresh."""
+        """After a hung inference: drop the runner (its thread may never return) and load a fresh one now,
+        so /readyz stays true and the next study does not wait for a model load."""
         with self._runner_lock:
             self._runner = None
+        try:
+            self.runner()
+        except Exception as exc:  # noqa: BLE001 - /readyz says "model not loaded"; the next study retries
+            log.error("could not load a fresh runner (%s)", exc.__class__.__name__)
 
     def model_record(self) -> dict:
         sel = self.selection
@@ -134,16 +145,26 @@ class Node:
             self._stopped.wait()
         finally:
             self.stop()
+            if any(t.is_alive() for t in self.abandoned):
+                # a backend thread stuck in native code would abort the interpreter's shutdown (a crash,
+                # maybe a core dump holding images): everything is stopped and durable, so leave now
+                logging.shutdown()
+                os._exit(0)
 
     # -- decisions ----------------------------------------------------------------------------------
-    def busy(self) -> str | None:
-        """Why the node cannot take an instance now (the sender gets 0xA700), or None."""
+    def busy(self, study_uid: str | None = None) -> str | None:
+        """Why the node cannot take an instance now (the sender gets 0xA700), or None.
+
+        The queue limit counts every study not yet scored (receiving or queued). An instance of a
+        study that is already receiving is still taken, so a study is never split by backpressure."""
         free = self.spool.free_mb()
         if free < self.config.min_free_mb:
             return f"the spool has {free:.0f} MB free, below the {self.config.min_free_mb} MB threshold"
-        queued = self.state.queued_count()
-        if queued >= self.config.max_queue:
-            return f"{queued} studies wait for inference (the limit is {self.config.max_queue})"
+        if study_uid is not None and self.state.study_state(study_uid) == "receiving":
+            return None
+        waiting = self.state.waiting_count()
+        if waiting >= self.config.max_queue:
+            return f"{waiting} studies wait for inference (the limit is {self.config.max_queue})"
         return None
 
     def result_recorded(self, job, record: dict) -> None:

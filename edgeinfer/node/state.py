@@ -120,6 +120,14 @@ class State:
     def queued_count(self) -> int:
         return self._one("SELECT count(*) FROM studies WHERE state='queued'")[0]
 
+    def waiting_count(self) -> int:
+        """Studies not scored yet and not being scored: still receiving, or complete and queued."""
+        return self._one("SELECT count(*) FROM studies WHERE state IN ('receiving', 'queued')")[0]
+
+    def study_state(self, study_uid: str) -> str | None:
+        row = self._one("SELECT state FROM studies WHERE study_uid=?", (study_uid,))
+        return row[0] if row else None
+
     def counts_by_state(self) -> dict[str, int]:
         return dict(self._all("SELECT state, count(*) FROM studies GROUP BY state"))
 

@@ -59,6 +59,7 @@ class Worker:
                         self._record(job, self._indeterminate(job, f"the node failed while scoring it "
                                                                    f"({exc.__class__.__name__})"))
                     self.current = None
+                    node.refresh_gauges()
                     continue
             except Exception as exc:  # noqa: BLE001 - keep serving; the study stays queued and is retried
                 log.error("worker pass failed (%s: %s)", exc.__class__.__name__, exc)
@@ -85,8 +86,15 @@ class Worker:
         thread.join(node.config.inference_timeout)
         elapsed = time.perf_counter() - t0
         if thread.is_alive():
-            log.error("study %s: inference did not finish within %.0f s; abandoned (watchdog), the study "
+            log.error("study %s: inference did not finish within %.0f s; stopped by the watchdog, the study "
                       "needs a human read", job.study_uid, node.config.inference_timeout)
+            stuck = node.current_runner()
+            if stuck is not None:
+                stuck.cancel()          # ONNX Runtime stops the run; every later call of that runner fails at once
+            thread.join(10.0)
+            if thread.is_alive():       # a backend that cannot be interrupted: leave it, never wait on it again
+                log.error("study %s: the inference could not be interrupted; a fresh runner takes over", job.study_uid)
+                node.abandoned.append(thread)
             node.replace_runner()
             record = self._indeterminate(job, f"inference did not finish within {node.config.inference_timeout:g} s "
                                               "(watchdog)")

@@ -1,0 +1,383 @@
+"""edgeinfer serve under faults, end to end over real sockets: a slow model (backpressure, 0xA700 and
+/readyz), a hung model (the watchdog), and a store that fails inside the node (0xC211, never Success).
+
+The models are small ONNX graphs from ``helpers.slow_onnx``: a ``Loop`` of MatMul+Tanh steps on a
+(batch, 64) tensor seeded from the image, so an image costs what the trip count says (~1 us a step
+on one x86 core) with a few kB of weights; ``hang_from_batch=2`` makes a batch of two or more images
+loop 2**62 times (it never returns) while single images stay fast.
+
+storescu runs with ``TCP_NODELAY=1`` in its environment (a DCMTK setting): DCMTK 3.6.7 as packaged
+leaves Nagle's algorithm on, and with the receiver's delayed ACK each C-STORE then costs ~45 ms on
+loopback whatever the node does (the same against Orthanc), so 1,000 instances would take ~45 s.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+import peers
+from helpers import make_slow_bundle
+from test_node import NodeProcess
+
+SUCCESS, OUT_OF_RESOURCES, FAILED = 0x0000, 0xA700, 0xC211
+#: instances fed to the node with --max-queue 2: the issue's 1,000 (about 3 s to send with TCP_NODELAY)
+BURST = 1000
+#: ~0.3 s an image with one thread here
+SLOW_STEPS = 300_000
+
+
+# --- builders ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def source_instance(tmp_path_factory) -> pydicom.Dataset:
+    """One small phantom (128 px), the template every cloned instance is made from."""
+    from edgeinfer import phantom
+
+    out = tmp_path_factory.mktemp("fault_phantom") / "set"
+    phantom.generate(out, 1, seed=3, max_size=128)
+    return pydicom.dcmread(next(out.rglob("*.dcm")))
+
+
+def clone(src: pydicom.Dataset, folder: Path, n_studies: int, per_study: int = 1, *,
+          sop_uids: list[str] | None = None) -> list[dict]:
+    """``n_studies`` new studies of ``per_study`` instances each, all copies of ``src`` under fresh UIDs.
+    Returns one dict per file: path, study, sop (in study order). ``sop_uids`` forces the SOP UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = src.copy()
+    made, forced = [], iter(sop_uids or ())
+    for i in range(n_studies):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        for j in range(per_study):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = next(forced, None) or generate_uid()
+            ds.InstanceNumber = j + 1
+            path = folder / f"s{i:04d}-{j}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            made.append({"path": path, "study": str(ds.StudyInstanceUID), "sop": str(ds.SOPInstanceUID)})
+    return made
+
+
+@pytest.fixture(scope="module")
+def slow_bundle(tmp_path_factory) -> Path:
+    return make_slow_bundle(tmp_path_factory.mktemp("bundles") / "slow", iterations=SLOW_STEPS)
+
+
+@pytest.fixture(scope="module")
+def busy_bundle(tmp_path_factory) -> Path:
+    """~0.3 s an image; a batch of two or more images takes ~3 s (it keeps the worker busy)."""
+    return make_slow_bundle(tmp_path_factory.mktemp("bundles") / "busy", iterations=SLOW_STEPS,
+                            hang_from_batch=2, hang_steps=10 * SLOW_STEPS)
+
+
+@pytest.fixture(scope="module")
+def hang_bundle(tmp_path_factory) -> Path:
+    """Single images score in ~1 ms; a batch of two or more images never comes back."""
+    return make_slow_bundle(tmp_path_factory.mktemp("bundles") / "hang", iterations=1000, hang_from_batch=2)
+
+
+@pytest.fixture
+def no_core_dumps():
+    """A hung inference left running would abort the node at exit (a crash); with core dumps
+    on, that would leave a core file in the working folder. Children inherit the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+
+
+@pytest.fixture
+def fast_senders(monkeypatch):
+    monkeypatch.setenv("TCP_NODELAY", "1")  # storescu (DCMTK): Nagle off, see the module docstring
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    started: list[NodeProcess] = []
+
+    def start(*args: str, name: str = "node") -> NodeProcess:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        node = NodeProcess(workdir, *args)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+# --- reading the node ---------------------------------------------------------------------------------
+def query(node: NodeProcess, sql: str, args=()) -> list[tuple]:
+    """Read the node's own state database (WAL: a reader never blocks the node's writer)."""
+    con = sqlite3.connect(f"file:{node.spool / 'state.sqlite3'}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def study_states(node: NodeProcess) -> dict[str, int]:
+    return dict(query(node, "SELECT state, count(*) FROM studies GROUP BY state"))
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert m, f"{name}{labels} not in /metrics"
+    return float(m.group(1))
+
+
+def statuses_by_file(result) -> list[tuple[str, int]]:
+    """(file, C-STORE status) for each file storescu sent, from its -v or -d log."""
+    text = result.stdout + result.stderr
+    files = re.findall(r"Sending file: (.+?)\s*$", text, re.M)
+    statuses = peers.parse_store_statuses(text)
+    assert len(files) == len(statuses), f"{len(files)} files sent, {len(statuses)} responses:\n{text[-2000:]}"
+    return list(zip(files, statuses))
+
+
+def worklist_study(node: NodeProcess, study_uid: str) -> dict | None:
+    code, wl = node.get("/worklist")
+    assert code == 200, wl
+    return next((s for s in wl["studies"] if s["study_uid"] == study_uid), None)
+
+
+class Watcher:
+    """Polls the node while something else runs: study states (SQLite), /readyz and, with ``gauge``,
+    /metrics' edgeinfer_queue_depth, every ~50 ms."""
+
+    def __init__(self, node: NodeProcess, *, gauge: bool = False):
+        self.node, self.gauge = node, gauge
+        self.gauges: list[float] = []
+        self.states: list[dict[str, int]] = []
+        self.readyz: list[tuple[int, dict]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.states.append(study_states(self.node))
+                self.readyz.append(self.node.get("/readyz"))
+                if self.gauge:
+                    self.gauges.append(metric(self.node.get("/metrics")[1], "edgeinfer_queue_depth"))
+            except Exception as exc:  # noqa: BLE001 - reported by the test, not lost in this thread
+                self.errors.append(repr(exc))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def max_queued(self) -> int:
+        return max((s.get("queued", 0) for s in self.states), default=0)
+
+
+# --- 1. backpressure ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_slow_model_backpressure_answers_a700_never_drops_and_readyz_follows_the_queue(
+        nodes, slow_bundle, source_instance, fast_senders, tmp_path, dcmtk):
+    sent_files = clone(source_instance, tmp_path / "burst", BURST)
+    by_path = {str(f["path"]): f for f in sent_files}
+    node = nodes("--bundle", str(slow_bundle), "--max-queue", "2", "--quiet-seconds", "0")
+    assert node.get("/readyz")[0] == 200
+
+    with Watcher(node) as watch:
+        # -nh: go on after each 0xA700, so every one of the BURST instances gets a status; -d: exact codes
+        r = node.store([tmp_path / "burst"], extra=("-xr", "-nh"), exact_status=True, timeout=300)
+        answered = statuses_by_file(r)
+        # then the slow model works off what was accepted (~10-90 studies, ~0.3 s each: the cap leaks, see below)
+        peers.wait_until(lambda: not any(k in study_states(node) for k in ("receiving", "queued", "scoring")),
+                         180, 0.2, "the slow model to drain the accepted studies")
+        peers.wait_until(lambda: node.get("/readyz")[0] == 200, 30, 0.1, "/readyz to answer 200 again")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not watch.errors, watch.errors[:3]     # /readyz and the state answered throughout
+
+    # every instance has a status, and only these two
+    assert sorted(by_path) == sorted(f for f, _ in answered)
+    counts = Counter(s for _, s in answered)
+    assert set(counts) == {SUCCESS, OUT_OF_RESOURCES}, {hex(k): v for k, v in counts.items()}
+    assert counts[SUCCESS] + counts[OUT_OF_RESOURCES] == BURST
+    ok = {by_path[f]["sop"] for f, s in answered if s == SUCCESS}
+    refused = {by_path[f]["sop"] for f, s in answered if s == OUT_OF_RESOURCES}
+
+    # Success <=> kept: in the state and in the spool; 0xA700: nothing kept
+    kept = {row[0] for row in query(node, "SELECT sop_uid FROM instances")}
+    assert kept == ok and not kept & refused
+    assert len(list((node.spool / "instances").rglob("*.dcm"))) == len(ok)
+    _, metrics = node.get("/metrics")
+    assert metric(metrics, "edgeinfer_instances_total", '{outcome="stored"}') == len(ok)
+    assert metric(metrics, "edgeinfer_instances_total", '{outcome="out_of_resources"}') == len(refused)
+    assert metric(metrics, "edgeinfer_instances_total", '{outcome="failed"}') == 0
+
+    # while full, /readyz said so (503, the queue as the reason); after the drain it is 200 again
+    full = [body for code, body in watch.readyz if code == 503]
+    assert full, "never saw /readyz 503 while the node answered 0xA700"
+    assert all(any("wait for inference (the limit is 2)" in why for why in body["reasons"]) for body in full), \
+        full[:3]
+    assert node.get("/readyz") == (200, {"status": "ready"})
+
+    # nothing dropped silently: every accepted study was scored, once, and is on the worklist
+    accepted_studies = {by_path[f]["study"] for f, s in answered if s == SUCCESS}
+    assert study_states(node) == {"scored": len(accepted_studies)}
+    assert query(node, "SELECT count(*), count(DISTINCT study_uid) FROM results")[0] == \
+        (len(accepted_studies), len(accepted_studies))
+    code, wl = node.get("/worklist")
+    assert code == 200
+    assert {s["study_uid"] for s in wl["studies"]} == accepted_studies
+    assert all(s["score"] is not None and s["priority"] != "INDETERMINATE" for s in wl["studies"])
+    assert wl["errors"] == [] and wl["summary"]["images_scored"] == len(ok)
+    # the cap while the worker is busy, and the queue-depth gauge: the two tests below
+    print(f"{BURST} sent: {len(ok)} stored, {len(refused)} answered 0xA700; "
+          f"most studies queued at once: {watch.max_queued()} (cap 2)")
+
+
+@pytest.fixture(scope="module")
+def burst_while_busy(tmp_path_factory, source_instance, busy_bundle):
+    """One deterministic run for the two tests below: a 2-image study keeps the worker busy ~3 s;
+    while it is scored, 10 single-image studies arrive (--max-queue 2). What the node answered, and what
+    its state and /metrics said every ~50 ms until everything was scored."""
+    peers.require_binary("storescu")
+    work = tmp_path_factory.mktemp("burst_while_busy")
+    long_study = clone(source_instance, work / "long", 1, per_study=2)
+    clone(source_instance, work / "singles", 10)
+    node = NodeProcess(work, "--bundle", str(busy_bundle), "--max-queue", "2", "--quiet-seconds", "1")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TCP_NODELAY", "1")
+            assert node.store([work / "long"]).returncode == 0
+            uid = long_study[0]["study"]
+            peers.wait_until(lambda: query(node, "SELECT state FROM studies WHERE study_uid=?", (uid,))
+                             == [("scoring",)], 30, 0.02, "the 2-image study to be scored")
+            with Watcher(node, gauge=True) as watch:
+                r = node.store([work / "singles"], extra=("-xr", "-nh"))
+                statuses = [s for _, s in statuses_by_file(r)]
+                accepted = statuses.count(SUCCESS)
+                peers.wait_until(lambda: study_states(node) == {"scored": 1 + accepted}, 120, 0.2,
+                                 "every accepted study to be scored")
+    finally:
+        node.stop()
+    assert not watch.errors, watch.errors[:3]
+    return {"statuses": statuses, "max_queued": watch.max_queued(), "gauges": watch.gauges,
+            "queued": [s.get("queued", 0) for s in watch.states]}
+
+
+def test_queue_cap_holds_while_the_worker_is_busy(burst_while_busy):
+    statuses = burst_while_busy["statuses"]
+    assert OUT_OF_RESOURCES in statuses and statuses.count(SUCCESS) <= 2, [hex(s) for s in statuses]
+    assert burst_while_busy["max_queued"] <= 2, f"{burst_while_busy['max_queued']} studies queued, cap 2"
+
+
+def test_queue_depth_gauge_shows_the_backlog(burst_while_busy):
+    assert max(burst_while_busy["queued"]) >= 1          # the state did hold a backlog
+    assert max(burst_while_busy["gauges"]) >= 1, "edgeinfer_queue_depth stayed 0 while studies were queued"
+
+
+# --- 2. hung model: the watchdog -------------------------------------------------------------------------
+def test_hung_model_is_abandoned_by_the_watchdog_and_the_worker_goes_on(no_core_dumps, nodes, hang_bundle,
+                                                                        source_instance, tmp_path, dcmtk):
+    from edgeinfer.triage import INDETERMINATE
+
+    hung_a = clone(source_instance, tmp_path / "a", 1, per_study=2)   # a batch of 2: the model never returns
+    hung_b = clone(source_instance, tmp_path / "b", 1, per_study=2)
+    fine_c = clone(source_instance, tmp_path / "c", 1)                # 1 image: scored in ~1 ms
+    # a quiet second: both images of a study arrive before it is complete (quiet 0 could score the first alone)
+    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "2", "--quiet-seconds", "1")
+
+    def indeterminate(study_uid: str) -> dict:
+        assert node.store([f["path"] for f in (hung_a + hung_b) if f["study"] == study_uid]).returncode == 0
+        study = peers.wait_until(lambda: worklist_study(node, study_uid), 30, 0.2, "the watchdog's result")
+        assert study["priority"] == INDETERMINATE and study["score"] is None and study["version"] == 1
+        assert "watchdog" in study["reason"] and "human read" in study["reason"], study["reason"]
+        assert len(study["failed_images"]) == 2
+        return study
+
+    indeterminate(hung_a[0]["study"])
+    # the model still hangs on the next study: abandoned too, the worker is not stuck behind the first one
+    indeterminate(hung_b[0]["study"])
+    # and a study the model can score is scored by the fresh runner
+    assert node.store([fine_c[0]["path"]]).returncode == 0
+    study = peers.wait_until(lambda: worklist_study(node, fine_c[0]["study"]), 30, 0.2, "the third study's result")
+    assert study["priority"] != INDETERMINATE and 0.0 <= study["score"] <= 1.0 and len(study["images"]) == 1
+
+    assert node.get("/readyz") == (200, {"status": "ready"})
+    assert node.get("/healthz")[0] == 200
+    assert study_states(node) == {"scored": 3}
+    log = node.log.read_text()
+    assert log.count("stopped by the watchdog") == 2 and "could not be interrupted" not in log
+    assert "Traceback" not in log
+
+
+def test_readyz_stays_ready_after_a_watchdog_abandon(no_core_dumps, nodes, hang_bundle, source_instance, tmp_path,
+                                                     dcmtk):
+    hung = clone(source_instance, tmp_path / "hung", 1, per_study=2)
+    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
+    assert node.store([tmp_path / "hung"]).returncode == 0
+    peers.wait_until(lambda: worklist_study(node, hung[0]["study"]), 30, 0.2, "the watchdog's result")
+    time.sleep(1.0)  # give a reload in the background time to finish
+    assert node.get("/readyz") == (200, {"status": "ready"})
+
+
+def test_sigterm_after_a_watchdog_abandon_exits_cleanly(no_core_dumps, nodes, hang_bundle, source_instance, tmp_path,
+                                                        dcmtk):
+    hung = clone(source_instance, tmp_path / "hung", 1, per_study=2)
+    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
+    assert node.store([tmp_path / "hung"]).returncode == 0
+    peers.wait_until(lambda: worklist_study(node, hung[0]["study"]), 30, 0.2, "the watchdog's result")
+    node.stop()
+    assert node.proc.returncode == 0, (node.proc.returncode, node.log.read_text()[-600:])
+
+
+# --- 3. a failure inside the store handler: 0xC211 ----------------------------------------------------------
+def test_store_failure_inside_the_node_answers_c211_never_success(nodes, source_instance, tmp_path, dcmtk):
+    from edgeinfer.node.spool import Spool
+
+    bad_sop = generate_uid()
+    good_sop = next(u for u in iter(generate_uid, None) if Spool.key(u)[:2] != Spool.key(bad_sop)[:2])
+    bad, good = clone(source_instance, tmp_path / "send", 2, sop_uids=[bad_sop, good_sop])
+    node = nodes("--quiet-seconds", "60")  # nothing gets scored during the test; the default (phantom) bundle
+    blocker = node.spool / "instances" / Spool.key(bad_sop)[:2]
+    assert (node.spool / "instances").is_dir() and not blocker.exists()
+    blocker.write_bytes(b"")  # a file where the spool needs a folder: storing that instance must fail
+
+    r = node.store([bad["path"]], exact_status=True)
+    assert peers.parse_store_statuses(r.stdout + r.stderr) == [FAILED]   # exactly 0xC211, never Success
+    assert r.returncode != 0                                            # storescu saw a failure
+    assert query(node, "SELECT count(*) FROM instances")[0] == (0,)
+    assert not list((node.spool / "instances").rglob("*.dcm")) and not list(node.spool.rglob(".*.tmp"))
+
+    # the node goes on serving: the next instance is stored
+    r = node.store([good["path"]], exact_status=True)
+    assert peers.parse_store_statuses(r.stdout + r.stderr) == [SUCCESS] and r.returncode == 0
+    assert query(node, "SELECT sop_uid FROM instances") == [(good_sop,)]
+    assert node.get("/readyz")[0] == 200
+
+    # the log names the exception's class, never its text (which holds the spool path) nor the UID
+    log = node.log.read_text()
+    lines = [line for line in log.splitlines() if "storing an instance failed" in line]
+    assert len(lines) == 1 and "(FileExistsError); answered 0xC211" in lines[0], lines
+    assert str(node.spool) not in lines[0] and "Errno" not in lines[0] and "File exists" not in lines[0]
+    assert bad_sop not in log and "Traceback" not in log
+    _, metrics = node.get("/metrics")
+    assert metric(metrics, "edgeinfer_instances_total", '{outcome="failed"}') == 1
+    assert metric(metrics, "edgeinfer_instances_total", '{outcome="stored"}') == 1
+
+    # nothing was kept, so the sender's retry succeeds once the fault is gone
+    blocker.unlink()
+    r = node.store([bad["path"]], exact_status=True)
+    assert peers.parse_store_statuses(r.stdout + r.stderr) == [SUCCESS]
+    assert {row[0] for row in query(node, "SELECT sop_uid FROM instances")} == {bad_sop, good_sop}
+    node.stop()
+    assert node.proc.returncode == 0, node.log.read_text()[-2000:]   # a clean stop (SIGTERM -> exit 0)
