@@ -7,6 +7,7 @@ import threading
 import time
 
 from .config import Destination, NodeConfig
+from .receiver import nodelay
 from .state import State
 
 log = logging.getLogger("edgeinfer.node")
@@ -32,6 +33,7 @@ def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 3
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
     if not assoc.is_established:
         return f"association with {dest} was not established (rejected, aborted or no answer)"
+    nodelay(assoc.dul.socket.socket)
     try:
         status = assoc.send_c_store(ds)
     finally:

@@ -58,6 +58,16 @@ def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def nodelay(sock) -> None:
+    """Turn off Nagle's algorithm: with the peer's delayed ACK it costs ~40 ms per DIMSE exchange."""
+    import socket
+
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 class _NoTraceback(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.exc_info, record.exc_text = None, None
@@ -146,6 +156,7 @@ class Receiver:
         cannot keep an association slot), and a PDU size limit checked before the body is read."""
         sock = event.assoc.dul.socket
         sock.socket.settimeout(self.config.network_timeout)
+        nodelay(sock.socket)  # small DIMSE responses go out at once, not after the peer's delayed ACK
         if self.config.max_pdu:
             cap = max(self.config.max_pdu, 65536)  # P-DATA-TF within our maximum; association PDUs are small
             real_recv = sock.recv
