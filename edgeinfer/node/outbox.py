@@ -3,10 +3,10 @@ attempt an item is dead-lettered (kept, visible in /metrics and the state, never
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from .config import Destination, NodeConfig
+from .loop import Loop
 from .receiver import nodelay
 from .state import State
 
@@ -45,40 +45,22 @@ def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 3
     return None
 
 
-class Outbox:
+class Outbox(Loop):
+    name = "edgeinfer-outbox"
+
     def __init__(self, config: NodeConfig, state: State, metrics=None, send=send_file):
+        super().__init__()
         self.config, self.state, self.metrics, self.send = config, state, metrics, send
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="edgeinfer-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.drain()
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
-                log.error("outbox pass failed (%s); retrying", exc.__class__.__name__)
-            self._wake.wait(0.5)
-            self._wake.clear()
+    def step(self) -> bool:
+        self.drain()
+        return False  # what is due was sent; retries wait for their time
 
     def drain(self) -> int:
         """Send every item that is due now; returns how many were attempted."""
         due = self.state.due_sends()
         for item_id, study_uid, version, destination, path, attempts in due:
-            if self._stop.is_set():
+            if self.stopping:
                 break
             dest = Destination.parse(destination)
             try:

@@ -8,65 +8,43 @@ from pathlib import Path
 
 from ..errors import EdgeInferError, InputError
 from ..triage import INDETERMINATE, TriageEngine, priority_order
+from .loop import Loop
 from .state import Job
 
 log = logging.getLogger("edgeinfer.node")
 audit = logging.getLogger("edgeinfer.audit")
 
 
-class Worker:
-    """Scores queued studies one at a time. A hung inference is abandoned after ``inference_timeout``
+class Worker(Loop):
+    """Scores queued studies one at a time. A hung inference is stopped after ``inference_timeout``
     seconds: the study is INDETERMINATE (a human read), a fresh runner takes over, the next study goes on."""
 
+    name = "edgeinfer-worker"
+    interval = 0.2   # how often quiet timers are looked at
+
     def __init__(self, node):
+        super().__init__()
         self.node = node
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.current: Job | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="edgeinfer-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _loop(self) -> None:
+    def step(self) -> bool:
         node = self.node
-        while not self._stop.is_set():
+        for uid in node.state.complete_quiet_studies(node.config.quiet_for):
+            audit.info("study %s complete (quiet period passed)", uid)
+        job = node.state.next_job()
+        if job is not None:
+            self.current = job
             try:
-                for uid in node.state.complete_quiet_studies(node.config.quiet_for):
-                    audit.info("study %s complete (quiet period passed)", uid)
-                job = node.state.next_job()
-                if job is not None:
-                    self.current = job
-                    try:
-                        self.run(job)
-                    except Exception as exc:  # noqa: BLE001 - the study must not stay 'scoring' until a restart
-                        log.error("study %s: the node failed while scoring it (%s); it goes to a human read",
-                                  job.study_uid, exc.__class__.__name__)
-                        self._record(job, self._indeterminate(job, f"the node failed while scoring it "
-                                                                   f"({exc.__class__.__name__})"))
-                    self.current = None
-                    node.refresh_gauges()
-                    continue
-            except Exception as exc:  # noqa: BLE001 - keep serving; the study stays queued and is retried
-                log.error("worker pass failed (%s: %s)", exc.__class__.__name__, exc)
-                time.sleep(1.0)
-            node.refresh_gauges()
-            self._wake.wait(0.2)
-            self._wake.clear()
+                self.run(job)
+            except Exception as exc:  # noqa: BLE001 - the study must not stay 'scoring' until a restart
+                log.error("study %s: the node failed while scoring it (%s); it goes to a human read",
+                          job.study_uid, exc.__class__.__name__)
+                self._record(job, self._indeterminate(job, f"the node failed while scoring it "
+                                                           f"({exc.__class__.__name__})"))
+            finally:
+                self.current = None
+        node.refresh_gauges()
+        return job is not None
 
     # -- one study --------------------------------------------------------------------------------
     def run(self, job: Job) -> None:

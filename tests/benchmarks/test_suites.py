@@ -30,3 +30,21 @@ def test_benchmark_suites_run_once_each(tiny_bundle, phantom_dir, tmp_path):
     assert " passed" in out.stdout and "error" not in out.stdout.lower().split("passed")[-1], tail
     assert not (ROOT / ".benchmarks").exists() or not any((ROOT / ".benchmarks").iterdir()), \
         "benchmarks must save under benchmarks/results, not ./.benchmarks"
+
+
+def test_node_benchmark_runs_end_to_end_on_a_small_load(tmp_path):
+    """benchmarks/node_bench.py drives a real node with storescu into Orthanc (a smoke run, no timing asserted)."""
+    import json
+
+    import peers
+
+    for binary in ("storescu", "Orthanc"):
+        peers.require_binary(binary)
+    out = tmp_path / "node.json"
+    r = subprocess.run([sys.executable, "benchmarks/node_bench.py", "--studies", "2", "--intervals", "0", "--burst", "10",
+                        "--quiet-seconds", "1", "--json", str(out), "--report", str(tmp_path / "node.md")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["edgeinfer_node_bench"] == 1 and report["machine"]["cpu"]["model"]
+    assert "| burst" in (tmp_path / "node.md").read_text()

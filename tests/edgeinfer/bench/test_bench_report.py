@@ -20,7 +20,17 @@ def test_markdown_and_png_are_written(report, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in RESULTS.glob("*.json")))
+#: edgeinfer bench reports among benchmarks/results/*.json (node.json is the node benchmark's, another format)
+BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if "edgeinfer_node_bench" not in p.read_text()[:200])
+
+
+def test_every_committed_result_is_a_known_kind():
+    kinds = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
+    assert all("edgeinfer_bench" in d or "edgeinfer_node_bench" in d for d in kinds.values())
+    assert len(BENCH_REPORTS) >= 3 and "node" in kinds
+
+
+@pytest.mark.parametrize("name", BENCH_REPORTS)
 def test_committed_reports_are_current_and_render_to_their_markdown(name):
     """benchmarks/results/*.json are in the current format, and their .md is what this code renders from them."""
     report = json.loads((RESULTS / f"{name}.json").read_text())

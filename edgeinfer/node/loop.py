@@ -1,0 +1,56 @@
+"""The node's background loops (worker, outbox): one thread each, stopped and woken the same way."""
+from __future__ import annotations
+
+import logging
+import threading
+
+log = logging.getLogger("edgeinfer.node")
+
+
+class Loop:
+    """Runs :meth:`step` in a thread until :meth:`stop`. A step that did work is followed by another at
+    once; otherwise the loop waits ``interval`` seconds or until :meth:`wake`. An exception in a step
+    is logged (its class only) and the loop goes on after ``interval``."""
+
+    name = "edgeinfer-loop"
+    interval = 0.5
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def step(self) -> bool:
+        """One pass; True if it did work (and the next pass should come at once)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.step():
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                log.error("%s pass failed (%s); going on", self.name, exc.__class__.__name__)
+            self._wake.wait(self.interval)
+            self._wake.clear()
