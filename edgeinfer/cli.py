@@ -234,7 +234,7 @@ def cmd_serve(args) -> int:
     overrides = {k: getattr(args, k) for k in (
         "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
         "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb",
-        "inference_timeout", "send_to", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
+        "inference_timeout", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size")}
     config = load_config(args.config, overrides)
     if args.no_http:
@@ -303,6 +303,10 @@ def _add_serve(sub, fmt) -> None:
       help="watchdog: seconds before a study's inference is abandoned and the study goes to a human read (default 120)")
     a("--send-to", dest="send_to", action="append", default=None, metavar="AET@HOST:PORT",
       help="send each result (DICOM SR) here; repeat for more destinations")
+    a("--send-tls-ca", dest="send_tls_ca", default=None,
+      help="PEM CA that signed the PACS's certificate: send results over TLS, checking the PACS's certificate")
+    a("--send-tls-cert", dest="send_tls_cert", default=None, help="our PEM client certificate, for mutual TLS")
+    a("--send-tls-key", dest="send_tls_key", default=None, help="PEM private key for --send-tls-cert")
     a("--send-retries", dest="send_retries", type=int, default=None, help="attempts before dead-lettering (default 8)")
     a("--send-backoff", dest="send_backoff", type=float, default=None, help="first retry delay, doubling (default 2 s)")
     a("--worklist", default=None, help="also keep the live worklist JSON in this file (written atomically)")

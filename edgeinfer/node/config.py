@@ -60,6 +60,9 @@ class NodeConfig:
     min_free_mb: int = 512                      # spool free space below this: 0xA700
     inference_timeout: float = 120.0            # watchdog
     send_to: tuple[Destination, ...] = ()
+    send_tls_ca: Path | None = None             # given: results go to PACS over TLS, its certificate checked
+    send_tls_cert: Path | None = None           # our client certificate, for a PACS that wants mutual TLS
+    send_tls_key: Path | None = None
     send_retries: int = 8                       # attempts before an outbox item is dead-lettered
     send_backoff: float = 2.0                   # first retry delay (s); doubles, capped at 10 minutes
     worklist: Path | None = None
@@ -92,7 +95,11 @@ class NodeConfig:
             problems.append("tls_cert and tls_key go together: give both or neither")
         if self.tls_ca is not None and self.tls_cert is None:
             problems.append("tls_ca (mutual TLS) needs tls_cert and tls_key too")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
+        if (self.send_tls_cert is None) != (self.send_tls_key is None):
+            problems.append("send_tls_cert and send_tls_key go together: give both or neither")
+        if self.send_tls_cert is not None and self.send_tls_ca is None:
+            problems.append("send_tls_cert needs send_tls_ca (the CA that signed the PACS's certificate)")
+        for name in ("tls_cert", "tls_key", "tls_ca", "send_tls_ca", "send_tls_cert", "send_tls_key"):
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 problems.append(f"{name} {p}: no such file")
@@ -109,7 +116,7 @@ class NodeConfig:
         return self
 
 
-_PATHS = {"spool", "tls_cert", "tls_key", "tls_ca", "worklist"}
+_PATHS = {"spool", "tls_cert", "tls_key", "tls_ca", "send_tls_ca", "send_tls_cert", "send_tls_key", "worklist"}
 
 
 def _coerce(name: str, value):

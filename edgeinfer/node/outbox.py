@@ -20,8 +20,23 @@ def backoff(attempt: int, first: float) -> float:
     return min(first * 2 ** max(0, attempt - 1), MAX_BACKOFF_S)
 
 
-def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 30.0) -> str | None:
-    """C-STORE one Part 10 file to ``dest``. None on success, else why it failed (no data values)."""
+def client_tls(config: NodeConfig):
+    """TLS for sending results (1.2 or newer, the PACS's certificate and host name checked against
+    ``send_tls_ca``; our certificate for mutual TLS), or None for plain DICOM."""
+    import ssl
+
+    if config.send_tls_ca is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(config.send_tls_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.send_tls_cert is not None:
+        ctx.load_cert_chain(str(config.send_tls_cert), str(config.send_tls_key))
+    return ctx
+
+
+def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 30.0, tls=None) -> str | None:
+    """C-STORE one Part 10 file to ``dest`` (over TLS with ``tls``, an SSL context). None on success,
+    else why it failed (no data values)."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
@@ -30,9 +45,11 @@ def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 3
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
+                         tls_args=(tls, dest.host) if tls is not None else None)
     if not assoc.is_established:
-        return f"association with {dest} was not established (rejected, aborted or no answer)"
+        return (f"association with {dest} was not established (rejected, aborted, no answer"
+                + (", or the TLS handshake failed)" if tls is not None else ")"))
     nodelay(assoc.dul.socket.socket)
     try:
         status = assoc.send_c_store(ds)
@@ -51,6 +68,7 @@ class Outbox(Loop):
     def __init__(self, config: NodeConfig, state: State, metrics=None, send=send_file):
         super().__init__()
         self.config, self.state, self.metrics, self.send = config, state, metrics, send
+        self.tls = client_tls(config)
 
     def step(self) -> bool:
         self.drain()
@@ -64,7 +82,7 @@ class Outbox(Loop):
                 break
             dest = Destination.parse(destination)
             try:
-                error = self.send(path, dest, self.config.ae_title)
+                error = self.send(path, dest, self.config.ae_title, tls=self.tls)
             except Exception as exc:  # noqa: BLE001
                 error = f"sending failed ({exc.__class__.__name__})"
             if error is None:

@@ -25,6 +25,7 @@ Not tested here: results sent to PACS over TLS (the outbox speaks plain DICOM on
 from __future__ import annotations
 
 import socket
+import sqlite3
 import struct
 import subprocess
 import time
@@ -392,3 +393,41 @@ def test_a_wrong_called_ae_title_is_rejected_at_association(node_factory, dcmtk)
     peers.wait_until(lambda: "association rejected" in node.log.read_text(errors="replace"), 5, 0.1,
                      "the audit line for the rejected association")
     assert_healthy(node)
+
+
+def test_results_go_to_a_tls_pacs_with_mutual_authentication(orthanc_factory, tls_material, node_phantoms, tmp_path):
+    """The outbox speaks DICOM over TLS: Orthanc's DICOM port takes only TLS with a client certificate from our CA."""
+    from test_node import NodeProcess
+
+    pacs = orthanc_factory(tls=tls_material)
+    dest = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
+    (tmp_path / "good").mkdir()
+    (tmp_path / "nocert").mkdir()
+    node = NodeProcess(tmp_path / "good", "--send-to", dest, "--quiet-seconds", "1",
+                       "--send-tls-ca", str(tls_material.ca_cert), "--send-tls-cert", str(tls_material.client_cert),
+                       "--send-tls-key", str(tls_material.client_key))
+    try:
+        assert node.store([node_phantoms]).returncode == 0
+        for uid in {str(pydicom_header(p).StudyInstanceUID) for p in node_phantoms.rglob("*.dcm")}:
+            assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
+    finally:
+        node.stop()
+    # without our client certificate the PACS refuses: the item is retried, never marked sent
+    plain = NodeProcess(tmp_path / "nocert", "--send-to", dest, "--quiet-seconds", "1", "--send-retries", "2",
+                        "--send-backoff", "0.2", "--send-tls-ca", str(tls_material.ca_cert))
+    try:
+        assert plain.store([node_phantoms]).returncode == 0
+        db = plain.spool / "state.sqlite3"
+        peers.wait_until(lambda: sqlite3.connect(db).execute(
+            "SELECT count(*) FROM outbox WHERE state='dead'").fetchone()[0] >= 1, 60, 0.3, "a dead letter")
+        assert sqlite3.connect(db).execute("SELECT count(*) FROM outbox WHERE state='sent'").fetchone()[0] == 0
+        _, metrics = plain.get("/metrics")
+        assert "edgeinfer_outbox_dead_letters_total{destination=" in metrics
+    finally:
+        plain.stop()
+
+
+def pydicom_header(path):  # noqa: D103
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True)

@@ -95,6 +95,7 @@ def test_config_file_flags_and_clear_errors(tmp_path):
     assert c.quiet_for("CT") == 1.0 and NodeConfig().quiet_for("CT") == 30.0 and NodeConfig().quiet_for("DX") == 5.0
     for bad, words in (("port = 70000", "not a TCP port"), ('ae_title = "WAY-TOO-LONG-AE-TITLE"', "not an AE title"),
                        ('tls_cert = "/nope.pem"', "go together"), ("bogus = 1", "unknown setting"),
+                       ('send_tls_cert = "/a.pem"\nsend_tls_key = "/a.key"', "needs send_tls_ca"),
                        ("port = [", "not valid TOML")):
         cfg.write_text(bad + "\n")
         with pytest.raises(UsageError, match=words):
