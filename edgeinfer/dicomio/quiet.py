@@ -52,15 +52,36 @@ for _name in ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
 _install_logger_filters()
 
 
+#: ``warnings.catch_warnings`` swaps process-wide state (the filter list and the function that shows
+#: a warning) on entry and puts back what it saw on exit; two threads interleaving those swaps can
+#: leave a warning shown (with a patient's value in it) while a boundary is open. So the boundary
+#: is held by one thread at a time (re-entrant for nesting in the same thread).
+_boundary_lock = threading.RLock()
+
+
 @contextmanager
 def _library_quiet() -> Iterator[list[warnings.WarningMessage]]:
-    """Record (and drop) every warning and drop library log records in this block."""
+    """Record (and drop) every warning and drop library log records in this block (one thread at a time)."""
+    with _boundary_lock:
+        _install_logger_filters()
+        _quiet_state.depth = getattr(_quiet_state, "depth", 0) + 1
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield caught
+        finally:
+            _quiet_state.depth -= 1
+            _install_logger_filters()  # loggers created while decoding (lazy plugin imports)
+
+
+@contextmanager
+def _logs_quiet() -> Iterator[None]:
+    """Drop library log records emitted by this thread in this block; warnings are left to the
+    process-wide filters. For threads that must not wait for the boundary (the node's receiver),
+    in a process that ignores library warnings altogether (``edgeinfer serve`` does)."""
     _install_logger_filters()
     _quiet_state.depth = getattr(_quiet_state, "depth", 0) + 1
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield caught
+        yield
     finally:
         _quiet_state.depth -= 1
-        _install_logger_filters()  # loggers created while decoding (lazy plugin imports)

@@ -81,9 +81,9 @@ def _header(data: bytes):
     """The few header values the node needs, read without touching the pixel data."""
     import pydicom
 
-    from ..dicomio.quiet import _library_quiet  # pydicom's warnings can quote values: never shown
+    from ..dicomio.quiet import _logs_quiet  # warnings: ignored for the whole process (Receiver.start)
 
-    with _library_quiet():
+    with _logs_quiet():
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=list(_HEADER_TAGS))
 
 
@@ -107,7 +107,9 @@ class Receiver:
         pn_log = logging.getLogger("pynetdicom")
         pn_log.setLevel(logging.WARNING)      # its debug output dumps data sets
         pn_log.addFilter(_no_traceback)       # a peer's bad PDU is an event, not a crash: no traceback
-        # pydicom warns with the offending value when it decodes a peer's command set: never shown
+        # pydicom warns with the offending value when it decodes a peer's command set or a header: never
+        # shown. The receiver's threads read headers outside dicomio's (one-thread-at-a-time) boundary,
+        # so that a long decode in the worker never holds up an acknowledgement.
         warnings.filterwarnings("ignore", module="pydicom")
         c = self.config
         ae = AE(ae_title=c.ae_title)

@@ -1107,3 +1107,37 @@ def test_fuzz_short_run(tmp_path):
     # the harness's scratch file must not outlive it (libFuzzer exits without running ``finally``)
     left = sorted(str(p) for p in set(shm.glob("fuzz_dicomio_*")) - before)
     assert not left, f"the fuzz run left scratch files behind: {left}"
+
+
+def test_the_quiet_boundary_holds_when_threads_read_at_once(tmp_path, capfd):
+    """warnings.catch_warnings swaps process-wide state; interleaved by threads it can leave a warning shown
+    with a patient's value. The boundary is held by one thread at a time: no canary escapes, and the
+    warning filters are exactly as before once every thread is done."""
+    import threading
+
+    with pydicom_silenced():
+        files = canary_files(tmp_path)
+    capfd.readouterr()
+    before = list(warnings.filters)
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            for _ in range(15):
+                for f in files:
+                    try:
+                        decode_frame(read_dataset(f), 0)
+                    except InputError:
+                        pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    out, err = capfd.readouterr()
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
+    assert warnings.filters == before
