@@ -214,13 +214,6 @@ def probe_stats(bundle: Bundle, backend: str, precision: str, *, threads: int | 
     return ProbeStats(max(p50, 1e-6), max(p75 - p25, 0.0))
 
 
-def probe_latency(bundle: Bundle, backend: str, precision: str, *, threads: int | None, device: str = "cpu",
-          warmup: int = 5, iterations: int = 20) -> float:
-    """Median batch-1 latency in ms of one (backend, precision), measured here and now."""
-    return probe_stats(bundle, backend, precision, threads=threads, device=device, warmup=warmup,
-                       iterations=iterations).p50_ms
-
-
 # --- the choice ----------------------------------------------------------------------------------
 def _sig(ms: float) -> float:
     """A timing as shown and recorded: 6 significant digits (a fast model's p50 is well under 0.001 ms)."""

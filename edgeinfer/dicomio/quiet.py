@@ -62,16 +62,9 @@ _boundary_lock = threading.RLock()
 @contextmanager
 def _library_quiet() -> Iterator[list[warnings.WarningMessage]]:
     """Record (and drop) every warning and drop library log records in this block (one thread at a time)."""
-    with _boundary_lock:
-        _install_logger_filters()
-        _quiet_state.depth = getattr(_quiet_state, "depth", 0) + 1
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                yield caught
-        finally:
-            _quiet_state.depth -= 1
-            _install_logger_filters()  # loggers created while decoding (lazy plugin imports)
+    with _boundary_lock, _logs_quiet(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
 
 
 @contextmanager
@@ -85,3 +78,4 @@ def _logs_quiet() -> Iterator[None]:
         yield
     finally:
         _quiet_state.depth -= 1
+        _install_logger_filters()  # loggers created inside the block (lazy plugin imports)

@@ -13,7 +13,6 @@ import io
 import logging
 import ssl
 import threading
-import time
 import warnings
 from typing import Callable
 
@@ -91,10 +90,9 @@ class Receiver:
     """Starts and stops the SCP; every accepted instance is in the spool and the state before Success."""
 
     def __init__(self, config: NodeConfig, spool: Spool, state: State, *, metrics=None,
-                 busy: Callable[[str], str | None] = lambda study_uid: None, on_stored: Callable[[str], None] = lambda uid: None):
+                 busy: Callable[[str], str | None] = lambda study_uid: None):
         self.config, self.spool, self.state, self.metrics = config, spool, state, metrics
         self.busy = busy            # -> why the node cannot take more now (0xA700), or None
-        self.on_stored = on_stored  # called with the study UID after each stored instance
         self._server = None
         self._thread: threading.Thread | None = None
         self.started = threading.Event()
@@ -213,18 +211,5 @@ class Receiver:
         self._count("instances_total", "stored" if new else "duplicate")
         if new:
             audit.info("received study %s instance %s", study, sop)
-        self.on_stored(study)
         return SUCCESS
 
-
-def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False

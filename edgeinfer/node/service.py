@@ -44,12 +44,11 @@ class Node:
         resumed = self.state.resume()
         if resumed:
             log.warning("%d study(ies) were being scored when the node stopped; they are scored again", resumed)
-        self.metrics = metrics or NodeMetrics()
+        self.metrics = metrics or NodeMetrics(states=("receiving", "queued", "scoring", "scored"))
         self._runner = None
         self._runner_lock = threading.Lock()
         self.selection = None
-        self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy,
-                                 on_stored=lambda uid: None)
+        self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy)
         self.worker = Worker(self)
         self.outbox = Outbox(config, self.state, self.metrics)
         self.http = None
@@ -185,8 +184,7 @@ class Node:
     def refresh_gauges(self) -> None:
         counts = self.state.counts_by_state()
         self.metrics.queue_depth.set(counts.get("queued", 0))
-        for name in ("receiving", "queued", "scoring", "scored"):
-            self.metrics.studies_in_state.labels(state=name).set(counts.get(name, 0))
+        self.metrics.set_study_states(counts)
 
     # -- NodeView (the HTTP side) -------------------------------------------------------------------
     def health(self) -> dict:

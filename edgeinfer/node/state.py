@@ -117,9 +117,6 @@ class State:
                     done.append(uid)
         return done
 
-    def queued_count(self) -> int:
-        return self._one("SELECT count(*) FROM studies WHERE state='queued'")[0]
-
     def waiting_count(self) -> int:
         """Studies not scored yet and not being scored: still receiving, or complete and queued."""
         return self._one("SELECT count(*) FROM studies WHERE state IN ('receiving', 'queued')")[0]

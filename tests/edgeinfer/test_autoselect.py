@@ -90,15 +90,10 @@ def test_nothing_allowed_is_a_clear_error(tiny_bundle):
         autoselect.choose(load_bundle(tiny_bundle), backend="openvino", precision="bf16")
 
 
-def test_real_probe_measures_something(tiny_bundle):
-    ms = autoselect.probe_latency(load_bundle(tiny_bundle), "onnxruntime", "fp32", threads=1, warmup=1, iterations=3)
-    assert ms > 0
-    assert isinstance(ms, float)
-
-
 def test_real_probe_stats_gives_a_median_and_a_spread(tiny_bundle):
     st = autoselect.probe_stats(load_bundle(tiny_bundle), "onnxruntime", "fp32", threads=1, warmup=1, iterations=8)
     assert st.p50_ms > 0 and st.spread_ms >= 0
+    assert isinstance(st.p50_ms, float)
 
 
 # --- the stable choice (pure) --------------------------------------------------------------------

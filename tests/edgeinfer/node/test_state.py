@@ -57,7 +57,7 @@ def test_urgent_first_then_oldest_and_resume_after_a_crash(tmp_path):
     assert st.next_job().study_uid == "3.1"
     st.close()
     st = State(tmp_path / "s.db")                                  # as after kill -9 while scoring 3.1
-    assert st.resume() == 1 and st.queued_count() == 3
+    assert st.resume() == 1 and st.counts_by_state() == {"queued": 3}
     assert [st.next_job().study_uid for _ in range(3)] == ["3.1", "2.1", "4.1"]
     assert sqlite3.connect(tmp_path / "s.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
