@@ -49,9 +49,10 @@ def tiny_manifest(size: int = 32) -> dict:
     return cfg
 
 
-def make_bundle(dir: Path, *, size: int = 32, **onnx_kwargs) -> Path:
+def make_bundle(dir: Path, *, size: int = 32, graph=None, **onnx_kwargs) -> Path:
+    """A valid bundle around ``graph(path, size=..., **onnx_kwargs)`` (default :func:`tiny_onnx`)."""
     dir.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(dir / "model.onnx", size=size, **onnx_kwargs)
+    (graph or tiny_onnx)(dir / "model.onnx", size=size, **onnx_kwargs)
     m = tiny_manifest(size)
     m["artifacts"] = [artifact_record(dir, "model.onnx", id="fp32", precision="fp32", format="onnx",
                                       produced_by={"tool": "tests"})]
@@ -122,10 +123,4 @@ def slow_onnx(path: Path, *, size: int = 32, iterations: int = 300_000, hang_fro
 
 def make_slow_bundle(dir: Path, *, size: int = 32, **slow_kwargs) -> Path:
     """:func:`make_bundle` with :func:`slow_onnx`'s graph (same manifest: target size, labels, outputs)."""
-    dir.mkdir(parents=True, exist_ok=True)
-    slow_onnx(dir / "model.onnx", size=size, **slow_kwargs)
-    m = tiny_manifest(size)
-    m["artifacts"] = [artifact_record(dir, "model.onnx", id="fp32", precision="fp32", format="onnx",
-                                      produced_by={"tool": "tests"})]
-    write_manifest(dir, m)
-    return dir
+    return make_bundle(dir, size=size, graph=slow_onnx, **slow_kwargs)

@@ -75,6 +75,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -561,3 +562,58 @@ def make_tls_material(tmp_path: os.PathLike | str) -> TlsMaterial:
     rogue_cert, rogue_key = write("rogue", *leaf("MODALITY", rogue_ca_k, rogue_ca_c, server=False))
     return TlsMaterial(out, ca_cert, ca_key, server_cert, server_key, client_cert, client_key,
                        rogue_ca_cert, rogue_cert, rogue_key)
+
+
+# --- the node itself, driven as a process ------------------------------------------------------------
+NODE_AET = "EDGEINFER"
+
+
+class NodeProcess:
+    """``edgeinfer serve`` in a subprocess, as a service runs it."""
+
+    def __init__(self, workdir: Path, *args: str, port: int | None = None, http_port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.http_port = http_port or free_port()
+        self.spool = workdir / "spool"
+        self.log = workdir / "serve.log"
+        cmd = [sys.executable, "-m", "edgeinfer", "serve", "--spool", str(self.spool), "--port", str(self.port),
+               "--http-port", str(self.http_port), "--backend", "onnxruntime", "--precision", "fp32",
+               "--threads", "1", *args]
+        env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_TRUST"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        wait_until(lambda: self.proc.poll() is not None or self.ready_or_none() is not None, 60, 0.2,
+                         "the node's HTTP side")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def get(self, path: str) -> tuple[int, dict | str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                body = r.read()
+                code = r.status
+        except urllib.error.HTTPError as e:
+            body, code = e.read(), e.code
+        try:
+            return code, json.loads(body)
+        except ValueError:
+            return code, body.decode()
+
+    def ready_or_none(self):
+        try:
+            return self.get("/readyz")
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=20)
+
+    def store(self, paths, **kw):
+        kw.setdefault("extra", ("-xr",))  # propose RLE too: phantom sets hold RLE-compressed images
+        return storescu("127.0.0.1", self.port, NODE_AET, paths, **kw)

@@ -12,6 +12,8 @@ Fixtures
 ``tls_material``     :class:`peers.TlsMaterial` for the session (read-only).
 ``dcmtk``            ``{"storescu": path, "echoscu": path, "dsrdump": path}``; skips (fails under ``CI``)
                      when DCMTK is missing.
+``node_factory``     ``start(*args, name=None)``: ``edgeinfer serve`` in a subprocess (:class:`peers.NodeProcess`),
+                     each node in its own folder, stopped at teardown.
 ``node_phantoms``    3 phantom images (``phantom.generate(..., 3, seed=1, max_size=256)``), read-only;
                      the folder also holds labels.csv, which ``peers.storescu`` skips (``+sp *.dcm``).
 """
@@ -74,3 +76,21 @@ def node_phantoms(tmp_path_factory):
     out = tmp_path_factory.mktemp("node_phantoms") / "set"
     phantom.generate(out, 3, seed=1, max_size=256)
     return out
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    """``start(*args, name=None, **kw) -> peers.NodeProcess``: ``edgeinfer serve`` with these flags, each node
+    in its own folder under ``tmp_path`` (``name``, default node0, node1...); SIGTERM at teardown."""
+    started: list[peers.NodeProcess] = []
+
+    def start(*args: str, name: str | None = None, **kw) -> peers.NodeProcess:
+        workdir = tmp_path / (name or f"node{len(started)}")
+        workdir.mkdir()
+        node = peers.NodeProcess(workdir, *args, **kw)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

@@ -2,91 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import warnings
-from pathlib import Path
 
 import pydicom
 import pytest
 
 import peers
-
-NODE_AET = "EDGEINFER"
-
-
-class NodeProcess:
-    """``edgeinfer serve`` in a subprocess, as a service runs it."""
-
-    def __init__(self, workdir: Path, *args: str, port: int | None = None, http_port: int | None = None):
-        self.workdir = workdir
-        self.port = port or peers.free_port()
-        self.http_port = http_port or peers.free_port()
-        self.spool = workdir / "spool"
-        self.log = workdir / "serve.log"
-        cmd = [sys.executable, "-m", "edgeinfer", "serve", "--spool", str(self.spool), "--port", str(self.port),
-               "--http-port", str(self.http_port), "--backend", "onnxruntime", "--precision", "fp32",
-               "--threads", "1", *args]
-        env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_TRUST"}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        peers.wait_until(lambda: self.proc.poll() is not None or self.ready_or_none() is not None, 60, 0.2,
-                         "the node's HTTP side")
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-
-    def get(self, path: str) -> tuple[int, dict | str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
-                body = r.read()
-                code = r.status
-        except urllib.error.HTTPError as e:
-            body, code = e.read(), e.code
-        try:
-            return code, json.loads(body)
-        except ValueError:
-            return code, body.decode()
-
-    def ready_or_none(self):
-        try:
-            return self.get("/readyz")
-        except OSError:
-            return None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def store(self, paths, **kw):
-        kw.setdefault("extra", ("-xr",))  # propose RLE too: phantom sets hold RLE-compressed images
-        return peers.storescu("127.0.0.1", self.port, NODE_AET, paths, **kw)
-
-
-@pytest.fixture
-def node_factory(tmp_path):
-    started: list[NodeProcess] = []
-
-    def start(*args: str, workdir: Path | None = None, **kw) -> NodeProcess:
-        node = NodeProcess(workdir or tmp_path, *args, **kw)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
+from peers import NODE_AET
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):

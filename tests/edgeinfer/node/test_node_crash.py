@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 import peers
-from test_node import NODE_AET, NodeProcess
+from peers import NODE_AET, NodeProcess
 
 CYCLES = 20
 INSTANCES = 200

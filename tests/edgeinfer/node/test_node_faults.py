@@ -25,7 +25,7 @@ from pydicom.uid import generate_uid
 
 import peers
 from helpers import make_slow_bundle
-from test_node import NodeProcess
+from peers import NodeProcess
 
 SUCCESS, OUT_OF_RESOURCES, FAILED = 0x0000, 0xA700, 0xC211
 #: instances fed to the node with --max-queue 2: the issue's 1,000 (about 3 s to send with TCP_NODELAY)
@@ -96,22 +96,6 @@ def no_core_dumps():
 @pytest.fixture
 def fast_senders(monkeypatch):
     monkeypatch.setenv("TCP_NODELAY", "1")  # storescu (DCMTK): Nagle off, see the module docstring
-
-
-@pytest.fixture
-def nodes(tmp_path):
-    started: list[NodeProcess] = []
-
-    def start(*args: str, name: str = "node") -> NodeProcess:
-        workdir = tmp_path / name
-        workdir.mkdir()
-        node = NodeProcess(workdir, *args)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
 
 
 # --- reading the node ---------------------------------------------------------------------------------
@@ -188,10 +172,10 @@ class Watcher:
 # --- 1. backpressure ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_slow_model_backpressure_answers_a700_never_drops_and_readyz_follows_the_queue(
-        nodes, slow_bundle, source_instance, fast_senders, tmp_path, dcmtk):
+        node_factory, slow_bundle, source_instance, fast_senders, tmp_path, dcmtk):
     sent_files = clone(source_instance, tmp_path / "burst", BURST)
     by_path = {str(f["path"]): f for f in sent_files}
-    node = nodes("--bundle", str(slow_bundle), "--max-queue", "2", "--quiet-seconds", "0")
+    node = node_factory("--bundle", str(slow_bundle), "--max-queue", "2", "--quiet-seconds", "0")
     assert node.get("/readyz")[0] == 200
 
     with Watcher(node) as watch:
@@ -286,7 +270,7 @@ def test_queue_depth_gauge_shows_the_backlog(burst_while_busy):
 
 
 # --- 2. hung model: the watchdog -------------------------------------------------------------------------
-def test_hung_model_is_abandoned_by_the_watchdog_and_the_worker_goes_on(no_core_dumps, nodes, hang_bundle,
+def test_hung_model_is_abandoned_by_the_watchdog_and_the_worker_goes_on(no_core_dumps, node_factory, hang_bundle,
                                                                         source_instance, tmp_path, dcmtk):
     from edgeinfer.triage import INDETERMINATE
 
@@ -294,7 +278,7 @@ def test_hung_model_is_abandoned_by_the_watchdog_and_the_worker_goes_on(no_core_
     hung_b = clone(source_instance, tmp_path / "b", 1, per_study=2)
     fine_c = clone(source_instance, tmp_path / "c", 1)                # 1 image: scored in ~1 ms
     # a quiet second: both images of a study arrive before it is complete (quiet 0 could score the first alone)
-    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "2", "--quiet-seconds", "1")
+    node = node_factory("--bundle", str(hang_bundle), "--inference-timeout", "2", "--quiet-seconds", "1")
 
     def indeterminate(study_uid: str) -> dict:
         assert node.store([f["path"] for f in (hung_a + hung_b) if f["study"] == study_uid]).returncode == 0
@@ -320,20 +304,20 @@ def test_hung_model_is_abandoned_by_the_watchdog_and_the_worker_goes_on(no_core_
     assert "Traceback" not in log
 
 
-def test_readyz_stays_ready_after_a_watchdog_abandon(no_core_dumps, nodes, hang_bundle, source_instance, tmp_path,
+def test_readyz_stays_ready_after_a_watchdog_abandon(no_core_dumps, node_factory, hang_bundle, source_instance, tmp_path,
                                                      dcmtk):
     hung = clone(source_instance, tmp_path / "hung", 1, per_study=2)
-    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
+    node = node_factory("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
     assert node.store([tmp_path / "hung"]).returncode == 0
     peers.wait_until(lambda: worklist_study(node, hung[0]["study"]), 30, 0.2, "the watchdog's result")
     time.sleep(1.0)  # give a reload in the background time to finish
     assert node.get("/readyz") == (200, {"status": "ready"})
 
 
-def test_sigterm_after_a_watchdog_abandon_exits_cleanly(no_core_dumps, nodes, hang_bundle, source_instance, tmp_path,
+def test_sigterm_after_a_watchdog_abandon_exits_cleanly(no_core_dumps, node_factory, hang_bundle, source_instance, tmp_path,
                                                         dcmtk):
     hung = clone(source_instance, tmp_path / "hung", 1, per_study=2)
-    node = nodes("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
+    node = node_factory("--bundle", str(hang_bundle), "--inference-timeout", "1", "--quiet-seconds", "1")
     assert node.store([tmp_path / "hung"]).returncode == 0
     peers.wait_until(lambda: worklist_study(node, hung[0]["study"]), 30, 0.2, "the watchdog's result")
     node.stop()
@@ -341,13 +325,13 @@ def test_sigterm_after_a_watchdog_abandon_exits_cleanly(no_core_dumps, nodes, ha
 
 
 # --- 3. a failure inside the store handler: 0xC211 ----------------------------------------------------------
-def test_store_failure_inside_the_node_answers_c211_never_success(nodes, source_instance, tmp_path, dcmtk):
+def test_store_failure_inside_the_node_answers_c211_never_success(node_factory, source_instance, tmp_path, dcmtk):
     from edgeinfer.node.spool import Spool
 
     bad_sop = generate_uid()
     good_sop = next(u for u in iter(generate_uid, None) if Spool.key(u)[:2] != Spool.key(bad_sop)[:2])
     bad, good = clone(source_instance, tmp_path / "send", 2, sop_uids=[bad_sop, good_sop])
-    node = nodes("--quiet-seconds", "60")  # nothing gets scored during the test; the default (phantom) bundle
+    node = node_factory("--quiet-seconds", "60")  # nothing gets scored during the test; the default (phantom) bundle
     blocker = node.spool / "instances" / Spool.key(bad_sop)[:2]
     assert (node.spool / "instances").is_dir() and not blocker.exists()
     blocker.write_bytes(b"")  # a file where the spool needs a folder: storing that instance must fail

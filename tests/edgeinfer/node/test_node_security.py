@@ -30,32 +30,15 @@ import struct
 import subprocess
 import time
 
-import pytest
+import pydicom
 
 import peers
-from test_node import NODE_AET, NodeProcess
+from peers import NODE_AET, NodeProcess
 
 HOST = "127.0.0.1"
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------------
-@pytest.fixture
-def node_factory(tmp_path):
-    """``start(*args) -> NodeProcess``, each node in its own folder; SIGTERM at teardown."""
-    started: list[NodeProcess] = []
-
-    def start(*args: str) -> NodeProcess:
-        workdir = tmp_path / f"node{len(started)}"
-        workdir.mkdir()
-        node = NodeProcess(workdir, *args)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-
-
 def tls_flags(tls: peers.TlsMaterial, mutual: bool = False) -> tuple[str, ...]:
     flags = ("--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key))
     return flags + (("--tls-ca", str(tls.ca_cert)) if mutual else ())
@@ -395,39 +378,25 @@ def test_a_wrong_called_ae_title_is_rejected_at_association(node_factory, dcmtk)
     assert_healthy(node)
 
 
-def test_results_go_to_a_tls_pacs_with_mutual_authentication(orthanc_factory, tls_material, node_phantoms, tmp_path):
+def test_results_go_to_a_tls_pacs_with_mutual_authentication(orthanc_factory, node_factory, tls_material,
+                                                             node_phantoms):
     """The outbox speaks DICOM over TLS: Orthanc's DICOM port takes only TLS with a client certificate from our CA."""
-    from test_node import NodeProcess
-
     pacs = orthanc_factory(tls=tls_material)
     dest = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
-    (tmp_path / "good").mkdir()
-    (tmp_path / "nocert").mkdir()
-    node = NodeProcess(tmp_path / "good", "--send-to", dest, "--quiet-seconds", "1",
+    node = node_factory("--send-to", dest, "--quiet-seconds", "1",
                        "--send-tls-ca", str(tls_material.ca_cert), "--send-tls-cert", str(tls_material.client_cert),
                        "--send-tls-key", str(tls_material.client_key))
-    try:
-        assert node.store([node_phantoms]).returncode == 0
-        for uid in {str(pydicom_header(p).StudyInstanceUID) for p in node_phantoms.rglob("*.dcm")}:
-            assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
-    finally:
-        node.stop()
+    assert node.store([node_phantoms]).returncode == 0
+    for uid in {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in node_phantoms.rglob("*.dcm")}:
+        assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
     # without our client certificate the PACS refuses: the item is retried, never marked sent
-    plain = NodeProcess(tmp_path / "nocert", "--send-to", dest, "--quiet-seconds", "1", "--send-retries", "2",
+    plain = node_factory("--send-to", dest, "--quiet-seconds", "1", "--send-retries", "2",
                         "--send-backoff", "0.2", "--send-tls-ca", str(tls_material.ca_cert))
-    try:
-        assert plain.store([node_phantoms]).returncode == 0
-        db = plain.spool / "state.sqlite3"
-        peers.wait_until(lambda: sqlite3.connect(db).execute(
-            "SELECT count(*) FROM outbox WHERE state='dead'").fetchone()[0] >= 1, 60, 0.3, "a dead letter")
-        assert sqlite3.connect(db).execute("SELECT count(*) FROM outbox WHERE state='sent'").fetchone()[0] == 0
-        _, metrics = plain.get("/metrics")
-        assert "edgeinfer_outbox_dead_letters_total{destination=" in metrics
-    finally:
-        plain.stop()
+    assert plain.store([node_phantoms]).returncode == 0
+    db = plain.spool / "state.sqlite3"
+    peers.wait_until(lambda: sqlite3.connect(db).execute(
+        "SELECT count(*) FROM outbox WHERE state='dead'").fetchone()[0] >= 1, 60, 0.3, "a dead letter")
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM outbox WHERE state='sent'").fetchone()[0] == 0
+    _, metrics = plain.get("/metrics")
+    assert "edgeinfer_outbox_dead_letters_total{destination=" in metrics
 
-
-def pydicom_header(path):  # noqa: D103
-    import pydicom
-
-    return pydicom.dcmread(path, stop_before_pixels=True)
