@@ -237,6 +237,7 @@ class BuildPlan:
     dla_core: int | None
     hardware_compatibility: str
     version_compatible: bool
+    lean_runtime_embedded: bool | None = None   # version-compatible plans: does the plan carry its lean runtime?
     warnings: tuple[str, ...] = field(default=())
 
     def as_dict(self) -> dict:
@@ -261,6 +262,7 @@ def _dla_supported(v: tuple[int, ...]) -> str | None:
 def build_plan(trt_version: str, precision: str, *, graph_precision: str | None = None,
                strongly_typed_available: bool | None = None, dla_core: int | None = None,
                hardware_compat: str | None = None, version_compat: bool = False,
+               exclude_lean_runtime: bool = False,
                calibrator: bool = False, batch: Sequence[int] | None = None,
                device: Mapping[str, Any] | None = None) -> BuildPlan:
     """Decide how to build a ``precision`` engine with TensorRT ``trt_version``.
@@ -271,6 +273,8 @@ def build_plan(trt_version: str, precision: str, *, graph_precision: str | None 
     (FP32 graph + IInt8EntropyCalibrator2 + cache); it is never chosen implicitly.
     ``batch`` (min, opt, max) and ``device`` (the build machine, as from ``device_info()``)
     are optional and enable the DLA and hardware-compatibility checks that need them.
+    ``exclude_lean_runtime`` (version-compatible plans only) leaves the lean runtime out of
+    the plan: smaller, but it then runs only on a TensorRT of exactly the building version.
     """
     if precision not in PRECISIONS:
         raise PolicyError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -285,6 +289,11 @@ def build_plan(trt_version: str, precision: str, *, graph_precision: str | None 
     level = normalize_hardware_compat(hardware_compat)
     if not isinstance(version_compat, bool):
         raise PolicyError(f"version_compat must be True or False, not {version_compat!r}")
+    if not isinstance(exclude_lean_runtime, bool):
+        raise PolicyError(f"exclude_lean_runtime must be True or False, not {exclude_lean_runtime!r}")
+    if exclude_lean_runtime and not version_compat:
+        raise PolicyError("excluding the lean runtime applies to version-compatible plans only; "
+                          "add --version-compatible or drop --exclude-lean-runtime")
     if dla_core is not None:
         check_int(dla_core, "DLA core")
     warnings: list[str] = []
@@ -378,7 +387,12 @@ def build_plan(trt_version: str, precision: str, *, graph_precision: str | None 
         warnings.append(f"hardware-compatible ({level}) plans may be slower than device-specific ones")
     if version_compat:
         builder_flags.append("VERSION_COMPATIBLE")
-        warnings.append("version-compatible plans embed a lean runtime (host code) and may be slower")
+        if exclude_lean_runtime:
+            builder_flags.append("EXCLUDE_LEAN_RUNTIME")
+            warnings.append(f"the lean runtime is left out of the plan: it runs only on TensorRT {trt_version} "
+                            "exactly, and not on the dispatch runtime")
+        else:
+            warnings.append("version-compatible plans embed a lean runtime (host code) and may be slower")
 
     if batch is not None:
         lo, opt, hi = check_batch(batch)
@@ -394,28 +408,39 @@ def build_plan(trt_version: str, precision: str, *, graph_precision: str | None 
         # TF32 is on by default; an edgeinfer engine computes in the precision its graph says
         clear_builder_flags=("TF32",), parser_flags=tuple(parser_flags),
         strongly_typed=strongly_typed, calibrator=bool(calibrator), dla_core=dla_core,
-        hardware_compatibility=level, version_compatible=version_compat, warnings=tuple(warnings))
+        hardware_compatibility=level, version_compatible=version_compat,
+        lean_runtime_embedded=(not exclude_lean_runtime) if version_compat else None, warnings=tuple(warnings))
 
 
 # --- compatibility records ---------------------------------------------------------------------
-RECORD_FIELDS = ("tensorrt_version", "cuda_version", "gpu_name", "compute_capability", "dla_core",
-                 "hardware_compatibility", "version_compatible", "plan_sha256", "platform")
+#: ``tensorrt_cuda`` is the CUDA major of the TensorRT build (from its distribution: cu12, cu13;
+#: null when unknown) and the one CUDA value compared; ``cuda_version`` is what older records
+#: held (cuda-python's own CUDA runtime, which says nothing about TensorRT): information only.
+#: ``lean_runtime_embedded``: null for ordinary plans; for version-compatible ones, false when
+#: built with EXCLUDE_LEAN_RUNTIME (then only the exact TensorRT version runs it).
+RECORD_FIELDS = ("tensorrt_version", "tensorrt_cuda", "cuda_version", "gpu_name", "compute_capability", "dla_core",
+                 "hardware_compatibility", "version_compatible", "lean_runtime_embedded", "plan_sha256", "platform")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def compatibility_record(*, tensorrt_version: str, cuda_version: str | None, gpu_name: str,
-                         compute_capability: Any, plan_sha256: str, dla_core: int | None = None,
-                         hardware_compatibility: str | None = None, version_compatible: bool = False,
+def compatibility_record(*, tensorrt_version: str, gpu_name: str, compute_capability: Any, plan_sha256: str,
+                         tensorrt_cuda: str | None = None, cuda_version: str | None = None,
+                         dla_core: int | None = None, hardware_compatibility: str | None = None,
+                         version_compatible: bool = False, lean_runtime_embedded: bool | None = None,
                          platform: str | None = None) -> dict:
     """The ``compatibility`` object stored with a tensorrt-plan artifact in the manifest."""
+    if version_compatible and lean_runtime_embedded is None:
+        lean_runtime_embedded = True
     rec = {
         "tensorrt_version": tensorrt_version,
+        "tensorrt_cuda": tensorrt_cuda,
         "cuda_version": cuda_version,
         "gpu_name": gpu_name,
         "compute_capability": _cc_str(parse_compute_capability(compute_capability)),
         "dla_core": dla_core,
         "hardware_compatibility": normalize_hardware_compat(hardware_compatibility),
         "version_compatible": version_compatible,
+        "lean_runtime_embedded": lean_runtime_embedded,
         "plan_sha256": plan_sha256,
         "platform": platform,
     }
@@ -455,10 +480,23 @@ def record_problems(record: Any) -> list[str]:
         normalize_hardware_compat(record.get("hardware_compatibility"))
     except PolicyError as exc:
         problems.append(str(exc))
-    for key in ("cuda_version", "platform", "gpu_name"):
+    lean = record.get("lean_runtime_embedded")
+    if lean is not None and not isinstance(lean, bool):
+        problems.append(f"lean_runtime_embedded {lean!r} is not null, true or false")
+    elif lean is not None and not record.get("version_compatible"):
+        problems.append("lean_runtime_embedded is set on a plan that is not version-compatible")
+    for key in ("tensorrt_cuda", "cuda_version", "platform", "gpu_name"):
         if record.get(key) is not None and not isinstance(record.get(key), str):
             problems.append(f"{key} {record.get(key)!r} is not a string")
     return problems
+
+
+def lean_runtime_embedded(record: Mapping[str, Any]) -> bool | None:
+    """None for an ordinary plan; True/False for a version-compatible one (older records: True)."""
+    if not record.get("version_compatible"):
+        return None
+    lean = record.get("lean_runtime_embedded")
+    return True if lean is None else bool(lean)
 
 
 @dataclass(frozen=True)
@@ -469,8 +507,16 @@ class Difference:
 
 
 def _version_rule(built: tuple[int, ...], built_s: str, here: tuple[int, ...], here_s: str,
-                  version_compatible: bool) -> Difference | None:
+                  version_compatible: bool, lean_embedded: bool | None = None) -> Difference | None:
     b, h = _pad4(built), _pad4(here)
+    if version_compatible and lean_embedded is False:
+        # IRuntime.load_runtime: a plan built VERSION_COMPATIBLE + EXCLUDE_LEAN_RUNTIME runs on a
+        # lean runtime "built with the same version of TensorRT" (TensorRT's own API docs)
+        if b != h:
+            return Difference(f"built version-compatible with TensorRT {built_s} but without its lean runtime "
+                              f"(EXCLUDE_LEAN_RUNTIME), this device has {here_s} (such plans run only on the exact "
+                              "TensorRT version that built them)")
+        return None
     if not version_compatible:
         # "By default, TensorRT engines are compatible only with the version of TensorRT used to
         # build them" (engine-compatibility.html); the DRIVE OS notes spell it out: major, minor,
@@ -512,28 +558,28 @@ def _differences(record: Any, device: Mapping[str, Any], plan_sha256: str | None
                                       rebuildable=False))
             built = parse_version(record["tensorrt_version"])
             d = _version_rule(built, record["tensorrt_version"], here, dev_trt,
-                              bool(record.get("version_compatible")))
+                              bool(record.get("version_compatible")), lean_runtime_embedded(record))
             if d:
                 out.append(d)
+    out.extend(_runtime_rule(record, device.get("tensorrt_runtime")))
     rec_platform, dev_platform = record.get("platform"), device.get("platform")
     if rec_platform and dev_platform and rec_platform != dev_platform:
         out.append(Difference(f"built on {rec_platform}, this device is {dev_platform} (serialized engines are "
                               "not portable across platforms)"))
-    rec_cuda, dev_cuda = record.get("cuda_version"), device.get("cuda_version")
-    if rec_cuda and dev_cuda:
-        try:
-            rc, dc = parse_version(rec_cuda if "." in rec_cuda else rec_cuda + ".0"), \
-                parse_version(dev_cuda if "." in dev_cuda else dev_cuda + ".0")
-        except PolicyError:
-            rc = dc = None
-        # edgeinfer policy (not a TensorRT rule): a different CUDA major means a different
-        # TensorRT build (cu12 vs cu13 packages), so the plan is not loaded.
-        if rc and dc and rc[0] != dc[0]:
-            out.append(Difference(f"built with CUDA {rec_cuda}, this device has CUDA {dev_cuda} (a different CUDA "
-                                  "major version means a different TensorRT build)"))
+    rec_cuda, dev_cuda = _cuda_major(record.get("tensorrt_cuda")), _cuda_major(device.get("tensorrt_cuda"))
+    # edgeinfer policy (not a TensorRT rule): a TensorRT built for another CUDA major (the cu12
+    # and cu13 packages) is another TensorRT build, so the plan is not loaded. Only the CUDA
+    # majors of the TensorRT distributions are compared; cuda-python's version says nothing.
+    if rec_cuda and dev_cuda and rec_cuda != dev_cuda:
+        out.append(Difference(f"built with a TensorRT for CUDA {rec_cuda}, this device's TensorRT is built for "
+                              f"CUDA {dev_cuda} (the cu{rec_cuda} and cu{dev_cuda} packages are different builds)"))
     dev_cc = device.get("compute_capability")
     rec_cc = parse_compute_capability(record["compute_capability"])
     level = normalize_hardware_compat(record.get("hardware_compatibility"))
+    if level != "none" and device.get("integrated"):
+        out.append(Difference(f"built hardware-compatible ({level}); hardware compatibility is not supported on "
+                              "JetPack / integrated GPUs (build a plan without --hardware-compat on this device)",
+                              rebuildable=False))
     if dev_cc in (None, ""):
         out.append(Difference("this device reports no CUDA GPU", rebuildable=False))
     else:
@@ -559,11 +605,36 @@ def _differences(record: Any, device: Mapping[str, Any], plan_sha256: str | None
     return out
 
 
+def _cuda_major(value: Any) -> str | None:
+    text = str(value).strip() if value not in (None, "") else ""
+    major = text.split(".")[0]
+    return major if major.isdigit() else None
+
+
+def _runtime_rule(record: Mapping[str, Any], runtime: str | None) -> list[Difference]:
+    """The lean and dispatch runtimes deserialize version-compatible plans only (NVIDIA/TensorRT
+    #4790: an ordinary plan fails there with "Unexpected call to stub loadRunner"), and the
+    dispatch runtime runs the lean runtime a plan carries, so not a plan built without one."""
+    if runtime not in ("tensorrt_lean", "tensorrt_dispatch"):
+        return []
+    what = "lean" if runtime == "tensorrt_lean" else "dispatch"
+    if not record.get("version_compatible"):
+        return [Difference(f"this device has only TensorRT's {what} runtime ({runtime}), which runs version-compatible "
+                           "plans only; this plan is not one (rebuild it with edgeinfer build --version-compatible on "
+                           "a machine with the full TensorRT)", rebuildable=False)]
+    if runtime == "tensorrt_dispatch" and lean_runtime_embedded(record) is False:
+        return [Difference("the plan was built without its lean runtime (EXCLUDE_LEAN_RUNTIME) and this device has "
+                           "only the dispatch runtime, which runs the lean runtime a plan carries",
+                           rebuildable=False)]
+    return []
+
+
 def check_compatibility(record: Any, device: Mapping[str, Any], *, plan_sha256: str | None = None) -> list[str]:
     """What differs between a plan's compatibility record and this device (empty: may load).
 
     ``device`` is a mapping like ``device_info()`` returns (``tensorrt_version``,
-    ``cuda_version``, ``gpu_name``, ``compute_capability``, ``dla_cores``, ``platform``).
+    ``tensorrt_runtime``, ``tensorrt_cuda``, ``gpu_name``, ``compute_capability``,
+    ``integrated``, ``dla_cores``, ``platform``).
     Pass ``plan_sha256`` (of the bytes actually read) to check it against the record too.
     """
     return [d.message for d in _differences(record, device, plan_sha256)]
@@ -583,9 +654,9 @@ def compatibility_warnings(record: Any, device: Mapping[str, Any]) -> list[str]:
             device.get("tensorrt_version") != record.get("tensorrt_version"):
         out.append(f"version-compatible plan built with TensorRT {record['tensorrt_version']} runs on "
                    f"{device['tensorrt_version']} through its embedded lean runtime")
-    rec_cuda, dev_cuda = record.get("cuda_version"), device.get("cuda_version")
-    if rec_cuda and dev_cuda and rec_cuda != dev_cuda and str(rec_cuda).split(".")[0] == str(dev_cuda).split(".")[0]:
-        out.append(f"built with CUDA {rec_cuda}, running with CUDA {dev_cuda}")
+    if record.get("tensorrt_cuda") and not device.get("tensorrt_cuda"):
+        out.append("this device's TensorRT does not say which CUDA it was built for; the plan's CUDA "
+                   f"({record['tensorrt_cuda']}) could not be checked")
     return out
 
 

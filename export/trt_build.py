@@ -26,6 +26,7 @@ imports, CUDA error checks, the TensorRT logger, ``device_info``) is
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -95,12 +96,32 @@ def _as_calibration(calibration: Any) -> CalibrationSet | None:
     raise UsageError(f"calibration must be a CalibrationSet, a numpy array or a .npy path, not {type(calibration).__name__}")
 
 
+def _kept(method):
+    """Keep an exception raised inside a calibrator callback instead of handing it to TensorRT.
+
+    TensorRT's Python wrapper catches an exception in ``get_batch``, ``read_calibration_cache``
+    or ``write_calibration_cache``, prints it and carries on as if the callback had returned
+    None/False: calibration silently stops early. The first exception is kept on the
+    calibrator (``error``) and :meth:`raise_if_failed` re-raises it after the build.
+    """
+    @functools.wraps(method)
+    def guarded(self, *args):
+        if self.error is not None:
+            return None  # one failure ends the feed; the rest of the build is thrown away
+        try:
+            return method(self, *args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by raise_if_failed
+            self.error = exc
+            return None
+    return guarded
+
+
 def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: str, cache_dir: Path, key: dict):
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` through one device buffer.
 
     ``read_calibration_cache`` returns a cache only when its key record matches ``key``
     (:func:`edgeinfer_export.trt_calibration_cache.check_calibration_cache`); ``write_calibration_cache``
-    saves it with the key.
+    saves it with the key. Errors inside the callbacks are kept, not lost (:func:`_kept`).
     """
     cudart = cuda.import_cudart()
 
@@ -115,10 +136,21 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             self.cache_read = False
             self.cache_written: Path | None = None
             self.batches_fed = 0
+            self.error: BaseException | None = None
+
+        def raise_if_failed(self) -> None:
+            """After build_serialized_network: the kept callback error, or a feed that stopped early."""
+            if self.error is not None:
+                raise ExportError(f"INT8 calibration failed inside TensorRT's calibrator callback "
+                                  f"({type(self.error).__name__}: {self.error}); no plan was written") from self.error
+            if not self.cache_read and self.batches_fed != len(self._batches):
+                raise ExportError(f"TensorRT took {self.batches_fed} of the {len(self._batches)} calibration batches "
+                                  "and stopped; the scales would come from part of the data, so no plan was written")
 
         def get_batch_size(self):  # deprecated in 10.x (explicit batch); must still match the profile
             return int(self._batches[0].shape[0]) if self._batches else 1
 
+        @_kept
         def get_batch(self, names):
             if self._index >= len(self._batches):
                 return None
@@ -131,6 +163,7 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             self.batches_fed += 1
             return [int(self._device)]
 
+        @_kept
         def read_calibration_cache(self):
             data, why = load_calibration_cache(cache_dir, key)
             name = calibration_cache_name(key)
@@ -143,6 +176,7 @@ def make_entropy_calibrator(trt, batches: Sequence[np.ndarray], *, input_name: s
             self.cache_read = True
             return data
 
+        @_kept
         def write_calibration_cache(self, cache):
             self.cache_written = save_calibration_cache(cache_dir, key, bytes(memoryview(cache)))
 
@@ -204,6 +238,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
                  dla_core: int | None = None, batch: Sequence[int] = (1, 1, 8),
                  timing_cache: str | os.PathLike | None = AUTO, calibration: Any = None,
                  hardware_compat: str | None = None, version_compat: bool = False,
+                 exclude_lean_runtime: bool = False,
                  builder_optimization_level: int | None = None, device_id: int = 0) -> dict:
     """Build a ``precision`` TensorRT plan from ``bundle_dir``'s graph; write it and its record.
 
@@ -212,6 +247,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     ``$XDG_CACHE_HOME/edgeinfer/tensorrt``) or None (not persisted). ``calibration``
     (TensorRT 10.x, INT8 only) is a CalibrationSet, an (N, C, H, W) array or a .npy path of
     tensors preprocessed with the bundle's spec; it selects the implicit-calibration path.
+    ``exclude_lean_runtime`` (with ``version_compat``) leaves the lean runtime out of the plan.
     """
     bundle_dir = Path(bundle_dir)
     batch = trt_policy.check_batch(tuple(batch))
@@ -224,10 +260,11 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     calib = _as_calibration(calibration)
     bundle = load_bundle(bundle_dir)
     trt = _trt()
-    device = device_info(device_id)
+    device = device_info(device_id, (trt, "tensorrt"))
     plan = trt_policy.build_plan(
         str(trt.__version__), precision, dla_core=dla_core, hardware_compat=hardware_compat,
-        version_compat=version_compat, calibrator=calib is not None, batch=batch, device=device,
+        version_compat=version_compat, exclude_lean_runtime=exclude_lean_runtime,
+        calibrator=calib is not None, batch=batch, device=device,
         strongly_typed_available=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
     for w in plan.warnings:
         log.warning("%s", w)
@@ -240,7 +277,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     for f in _flags(trt.NetworkDefinitionCreationFlag, plan.network_flags, "network creation flag"):
         net_flags |= 1 << int(f)
     network = builder.create_network(net_flags)
-    _parser = _parse(trt, network, logger, source.path, plan)  # keep the parser alive with the network
+    parser = _parse(trt, network, logger, source.path, plan)  # kept alive with the network
 
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     shapes = trt_policy.profile_shapes(inputs, batch)
@@ -258,8 +295,16 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     if builder_optimization_level is not None:
         config.builder_optimization_level = int(builder_optimization_level)
     if plan.hardware_compatibility != "none":
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
-                                                      plan.hardware_compatibility.upper())
+        (config.hardware_compatibility_level,) = _flags(trt.HardwareCompatibilityLevel,
+                                                        [plan.hardware_compatibility.upper()],
+                                                        "hardware compatibility level")
+    vc_plugins: list[str] = []
+    if plan.version_compatible:
+        # a version-compatible plan must carry the plugin libraries the parser used (trtexec does so)
+        vc_plugins = [str(p) for p in (parser.get_used_vc_plugin_libraries()
+                                       if hasattr(parser, "get_used_vc_plugin_libraries") else [])]
+        if vc_plugins:
+            config.plugins_to_serialize = vc_plugins
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)
@@ -293,6 +338,8 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     finally:
         if calibrator is not None:
             calibrator.free()
+    if calibrator is not None:
+        calibrator.raise_if_failed()  # before "no plan": the callback's error is the cause
     if serialized is None:
         errors = "\n".join(f"  - {e}" for e in logger.errors[-10:]) or "  (TensorRT logged no error)"
         raise ExportError(f"TensorRT failed to build the {precision} engine from {source.path.name}:\n{errors}")
@@ -310,7 +357,7 @@ def build_engine(bundle_dir: str | os.PathLike, precision: str, *, workspace_mb:
     _check_plan(trt, plan_bytes, plan, bundle.manifest, logger)
     return _write_artifact(bundle, plan, plan_bytes, source, device, batch=batch, shapes=shapes,
                            workspace_mb=workspace_mb, timing_cache=tc_path, calibration=calib_record,
-                           opt_level=builder_optimization_level, parse_info=info)
+                           opt_level=builder_optimization_level, parse_info=info, vc_plugins=vc_plugins)
 
 
 def _setup_calibrator(trt, builder, config, bundle, source, shapes, calib, device):
@@ -350,6 +397,15 @@ def _setup_calibrator(trt, builder, config, bundle, source, shapes, calib, devic
 def _check_plan(trt, plan_bytes: bytes, plan: trt_policy.BuildPlan, manifest: dict, logger) -> None:
     """Deserialize the new plan once on this device and check its I/O names against the manifest."""
     runtime = trt.Runtime(logger)
+    if plan.lean_runtime_embedded is False:
+        # no lean runtime inside: deserialize through this TensorRT's own lean runtime library
+        lean = cuda.find_lean_library()
+        loaded = runtime.load_runtime(lean) if lean else None
+        if loaded is None:
+            raise ExportError("the plan was built without its lean runtime, and no libnvinfer_lean library of this "
+                              "TensorRT could be loaded to check it; install the lean runtime (the trt-lean extra) "
+                              "or build without --exclude-lean-runtime")
+        runtime = loaded
     if plan.dla_core is not None:
         runtime.DLA_core = int(plan.dla_core)
     if plan.version_compatible:
@@ -372,14 +428,16 @@ def artifact_names(precision: str, dla_core: int | None) -> tuple[str, str]:
 
 
 def _write_artifact(bundle, plan, plan_bytes, source, device, *, batch, shapes, workspace_mb, timing_cache,
-                    calibration, opt_level, parse_info) -> dict:
+                    calibration, opt_level, parse_info, vc_plugins=()) -> dict:
     art_id, fname = artifact_names(plan.precision, plan.dla_core)
     sha = hashlib.sha256(plan_bytes).hexdigest()
     compat = trt_policy.compatibility_record(
-        tensorrt_version=device["tensorrt_version"], cuda_version=device.get("cuda_version"),
+        tensorrt_version=device["tensorrt_version"], tensorrt_cuda=device.get("tensorrt_cuda"),
+        cuda_version=device.get("cuda_python"),
         gpu_name=device["gpu_name"], compute_capability=device["compute_capability"], plan_sha256=sha,
         dla_core=plan.dla_core, hardware_compatibility=plan.hardware_compatibility,
-        version_compatible=plan.version_compatible, platform=device.get("platform"))
+        version_compatible=plan.version_compatible, lean_runtime_embedded=plan.lean_runtime_embedded,
+        platform=device.get("platform"))
     produced_by = {
         "tool": "edgeinfer build", "edgeinfer": edgeinfer_version, "tensorrt": device["tensorrt_version"],
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -390,6 +448,8 @@ def _write_artifact(bundle, plan, plan_bytes, source, device, *, batch, shapes, 
     }
     if calibration:
         produced_by["calibration"] = calibration
+    if vc_plugins:
+        produced_by["serialized_plugins"] = [Path(p).name for p in vc_plugins]
     target = bundle.path / fname
     backup = None
     if target.exists():
@@ -436,6 +496,7 @@ def rebuild_artifact(bundle_dir: str | os.PathLike, artifact_id: str, *, calibra
                         timing_cache=timing_cache, calibration=calibration,
                         hardware_compat=compat.get("hardware_compatibility"),
                         version_compat=bool(compat.get("version_compatible", False)),
+                        exclude_lean_runtime=trt_policy.lean_runtime_embedded(compat) is False,
                         builder_optimization_level=pb.get("builder_optimization_level"), device_id=device_id)
 
 
@@ -461,7 +522,10 @@ def add_arguments(p) -> None:
     p.add_argument("--hardware-compat", default=None, choices=trt_policy.HARDWARE_COMPAT_LEVELS,
                    help="build a plan that also runs on other GPU architectures (not on Jetson)")
     p.add_argument("--version-compatible", action="store_true",
-                   help="build a plan that newer TensorRT versions can run (embeds a lean runtime)")
+                   help="build a plan that newer TensorRT versions and the lean runtime can run (embeds a lean runtime)")
+    p.add_argument("--exclude-lean-runtime", action="store_true",
+                   help="with --version-compatible: leave the lean runtime out of the plan (smaller; it then runs only "
+                        "on this exact TensorRT version, and not on the dispatch runtime)")
     p.add_argument("--opt-level", type=int, default=None, help="builder optimisation level 0-5 (default 3)")
     p.add_argument("--json", action="store_true", help="print the new artifact record as JSON")
 
@@ -479,6 +543,7 @@ def cli_build(args) -> int:
                        dla_core=getattr(args, "dla_core", None), batch=batch, timing_cache=timing,
                        calibration=calibration, hardware_compat=getattr(args, "hardware_compat", None),
                        version_compat=bool(getattr(args, "version_compatible", False)),
+                       exclude_lean_runtime=bool(getattr(args, "exclude_lean_runtime", False)),
                        builder_optimization_level=getattr(args, "opt_level", None))
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(rec, indent=2) + "\n")

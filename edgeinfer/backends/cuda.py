@@ -8,27 +8,136 @@ that :mod:`edgeinfer.trt_policy` checks plans against. The runner
 (:mod:`edgeinfer.backends.tensorrt`) and the builder (``export/trt_build.py``) import them
 from here.
 
+Three TensorRT runtimes can run a plan. The full ``tensorrt`` package (builder and runtime,
+1 GB and more), the *dispatch* runtime ``tensorrt_dispatch`` and the *lean* runtime
+``tensorrt_lean`` (44 MB, no builder): the last two run only version-compatible plans, which
+is what a device image wants. :func:`import_trt_runtime` takes the first of them installed,
+in that order, and says which; the builder needs the full package (:func:`import_tensorrt`).
+
+The CUDA major a TensorRT build targets (cu12, cu13) comes from its installed distribution
+(:func:`tensorrt_cuda_major`), not from cuda-python: cuda-bindings links its CUDA runtime
+statically, so ``cudaRuntimeGetVersion`` reports cuda-python's own CUDA whatever TensorRT or
+the driver is. That value is kept as information only (``cuda_python``).
+
 Importing this module imports neither ``tensorrt`` nor ``cuda-python``: they load on the
-first call of :func:`import_tensorrt` / :func:`import_cudart`.
+first call of :func:`import_tensorrt` / :func:`import_trt_runtime` / :func:`import_cudart`.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import platform as _platform
+import re
 import sys
+from typing import Iterable
 
 from .._lazy import lazy_import
-from ..errors import BackendUnavailable, CudaError
+from ..errors import BackendUnavailable, CudaError, MissingDependency
 
 #: TensorRT's own messages are forwarded to this logger (by the runner and the builder alike)
 log = logging.getLogger("edgeinfer.tensorrt")
 
 
 # --- lazy imports -------------------------------------------------------------------------------
+#: the TensorRT runtimes a plan can run on, in the order they are tried: the full package,
+#: the dispatch runtime, the lean runtime (the last two run version-compatible plans only)
+RUNTIMES = ("tensorrt", "tensorrt_dispatch", "tensorrt_lean")
+#: runtimes that deserialize only version-compatible plans
+LEAN_RUNTIMES = ("tensorrt_dispatch", "tensorrt_lean")
+_RUNTIME_INSTALL = ("pip install 'edgeinfer[trt]' (CUDA 12, builder and runtime), 'edgeinfer[trt-cu13]', or "
+                    "'edgeinfer[trt-lean]' (the 44 MB lean runtime, version-compatible plans only); "
+                    "on Jetson, TensorRT comes with JetPack")
+
+
 def import_tensorrt(purpose: str = "the TensorRT backend"):
-    """The ``tensorrt`` module; MissingDependency naming the ``trt`` extra and ``purpose`` if absent."""
+    """The full ``tensorrt`` module (the builder needs it); MissingDependency naming the extra if absent."""
     return lazy_import("tensorrt", extra="trt", purpose=purpose)
+
+
+def import_trt_runtime(names: Iterable[str] = RUNTIMES):
+    """``(module, name)``: the first TensorRT runtime of ``names`` that imports.
+
+    ``tensorrt``, else ``tensorrt_dispatch``, else ``tensorrt_lean``. MissingDependency lists
+    why each one failed when none imports.
+    """
+    why = []
+    for name in names:
+        try:
+            return importlib.import_module(name), name
+        except ImportError as exc:  # absent, or present but its libraries are missing
+            why.append(f"{name}: {exc.__class__.__name__}: {exc}")
+        except OSError as exc:      # a library that loads but fails (wrong architecture, ...)
+            why.append(f"{name}: {exc}")
+    raise MissingDependency("no TensorRT runtime could be imported (" + "; ".join(why) + "). Install one: "
+                            + _RUNTIME_INSTALL)
+
+
+#: tensorrt-cu12, tensorrt_cu13_libs, tensorrt-lean-cu13-bindings, tensorrt-dispatch-cu12 ...
+_TRT_DIST = re.compile(r"^tensorrt(?:[-_.](lean|dispatch))?[-_.]cu(\d+)(?:[-_.](?:libs|bindings))?$")
+
+
+def tensorrt_cuda_major(distributions: Iterable[str], runtime: str = "tensorrt") -> str | None:
+    """The CUDA major (``"12"``, ``"13"``) of the TensorRT ``runtime`` among installed distribution names.
+
+    Pure: pass the names (``importlib.metadata``'s). None when no name says it (JetPack's
+    Debian packages, a wheel without a ``cuXX`` suffix) or when two CUDA majors of that
+    runtime are installed side by side (then nobody can tell which one Python imports).
+    """
+    flavour = {"tensorrt": None, "tensorrt_dispatch": "dispatch", "tensorrt_lean": "lean"}.get(runtime)
+    majors = set()
+    for name in distributions:
+        m = _TRT_DIST.match(str(name).strip().lower())
+        if m and m.group(1) == flavour:
+            majors.add(m.group(2))
+    return majors.pop() if len(majors) == 1 else None
+
+
+def installed_distributions() -> list[str]:
+    """Names of the installed Python distributions (for :func:`tensorrt_cuda_major`)."""
+    out = []
+    for d in importlib.metadata.distributions():
+        try:
+            name = d.metadata["Name"]
+        except Exception:  # noqa: BLE001 - a broken dist-info folder: skip it
+            continue
+        if name:
+            out.append(str(name))
+    return out
+
+
+def find_lean_library() -> str | None:
+    """Path of TensorRT's lean runtime library (``libnvinfer_lean.so*``), or None.
+
+    Needed to run a plan built without its lean runtime (EXCLUDE_LEAN_RUNTIME) on the full
+    ``tensorrt`` runtime: ``Runtime.load_runtime(path)`` gives the runtime that deserializes
+    it. Looked for in the wheels' library folders, then on the loader's path.
+    """
+    import ctypes.util
+    import glob
+    import os
+
+    for pkg in ("tensorrt_libs", "tensorrt_lean_libs"):
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            spec = None
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            hits = sorted(glob.glob(os.path.join(folder, "libnvinfer_lean.so*")))
+            if hits:
+                return hits[0]
+    return ctypes.util.find_library("nvinfer_lean")
+
+
+def cuda_python_version() -> str | None:
+    """The installed cuda-python / cuda-bindings version, or None."""
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def import_cudart():
@@ -41,8 +150,30 @@ def import_cudart():
 
 
 # --- error checking -------------------------------------------------------------------------------
+#: cudaErrorInsufficientDriver: the CUDA runtime (here cuda-python's, linked statically) is newer
+#: than the driver supports
+INSUFFICIENT_DRIVER = 35
+
+
+def driver_mismatch_hint(cuda_python: str | None, driver_cuda: str | None) -> str:
+    """What to do when cuda-python's CUDA is newer than the driver (pure; both versions optional)."""
+    have = f"cuda-python {cuda_python}" if cuda_python else "the installed cuda-python"
+    drv = f"this driver supports CUDA {driver_cuda}" if driver_cuda else "this driver is older"
+    cu = (cuda_python or "").split(".")[0]
+    need = ""
+    if cu.isdigit():
+        need = f" (cuda-python {cu}.x needs a driver for CUDA {cu}.x" + ("; that is r580 or newer)" if cu == "13" else ")")
+    return (f"{have} is built for a newer CUDA than the NVIDIA driver: {drv}{need}. Install the cuda-python that "
+            "matches the driver (CUDA 12 drivers, JetPack 6 included: pip install 'cuda-python>=12.6,<13', which "
+            "the 'trt' extra pins), or upgrade the driver")
+
+
 def check(result, what: str, cudart=None):
-    """Unpack a cuda-python ``(err, *values)`` tuple; raise CudaError naming the call on failure."""
+    """Unpack a cuda-python ``(err, *values)`` tuple; raise CudaError naming the call on failure.
+
+    The error's ``code`` attribute is CUDA's error number; an insufficient driver is explained
+    (:func:`driver_mismatch_hint`).
+    """
     if not isinstance(result, tuple):
         result = (result,)
     err, rest = result[0], result[1:]
@@ -55,7 +186,19 @@ def check(result, what: str, cudart=None):
                 name = name.decode() if isinstance(name, bytes) else str(name)
             except Exception:  # noqa: BLE001 - the name is only decoration
                 pass
-        raise CudaError(f"{what} failed: CUDA error {code} ({name})")
+        message = f"{what} failed: CUDA error {code} ({name})"
+        if code == INSUFFICIENT_DRIVER:
+            driver = None
+            if cudart is not None:
+                try:
+                    e2, v = cudart.cudaDriverGetVersion()
+                    driver = _cuda_version(int(v)) if int(getattr(e2, "value", e2)) == 0 and int(v) else None
+                except Exception:  # noqa: BLE001 - only decoration
+                    pass
+            message += ": " + driver_mismatch_hint(cuda_python_version(), driver)
+        error = CudaError(message)
+        error.code = code
+        raise error
     if not rest:
         return None
     return rest[0] if len(rest) == 1 else rest
@@ -107,15 +250,26 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def device_info(device_id: int = 0) -> dict:
+def gpu_count() -> int:
+    """CUDA devices cuda-python sees here; CudaError (an insufficient driver explained) or
+    MissingDependency when it cannot tell. The one GPU probe: the runner, ``make test-gpu``
+    and ``deploy/gpu-smoke.sh`` all ask it, never ``nvidia-smi``."""
+    cudart = import_cudart()
+    return int(check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart))
+
+
+def device_info(device_id: int = 0, runtime: tuple | None = None) -> dict:
     """What this device offers a TensorRT plan (the ``device`` argument of trt_policy checks).
 
     The runner checks plans against it before deserializing them; the builder records it
-    in the plan's compatibility record. Keys: tensorrt_version, cuda_version (runtime),
-    cuda_driver_version, gpu_name, compute_capability ("8.7"), integrated (Jetson),
-    dla_cores, platform, device_id.
+    in the plan's compatibility record. ``runtime`` is ``(module, name)`` as from
+    :func:`import_trt_runtime` (the default: the first one installed). Keys: tensorrt_version,
+    tensorrt_runtime (tensorrt | tensorrt_dispatch | tensorrt_lean), tensorrt_cuda (the CUDA
+    major of the TensorRT build, from its distribution; None when unknown), cuda_python
+    (cuda-python's own CUDA runtime version: information only), cuda_driver_version,
+    gpu_name, compute_capability ("8.7"), integrated (Jetson), dla_cores, platform, device_id.
     """
-    trt = import_tensorrt()
+    trt, runtime_name = runtime or import_trt_runtime()
     cudart = import_cudart()
     count = check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
     if not count:
@@ -135,7 +289,9 @@ def device_info(device_id: int = 0) -> dict:
         dla = 0
     return {
         "tensorrt_version": str(trt.__version__),
-        "cuda_version": _cuda_version(int(runtime_v)),
+        "tensorrt_runtime": runtime_name,
+        "tensorrt_cuda": tensorrt_cuda_major(installed_distributions(), runtime_name),
+        "cuda_python": _cuda_version(int(runtime_v)),
         "cuda_driver_version": _cuda_version(int(driver_v)),
         "gpu_name": str(name).strip(),
         "compute_capability": f"{prop.major}.{prop.minor}",
@@ -146,4 +302,6 @@ def device_info(device_id: int = 0) -> dict:
     }
 
 
-__all__ = ["import_tensorrt", "import_cudart", "check", "make_logger", "device_info", "platform_tag"]
+__all__ = ["RUNTIMES", "LEAN_RUNTIMES", "import_tensorrt", "import_trt_runtime", "import_cudart", "check",
+           "make_logger", "device_info", "gpu_count", "platform_tag", "tensorrt_cuda_major", "installed_distributions",
+           "cuda_python_version", "driver_mismatch_hint", "INSUFFICIENT_DRIVER", "find_lean_library"]

@@ -6,6 +6,11 @@ record against this device (:mod:`edgeinfer.trt_policy`), and only then hands th
 bytes* to ``deserialize_cuda_engine``. A mismatch is refused with every difference
 listed; rebuilding is the CLI's decision, never the runner's.
 
+It runs on whichever TensorRT runtime is installed (:func:`edgeinfer.backends.cuda.import_trt_runtime`):
+the full ``tensorrt``, else the dispatch runtime, else the 44 MB lean runtime, and reports
+which; the lean and dispatch runtimes are offered version-compatible plans only
+(:mod:`edgeinfer.trt_policy`).
+
 Execution follows the TensorRT 10 named-tensor API (``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``) on one CUDA stream, with pinned host
 buffers and device buffers sized for the profile's largest batch, the way NVIDIA's
@@ -44,8 +49,8 @@ log = logging.getLogger("edgeinfer.tensorrt")
 
 #: RunnerOptions.device values this backend serves
 DEVICES = ("cuda", "tensorrt", "gpu")
-_INSTALL = ("pip install 'edgeinfer[trt]' on a machine with an NVIDIA GPU "
-            "(on Jetson, TensorRT and CUDA come with JetPack)")
+_INSTALL = ("pip install 'edgeinfer[trt]' (or 'edgeinfer[trt-lean]' for the lean runtime) on a machine with an "
+            "NVIDIA GPU (on Jetson, TensorRT and CUDA come with JetPack)")
 
 
 # --- availability ---------------------------------------------------------------------------
@@ -59,12 +64,13 @@ def _module_present(name: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def probe() -> tuple[bool, str]:
     """(TensorRT usable here, reason if not). Cached: the answer does not change in a process."""
-    if not _module_present("tensorrt"):
-        return False, f"tensorrt is not installed ({_INSTALL})"
+    present = [n for n in cuda.RUNTIMES if _module_present(n)]
+    if not present:
+        return False, f"no TensorRT runtime is installed (tensorrt, tensorrt_dispatch or tensorrt_lean; {_INSTALL})"
     try:
-        trt = cuda.import_tensorrt()
+        trt, _name = cuda.import_trt_runtime(present)
     except MissingDependency as exc:
-        return False, f"tensorrt is installed but cannot be imported ({exc.__cause__ or exc})"
+        return False, f"TensorRT is installed but cannot be imported ({exc})"
     try:
         major = int(str(trt.__version__).split(".")[0])
     except ValueError:
@@ -74,9 +80,8 @@ def probe() -> tuple[bool, str]:
     if not (_module_present("cuda.bindings") or _module_present("cuda.cudart")):
         return False, f"cuda-python is not installed ({_INSTALL})"
     try:
-        cudart = cuda.import_cudart()
-        count = cuda.check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount", cudart)
-    except Exception as exc:  # noqa: BLE001 - no driver, no device: all mean "unavailable"
+        count = cuda.gpu_count()
+    except Exception as exc:  # noqa: BLE001 - no driver, no device, a driver too old: all mean "unavailable"
         return False, f"no usable CUDA GPU ({exc})"
     if not count:
         return False, "no CUDA GPU found"
@@ -95,6 +100,16 @@ class _Binding:
     host: int = 0                # pinned host pointer
     device: int = 0              # device pointer
     host_view: np.ndarray | None = None   # uint8 view over the pinned buffer
+
+
+def _handle(h):
+    """A cuda-python handle, or None when it is null (a capture that produced no graph)."""
+    if h is None:
+        return None
+    try:
+        return h if int(h) else None
+    except (TypeError, ValueError):
+        return h
 
 
 def _pinned_view(ptr: int, nbytes: int) -> np.ndarray:
@@ -126,6 +141,7 @@ class TrtRunner(Runner):
         self._warned: list[str] = []
         self._batch_range = (1, 1)
         self._trt_version = None
+        self._trt_runtime = None     # which TensorRT runtime deserialized the plan
         self.last_timings: dict | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -135,7 +151,8 @@ class TrtRunner(Runner):
         if not record:
             raise IntegrityError(f"TensorRT plan {self.artifact.id} has no compatibility record in the manifest; "
                                  "it will not be deserialized. Rebuild it with edgeinfer build.")
-        device = device_info(self._device_id)
+        runtime = cuda.import_trt_runtime()
+        device = device_info(self._device_id, runtime)
         differences = trt_policy.check_compatibility(record, device, plan_sha256=self.artifact.sha256)  # == the verified bytes
         if differences:
             raise trt_policy.incompatible_error(self.artifact.id, differences)
@@ -144,17 +161,29 @@ class TrtRunner(Runner):
             log.warning("%s: %s", self.artifact.id, w)
         self._device, self._record = device, record
         try:
-            self._load(data, record)
+            self._load(data, record, runtime)
         except BaseException:
             self._free()
             raise
 
-    def _load(self, data: bytes, record: dict) -> None:
-        trt, cudart = cuda.import_tensorrt(), cuda.import_cudart()
+    def _load(self, data: bytes, record: dict, runtime) -> None:
+        (trt, self._trt_runtime), cudart = runtime, cuda.import_cudart()
         self._trt_version = str(trt.__version__)
         self._logger = cuda.make_logger(trt)
         self._logger.errors.clear()
         self._runtime = trt.Runtime(self._logger)
+        if trt_policy.lean_runtime_embedded(record) is False and self._trt_runtime == "tensorrt":
+            # built without its lean runtime: the full runtime loads one of its own version
+            # (the policy has checked the version is exact) and deserializes through it
+            lean = cuda.find_lean_library()
+            if lean is None:
+                raise BackendUnavailable(f"plan {self.artifact.id} was built without its lean runtime "
+                                         "(EXCLUDE_LEAN_RUNTIME) and no libnvinfer_lean library was found here; "
+                                         "install the lean runtime of the same TensorRT version (the trt-lean extra)")
+            self._runtime = self._runtime.load_runtime(lean)
+            if self._runtime is None:
+                raise BackendUnavailable(f"TensorRT could not load the lean runtime {lean}: "
+                                         + ("; ".join(self._logger.errors[-3:]) or "no reason given"))
         if record.get("dla_core") is not None:
             self._runtime.DLA_core = int(record["dla_core"])
         if record.get("version_compatible"):
@@ -245,11 +274,11 @@ class TrtRunner(Runner):
             attempt("cudaStreamDestroy", cudart.cudaStreamDestroy, self._stream)
         for p in problems:
             log.warning("%s: while releasing: %s", self.artifact.id, p)
-        keep = (self._device, self._record, self._graph_status, self._trt_version, self._batch_range,
-                self._warned, self.last_timings)
+        keep = (self._device, self._record, self._graph_status, self._trt_version, self._trt_runtime,
+                self._batch_range, self._warned, self.last_timings)
         self._reset_state()
-        (self._device, self._record, self._graph_status, self._trt_version, self._batch_range,
-         self._warned, self.last_timings) = keep
+        (self._device, self._record, self._graph_status, self._trt_version, self._trt_runtime,
+         self._batch_range, self._warned, self.last_timings) = keep
 
     # -- metadata ----------------------------------------------------------------------------
     def _meta(self, want_input: bool) -> list[TensorMeta]:
@@ -390,20 +419,33 @@ class TrtRunner(Runner):
         return out
 
     def _capture(self, cudart, key, sizes) -> None:
+        """Capture H2D + execute + D2H at this shape into a CUDA graph (replayed by later runs).
+
+        The way trtexec does it (``samples/common/sampleDevice.h``): whatever fails, the capture
+        is ended, a graph it produced is destroyed, and the sticky error a failed capture leaves
+        is cleared, so the runner goes on without a graph and without a leak.
+        """
         stream = self._stream
+        graph = graph_exec = None
         try:
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             cuda.check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture", cudart)
             try:
                 self._enqueue(cudart, sizes, timed=False)
             finally:
-                graph = cuda.check(cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture", cudart)
-            try:
-                graph_exec = cuda.check(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiate", cudart)
-            except Exception:
-                cuda.check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy", cudart)
-                raise
+                ended = cudart.cudaStreamEndCapture(stream)  # always: the stream leaves capture mode
+                graph = _handle(ended[1]) if isinstance(ended, tuple) and len(ended) > 1 else None
+                cuda.check(ended, "cudaStreamEndCapture", cudart)
+            graph_exec = cuda.check(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiate", cudart)
         except Exception as exc:  # noqa: BLE001 - some engines cannot be captured; say so, keep running
+            if graph is not None:
+                try:
+                    cuda.check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy", cudart)
+                except Exception as destroy_exc:  # noqa: BLE001
+                    log.warning("%s: could not destroy the failed CUDA graph: %s", self.artifact.id, destroy_exc)
+            clear = getattr(cudart, "cudaGetLastError", None)
+            if clear is not None:
+                clear()  # a failed capture leaves an error behind; the next call must not inherit it
             self._graph_status = f"off: capture failed ({exc})"
             log.warning("%s: CUDA graph capture failed, running without it: %s", self.artifact.id, exc)
             return
@@ -414,7 +456,7 @@ class TrtRunner(Runner):
 
         Inputs are staged once (shapes, addresses, pinned copy); the callable is what one
         inference costs on the device, without edgeinfer's checks. The batch must fit the
-        engine's profile.
+        engine's profile. Outputs are copies: the pinned buffers go when the runner deactivates.
         """
         if not self.is_active:
             raise InferenceError("activate the runner before raw_call")
@@ -428,7 +470,7 @@ class TrtRunner(Runner):
         def call():
             self._enqueue(cudart, sizes, timed=False)
             cuda.check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize", cudart)
-            return [b.host_view[:nb].view(b.dtype).reshape(s) for b, s, nb in sizes if not b.is_input]
+            return [b.host_view[:nb].view(b.dtype).reshape(s).copy() for b, s, nb in sizes if not b.is_input]
 
         return call
 
@@ -438,8 +480,9 @@ class TrtRunner(Runner):
         device = dev.get("gpu_name") or "?"
         if rec.get("dla_core") is not None:
             device = f"{device} DLA core {rec['dla_core']}"
-        details = {"tensorrt": self._trt_version, "compute_capability": dev.get("compute_capability"),
-                   "cuda": dev.get("cuda_version"), "batch_profile": list(self._batch_range),
+        details = {"tensorrt": self._trt_version, "runtime": self._trt_runtime,
+                   "compute_capability": dev.get("compute_capability"), "tensorrt_cuda": dev.get("tensorrt_cuda"),
+                   "cuda_driver": dev.get("cuda_driver_version"), "batch_profile": list(self._batch_range),
                    "cuda_graph": self._graph_status}
         if rec.get("version_compatible"):
             details["version_compatible"] = True
@@ -449,7 +492,8 @@ class TrtRunner(Runner):
             details["timings_ms"] = dict(self.last_timings)
         if self._warned:
             details["warnings"] = list(self._warned)
-        return RunReport(backend=self.backend_name, provider=f"TensorRT {self._trt_version or '?'}",
+        flavour = {"tensorrt_lean": " (lean runtime)", "tensorrt_dispatch": " (dispatch runtime)"}.get(self._trt_runtime, "")
+        return RunReport(backend=self.backend_name, provider=f"TensorRT {self._trt_version or '?'}{flavour}",
                          device=device, precision=self.artifact.precision, artifact_id=self.artifact.id,
                          artifact_sha256=self.artifact.sha256, details=details)
 
@@ -477,7 +521,7 @@ class TensorRTBackend(Backend):
         if not record:
             return False, "the plan has no compatibility record; rebuild it with edgeinfer build"
         try:
-            device = device_info(int((options.extra or {}).get("device_id", 0)))
+            device = device_info(int((options.extra or {}).get("device_id", 0)), cuda.import_trt_runtime())
         except Exception as exc:  # noqa: BLE001
             return False, f"cannot read this device's properties ({exc})"
         differences = trt_policy.check_compatibility(record, device)

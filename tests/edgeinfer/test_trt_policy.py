@@ -10,14 +10,14 @@ from edgeinfer.trt_policy import PlanIncompatible, PolicyError
 
 SHA = "a" * 64
 SHA2 = "b" * 64
-ORIN = {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "gpu_name": "Orin", "compute_capability": "8.7",
+ORIN = {"tensorrt_version": "10.3.0.30", "tensorrt_cuda": "12", "cuda_python": "12.6", "gpu_name": "Orin", "compute_capability": "8.7",
         "integrated": True, "dla_cores": 2, "platform": "linux-aarch64"}
-RTX = {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "gpu_name": "NVIDIA GeForce RTX 3090",
+RTX = {"tensorrt_version": "10.3.0.30", "tensorrt_cuda": "12", "gpu_name": "NVIDIA GeForce RTX 3090",
        "compute_capability": "8.6", "integrated": False, "dla_cores": 0, "platform": "linux-x86_64"}
 
 
 def record(**kw):
-    base = dict(tensorrt_version="10.3.0.30", cuda_version="12.6", gpu_name="Orin", compute_capability="8.7",
+    base = dict(tensorrt_version="10.3.0.30", tensorrt_cuda="12", gpu_name="Orin", compute_capability="8.7",
                 plan_sha256=SHA, platform="linux-aarch64")
     base.update(kw)
     return tp.compatibility_record(**base)
@@ -368,10 +368,9 @@ def test_platform_cuda_and_sha_differences():
     d = tp.check_compatibility(record(), dict(ORIN, platform="linux-x86_64"))
     assert d == ["built on linux-aarch64, this device is linux-x86_64 (serialized engines are not portable across "
                  "platforms)"]
-    d = tp.check_compatibility(record(cuda_version="12.6"), dict(ORIN, cuda_version="13.0"))
-    assert len(d) == 1 and "CUDA 12.6, this device has CUDA 13.0" in d[0]
-    assert tp.check_compatibility(record(cuda_version="12.2"), ORIN) == []  # same major: a warning only
-    assert any("CUDA 12.2" in w for w in tp.compatibility_warnings(record(cuda_version="12.2"), ORIN))
+    d = tp.check_compatibility(record(tensorrt_cuda="12"), dict(ORIN, tensorrt_cuda="13"))
+    assert d == ["built with a TensorRT for CUDA 12, this device's TensorRT is built for CUDA 13 (the cu12 and cu13 "
+                 "packages are different builds)"]
     d = tp.check_compatibility(record(), ORIN, plan_sha256=SHA2)
     assert len(d) == 1 and d[0].startswith("the plan's sha256 is bbbbbbbb")
 
@@ -384,7 +383,7 @@ def test_dla_record_needs_the_dla_core():
 
 
 def test_every_difference_is_listed_at_once():
-    dev = {"tensorrt_version": "10.7.0", "cuda_version": "13.0", "compute_capability": "7.2", "dla_cores": 0,
+    dev = {"tensorrt_version": "10.7.0", "tensorrt_cuda": "13", "compute_capability": "7.2", "dla_cores": 0,
            "platform": "linux-x86_64"}
     diffs = tp.check_compatibility(record(dla_core=0), dev, plan_sha256=SHA2)
     assert len(diffs) == 6, diffs
@@ -458,3 +457,89 @@ def test_calibration_batches_small_sets():
 def test_calibration_batches_refuses(x, batch, last, match):
     with pytest.raises(PolicyError, match=match):
         tp.calibration_batches(x, batch, last=last)
+
+
+# --- which CUDA: the TensorRT build's, never cuda-python's ----------------------------------------
+def test_cuda_python_version_is_information_only():
+    # cuda-bindings links its CUDA runtime statically: 13.5 bindings next to a cu12 TensorRT is
+    # a working machine, and an old record's cuda_version (cuda-python's) decides nothing
+    old = record(cuda_version="12.9", tensorrt_cuda=None)
+    assert tp.check_compatibility(old, dict(ORIN, cuda_python="13.5")) == []
+    assert tp.check_compatibility(record(), dict(ORIN, cuda_python="13.5")) == []
+    # a cu12 -> cu13 TensorRT swap is caught even when cuda-python stayed the same
+    d = tp.check_compatibility(record(tensorrt_cuda="12"), dict(ORIN, tensorrt_cuda="13", cuda_python="12.9"))
+    assert len(d) == 1 and "CUDA 12" in d[0] and "CUDA 13" in d[0]
+    # unknown on the device (JetPack's Debian packages): loaded, with a warning that it was not checked
+    assert tp.check_compatibility(record(), dict(ORIN, tensorrt_cuda=None)) == []
+    assert any("could not be checked" in w for w in tp.compatibility_warnings(record(), dict(ORIN, tensorrt_cuda=None)))
+    assert "tensorrt_cuda" in tp.RECORD_FIELDS
+
+
+# --- the lean and dispatch runtimes ---------------------------------------------------------------
+LEAN = dict(RTX, tensorrt_runtime="tensorrt_lean", tensorrt_cuda="13", tensorrt_version="11.4.0.106",
+            compute_capability="9.0", gpu_name="NVIDIA H100 80GB HBM3")
+
+
+def rtx_record(**kw):
+    base = dict(tensorrt_version="11.4.0.106", tensorrt_cuda="13", gpu_name="NVIDIA H100 80GB HBM3",
+                compute_capability="9.0", plan_sha256=SHA, platform="linux-x86_64")
+    base.update(kw)
+    return tp.compatibility_record(**base)
+
+
+@pytest.mark.parametrize("runtime", ["tensorrt_lean", "tensorrt_dispatch"])
+def test_lean_and_dispatch_runtimes_refuse_ordinary_plans(runtime):
+    dev = dict(LEAN, tensorrt_runtime=runtime)
+    d = tp.check_compatibility(rtx_record(), dev)
+    assert len(d) == 1 and "runs version-compatible plans only" in d[0] and runtime in d[0]
+    # never offered for a rebuild: this device has no builder
+    assert tp.rebuild_decision(rtx_record(), dev, allow_rebuild=True)[0] == "refuse"
+    assert tp.check_compatibility(rtx_record(version_compatible=True), dev) == []
+    # the full runtime takes both
+    assert tp.check_compatibility(rtx_record(), dict(LEAN, tensorrt_runtime="tensorrt")) == []
+
+
+def test_a_plan_without_its_lean_runtime_needs_the_exact_version():
+    excluded = rtx_record(version_compatible=True, lean_runtime_embedded=False)
+    assert tp.lean_runtime_embedded(excluded) is False
+    assert tp.check_compatibility(excluded, LEAN) == []
+    d = tp.check_compatibility(excluded, dict(LEAN, tensorrt_version="11.4.1.2"))
+    assert len(d) == 1 and "exact TensorRT version" in d[0]
+    # an embedded one runs on the newer runtime
+    assert tp.check_compatibility(rtx_record(version_compatible=True), dict(LEAN, tensorrt_version="11.4.1.2")) == []
+    # the dispatch runtime runs only the lean runtime a plan carries
+    d = tp.check_compatibility(excluded, dict(LEAN, tensorrt_runtime="tensorrt_dispatch"))
+    assert len(d) == 1 and "dispatch runtime" in d[0]
+
+
+def test_lean_runtime_field_in_records():
+    assert rtx_record()["lean_runtime_embedded"] is None
+    assert rtx_record(version_compatible=True)["lean_runtime_embedded"] is True  # the default when built
+    with pytest.raises(tp.PolicyError, match="not version-compatible"):
+        rtx_record(lean_runtime_embedded=False)
+    bad = dict(rtx_record(version_compatible=True), lean_runtime_embedded="no")
+    assert any("lean_runtime_embedded" in p for p in tp.record_problems(bad))
+    # records written before the field existed: version-compatible plans then always embedded it
+    old = {k: v for k, v in rtx_record(version_compatible=True).items() if k != "lean_runtime_embedded"}
+    assert tp.lean_runtime_embedded(old) is True and tp.check_compatibility(old, LEAN) == []
+
+
+def test_exclude_lean_runtime_build_plan():
+    p = tp.build_plan("10.9.0.34", "fp16", version_compat=True, exclude_lean_runtime=True)
+    assert "VERSION_COMPATIBLE" in p.builder_flags and "EXCLUDE_LEAN_RUNTIME" in p.builder_flags
+    assert p.lean_runtime_embedded is False and any("10.9.0.34 exactly" in w for w in p.warnings)
+    p = tp.build_plan("10.9.0.34", "fp16", version_compat=True)
+    assert "EXCLUDE_LEAN_RUNTIME" not in p.builder_flags and p.lean_runtime_embedded is True
+    assert tp.build_plan("10.9.0.34", "fp16").lean_runtime_embedded is None
+    with pytest.raises(tp.PolicyError, match="version-compatible plans only"):
+        tp.build_plan("10.9.0.34", "fp16", exclude_lean_runtime=True)
+
+
+# --- hardware compatibility is not for Jetson ----------------------------------------------------------
+def test_hardware_compatible_plans_are_refused_on_an_integrated_gpu():
+    r = record(hardware_compatibility="ampere_plus", compute_capability="8.6", gpu_name="RTX")
+    # Orin is compute capability 8.7 (>= 8.0), so only the integrated rule can refuse it
+    d = tp.check_compatibility(r, ORIN)
+    assert len(d) == 1 and "not supported on JetPack / integrated GPUs" in d[0]
+    assert tp.rebuild_decision(r, ORIN, allow_rebuild=True)[0] == "refuse"
+    assert tp.check_compatibility(r, dict(ORIN, integrated=False)) == []

@@ -25,7 +25,8 @@ from edgeinfer.trt_policy import PolicyError
 from edgeinfer_export import trt_build
 from helpers import make_bundle
 
-DEV = {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "cuda_driver_version": "12.6", "gpu_name": "Orin",
+DEV = {"tensorrt_version": "10.3.0.30", "tensorrt_runtime": "tensorrt", "tensorrt_cuda": "12", "cuda_python": "12.6",
+       "cuda_driver_version": "12.6", "gpu_name": "Orin",
        "compute_capability": "8.7", "integrated": True, "dla_cores": 2, "platform": "linux-aarch64",
        "device_id": 0}
 
@@ -45,6 +46,10 @@ class FakeNetwork:
 
 class FakeParser:
     fail_with: list = []
+    vc_plugins: list = []
+
+    def get_used_vc_plugin_libraries(self):
+        return list(FakeParser.vc_plugins)
 
     def __init__(self, network, logger):
         self.network, self.flags, self.errors = network, [], []
@@ -135,7 +140,7 @@ class FakeBuildTrt(types.SimpleNamespace):
         STRONGLY_TYPED = 1  # its 10.x value (11.x moved it to 0 and ignores it)
 
     class BuilderFlag:
-        FP16, INT8, GPU_FALLBACK, TF32, VERSION_COMPATIBLE = 0, 1, 3, 6, 13
+        FP16, INT8, GPU_FALLBACK, TF32, VERSION_COMPATIBLE, EXCLUDE_LEAN_RUNTIME = 0, 1, 3, 6, 13, 14
 
     class MemoryPoolType:
         WORKSPACE = 0
@@ -192,10 +197,18 @@ class FakeBuildTrt(types.SimpleNamespace):
                     return None
                 calib = config.int8_calibrator
                 if calib is not None:
-                    if calib.read_calibration_cache() is None:
-                        while calib.get_batch(["image"]) is not None:
-                            pass
-                        calib.write_calibration_cache(memoryview(b"TRT-100300-EntropyCalibration2\nimage: 1\n"))
+                    def call(fn, *args):  # TensorRT's wrapper: print the exception, carry on with None
+                        try:
+                            return fn(*args)
+                        except Exception as exc:  # noqa: BLE001
+                            FakeBuildTrt.last.setdefault("swallowed", []).append(exc)
+                            return None
+                    if call(calib.read_calibration_cache) is None:
+                        fed = 0
+                        while fed < FakeBuildTrt.last.get("take_batches", 99) and \
+                                call(calib.get_batch, ["image"]) is not None:
+                            fed += 1
+                        call(calib.write_calibration_cache, memoryview(b"TRT-100300-EntropyCalibration2\nimage: 1\n"))
                 io = [i.name for i in network.inputs] + network.outputs
                 return memoryview(b"FAKEPLAN" + json.dumps({"io": io, "flags": sorted(config.flags)}).encode())
 
@@ -204,6 +217,10 @@ class FakeBuildTrt(types.SimpleNamespace):
                 self.DLA_core = None
                 self.engine_host_code_allowed = False
                 trt.last["runtime"] = self
+
+            def load_runtime(self, path):
+                trt.last["lean_library"] = path
+                return Runtime(None)
 
             def deserialize_cuda_engine(self, data):
                 io = json.loads(bytes(data)[8:])["io"]
@@ -241,12 +258,13 @@ def fake(monkeypatch):
         cudart = FakeCalibCudart()
         monkeypatch.setattr(trt_build, "_trt", lambda: trt)
         monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
-        monkeypatch.setattr(trt_build, "device_info", lambda device_id=0: dict(device or DEV, tensorrt_version=version))
+        monkeypatch.setattr(trt_build, "device_info",
+                            lambda device_id=0, runtime=None: dict(device or DEV, tensorrt_version=version))
         return types.SimpleNamespace(trt=trt, cudart=cudart)
 
-    FakeParser.fail_with = []
+    FakeParser.fail_with, FakeParser.vc_plugins = [], []
     yield install
-    FakeParser.fail_with = []
+    FakeParser.fail_with, FakeParser.vc_plugins = [], []
 
 
 def qdq_onnx(path, *, zero_point=0, size=32):
@@ -335,9 +353,10 @@ def test_fp32_build_writes_plan_and_record(bundle, fake, tmp_path):
     assert (rec["id"], rec["file"], rec["format"], rec["precision"], rec["source_artifact"]) == \
         ("trt-fp32", "fp32.plan", "tensorrt-plan", "fp32", "fp32")
     c = rec["compatibility"]
-    assert c == {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "gpu_name": "Orin",
+    assert c == {"tensorrt_version": "10.3.0.30", "tensorrt_cuda": "12", "cuda_version": "12.6", "gpu_name": "Orin",
                  "compute_capability": "8.7", "dla_core": None, "hardware_compatibility": "none",
-                 "version_compatible": False, "plan_sha256": rec["sha256"], "platform": "linux-aarch64"}
+                 "version_compatible": False, "lean_runtime_embedded": None, "plan_sha256": rec["sha256"],
+                 "platform": "linux-aarch64"}
     pb = rec["produced_by"]
     assert pb["tool"] == "edgeinfer build" and pb["batch"] == [1, 4, 8] and pb["build_plan"]["graph"] == "fp32"
     # the bundle still verifies, with the plan listed
@@ -447,6 +466,48 @@ def test_compatibility_options_reach_the_config(bundle, fake):
     assert c["hardware_compatibility"] == "ampere_plus" and c["version_compatible"] is True
 
 
+def test_version_compatible_plans_carry_the_plugins_the_parser_used(bundle, fake):
+    fake(device=dict(DEV, integrated=False, platform="linux-x86_64", compute_capability="8.6", dla_cores=0))
+    FakeParser.vc_plugins = ["/usr/lib/x86_64-linux-gnu/libnvinfer_vc_plugin.so.10"]
+    rec = trt_build.build_engine(bundle, "fp32", version_compat=True, timing_cache=None)
+    assert FakeBuildTrt.last["config"].plugins_to_serialize == FakeParser.vc_plugins
+    assert rec["produced_by"]["serialized_plugins"] == ["libnvinfer_vc_plugin.so.10"]
+    # an ordinary plan serializes none
+    rec = trt_build.build_engine(bundle, "fp32", timing_cache=None)
+    assert not hasattr(FakeBuildTrt.last["config"], "plugins_to_serialize")
+    assert "serialized_plugins" not in rec["produced_by"]
+
+
+def test_excluding_the_lean_runtime(bundle, fake, monkeypatch):
+    fake(device=dict(DEV, integrated=False, platform="linux-x86_64", compute_capability="8.6", dla_cores=0))
+    monkeypatch.setattr(cuda, "find_lean_library", lambda: "/opt/trt/libnvinfer_lean.so.10")
+    rec = trt_build.build_engine(bundle, "fp32", version_compat=True, exclude_lean_runtime=True, timing_cache=None)
+    flags = FakeBuildTrt.last["config"].flags
+    assert {FakeBuildTrt.BuilderFlag.VERSION_COMPATIBLE, FakeBuildTrt.BuilderFlag.EXCLUDE_LEAN_RUNTIME} <= flags
+    assert rec["compatibility"]["lean_runtime_embedded"] is False
+    assert FakeBuildTrt.last["lean_library"] == "/opt/trt/libnvinfer_lean.so.10"  # the check loaded it
+    # the rebuild keeps the setting
+    rec2 = trt_build.rebuild_artifact(bundle, rec["id"], timing_cache=None)
+    assert rec2["compatibility"]["lean_runtime_embedded"] is False
+    # without a lean library to check the plan with, nothing is written
+    monkeypatch.setattr(cuda, "find_lean_library", lambda: None)
+    (bundle / "fp32.plan").unlink()
+    write_manifest(bundle, {**load_bundle(bundle, verify=False).manifest,
+                            "artifacts": [a for a in load_bundle(bundle, verify=False).manifest["artifacts"]
+                                          if a["id"] != "trt-fp32"]})
+    with pytest.raises(ExportError, match="no libnvinfer_lean library"):
+        trt_build.build_engine(bundle, "fp32", version_compat=True, exclude_lean_runtime=True, timing_cache=None)
+    assert not (bundle / "fp32.plan").exists()
+
+
+def test_an_unknown_hardware_compatibility_name_is_a_clear_error(bundle, fake):
+    f = fake("10.9.0.34", device=dict(DEV, integrated=False, platform="linux-x86_64", compute_capability="8.6",
+                                      dla_cores=0))
+    f.trt.HardwareCompatibilityLevel = types.SimpleNamespace(NONE=0, AMPERE_PLUS=1)  # a TensorRT without the level
+    with pytest.raises(ExportError, match="this TensorRT has no hardware compatibility level SAME_COMPUTE_CAPABILITY"):
+        trt_build.build_engine(bundle, "fp32", hardware_compat="same_compute_capability", timing_cache=None)
+
+
 def test_parser_errors_are_all_listed(bundle, fake):
     fake()
     FakeParser.fail_with = ["In node 3 (Foo): UNSUPPORTED_NODE", "In node 4 (Bar): INVALID_NODE"]
@@ -502,6 +563,38 @@ def test_calibrator_path_on_trt10_with_a_keyed_cache(bundle, fake, tmp_path):
     rec3 = trt_build.build_engine(bundle, "int8", calibration=cset2, batch=(1, 8, 8), timing_cache=None)
     assert rec3["produced_by"]["calibration"]["batches_fed"] == 2
     assert len(list(cdir.iterdir())) == 4
+
+
+def test_an_error_inside_a_calibrator_callback_fails_the_build(bundle, fake, tmp_path, monkeypatch):
+    # TensorRT's wrapper prints such an error and goes on as if the data had ended: the plan
+    # would be calibrated on part of the data, silently. The build must fail and say why.
+    f = fake()
+    data = np.random.default_rng(1).random((24, 1, 32, 32), dtype=np.float32)
+    calls = {"n": 0}
+    real = f.cudart.cudaMemcpy
+
+    def flaky(*args):
+        calls["n"] += 1
+        return (700,) if calls["n"] == 2 else real(*args)  # the second batch's copy fails
+
+    monkeypatch.setattr(f.cudart, "cudaMemcpy", flaky)
+    f.cudart.cudaGetErrorName = lambda err: (0, b"cudaErrorIllegalAddress")
+    cset = trt_build.CalibrationSet(data, batch=8, cache_dir=tmp_path / "c")
+    with pytest.raises(ExportError, match=r"INT8 calibration failed inside TensorRT's calibrator callback "
+                                          r"\(CudaError: cudaMemcpy failed: CUDA error 700") as exc:
+        trt_build.build_engine(bundle, "int8", calibration=cset, batch=(1, 8, 8), timing_cache=None)
+    assert isinstance(exc.value.__cause__, cuda.CudaError)
+    assert FakeBuildTrt.last.get("swallowed") is None  # the callback kept it; nothing reached TensorRT
+    assert not (bundle / "int8.plan").exists() and f.cudart.mem == {}
+
+
+def test_a_feed_that_stops_early_fails_the_build(bundle, fake, tmp_path):
+    fake()
+    FakeBuildTrt.last["take_batches"] = 1  # TensorRT asks for one batch of the three and stops
+    cset = trt_build.CalibrationSet(np.zeros((24, 1, 32, 32), np.float32), batch=8, cache_dir=tmp_path / "c")
+    with pytest.raises(ExportError, match="TensorRT took 1 of the 3 calibration batches and stopped"):
+        trt_build.build_engine(bundle, "int8", calibration=cset, batch=(1, 8, 8), timing_cache=None)
+    assert not (bundle / "int8.plan").exists()
 
 
 def test_calibration_input_checks(bundle, fake):
@@ -573,20 +666,10 @@ def phantom_copy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phantom_tensors(phantom_copy, phantom_dir):
-    from edgeinfer import dicomio
-    from edgeinfer.errors import InputError
-    from edgeinfer.preprocess import PreprocessSpec, prepare
-    from edgeinfer.triage import discover
+    from edgeinfer.intake import Image, Intake, discover
 
-    spec = PreprocessSpec.from_manifest(load_bundle(phantom_copy).manifest["preprocessing"])
-    xs = []
-    for p in discover([phantom_dir]):
-        if p.suffix.lower() not in ("", ".dcm"):
-            continue
-        try:
-            xs.append(prepare(dicomio.read_dataset(p), spec).tensor)
-        except InputError:
-            continue
+    intake = Intake.for_bundle(load_bundle(phantom_copy))
+    xs = [r.tensor for r in map(intake.take, discover([phantom_dir])) if isinstance(r, Image)]
     assert len(xs) >= 8
     return np.stack(xs).astype(np.float32)
 
@@ -599,14 +682,15 @@ def _ort(bundle, precision, x):
         return r.infer({bundle.manifest["inputs"][0]["name"]: x})[bundle.manifest["outputs"][0]["name"]]
 
 
-def _trt_run(bundle, art_id, x, **extra):
-    import edgeinfer.backends.tensorrt  # noqa: F401 - registers the backend until the registry lists it
+def _trt_run(bundle, art_id, *xs, **extra):
+    """Each input through one runner in turn: (outputs, the report after the last)."""
     from edgeinfer.backends import RunnerOptions, create_runner
 
     with create_runner(bundle.artifact(id=art_id), RunnerOptions(device="cuda", extra=extra),
                        backend="tensorrt") as r:
-        out = r.infer({bundle.manifest["inputs"][0]["name"]: x})[bundle.manifest["outputs"][0]["name"]]
-        return out, r.report()
+        outs = [r.infer({bundle.manifest["inputs"][0]["name"]: x})[bundle.manifest["outputs"][0]["name"]]
+                for x in xs]
+        return (outs[0] if len(outs) == 1 else outs), r.report()
 
 
 @pytest.mark.gpu
@@ -644,11 +728,15 @@ def test_engine_matches_onnxruntime(phantom_copy, phantom_tensors, tmp_path_fact
 def test_cuda_graph_timing_and_refusal_on_a_real_gpu(phantom_copy, phantom_tensors):
     rec = trt_build.build_engine(phantom_copy, "fp32", batch=(1, 4, 8), timing_cache=None)
     bundle = load_bundle(phantom_copy)
-    x = phantom_tensors[:4]
-    plain, _ = _trt_run(bundle, rec["id"], x)
-    graphed, rep = _trt_run(bundle, rec["id"], x, cuda_graph=True, timing=True)
-    np.testing.assert_array_equal(plain, graphed)
-    assert rep.details["cuda_graph"] == "on" and "compute_ms" in rep.details["timings_ms"]
+    x, y = phantom_tensors[:4], phantom_tensors[4:8]
+    plain, _ = _trt_run(bundle, rec["id"], x, y)
+    # first call: the ordinary path plus the capture; second call: the graph replays on new data
+    graphed, rep = _trt_run(bundle, rec["id"], x, y, cuda_graph=True, timing=True)
+    np.testing.assert_array_equal(plain[0], graphed[0])
+    np.testing.assert_array_equal(plain[1], graphed[1])  # the replay read y, not the captured x
+    assert not np.array_equal(graphed[0], graphed[1])
+    assert rep.details["cuda_graph"] == "on" and set(rep.details["timings_ms"]) == {"graph_ms"}
+    assert rep.details["timings_ms"]["graph_ms"] > 0
     # a record that does not match this GPU: refused before deserialization
     m = bundle.manifest
     for a in m["artifacts"]:

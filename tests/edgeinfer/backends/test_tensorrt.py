@@ -150,6 +150,10 @@ class FakeCudart:
         self.graphs.pop(g)
         return (0,)
 
+    def cudaGetLastError(self):
+        self.calls.append(("get_last_error",))
+        return (0,)
+
 
 def tiny_model(x):
     """What tests/helpers.tiny_onnx computes: mean -> Gemm(w=[4, 2], b=-2) -> sigmoid."""
@@ -235,6 +239,7 @@ class FakeTrt(types.SimpleNamespace):
         super().__init__()
         self.cudart, self.profile = cudart, profile
         self.deserialized = []
+        self.loaded_runtimes = []
         self.runtimes = []
         self.engines = []
         fake = self
@@ -246,6 +251,10 @@ class FakeTrt(types.SimpleNamespace):
                 self.DLA_core = None
                 self.engine_host_code_allowed = False
                 fake.runtimes.append(self)
+
+            def load_runtime(self, path):
+                fake.loaded_runtimes.append(path)
+                return Runtime(None)
 
             def deserialize_cuda_engine(self, data):
                 fake.deserialized.append(bytes(data))
@@ -266,6 +275,7 @@ def fake(monkeypatch):
     cudart = FakeCudart()
     trt = FakeTrt(cudart)
     monkeypatch.setattr(cuda, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(cuda, "import_trt_runtime", lambda names=cuda.RUNTIMES: (trt, "tensorrt"))
     monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
     monkeypatch.setattr(trtmod, "_module_present", lambda name: True)
     trtmod.probe.cache_clear()
@@ -304,7 +314,7 @@ def test_unavailable_here_with_a_clear_reason():
     trtmod.probe.cache_clear()
     ok, why = TensorRTBackend.available()
     assert not ok
-    assert "tensorrt is not installed" in why and "edgeinfer[trt]" in why
+    assert "no TensorRT runtime is installed" in why and "tensorrt_lean" in why and "edgeinfer[trt]" in why
 
 
 def test_registry_choice_fails_cleanly_with_that_reason(tmp_path):
@@ -313,13 +323,13 @@ def test_registry_choice_fails_cleanly_with_that_reason(tmp_path):
     assert get_backend("trt") is TensorRTBackend
     with pytest.raises(BackendUnavailable) as exc:
         backend_for(art, RunnerOptions(device="cuda"), backend="tensorrt")
-    assert "tensorrt: tensorrt is not installed" in str(exc.value)
+    assert "tensorrt: no TensorRT runtime is installed" in str(exc.value)
     # without a named backend every candidate says why it cannot run the plan
     with pytest.raises(BackendUnavailable) as exc:
         create_runner(art, RunnerOptions(device="cuda"))
     text = str(exc.value)
     assert "trt-fp32 (fp32, tensorrt-plan)" in text
-    assert "onnxruntime: runs ONNX graphs, not tensorrt-plan" in text and "tensorrt: tensorrt is not installed" in text
+    assert "onnxruntime: runs ONNX graphs, not tensorrt-plan" in text and "tensorrt: no TensorRT runtime" in text
 
 
 def test_importing_the_backend_imports_no_tensorrt_or_cuda():
@@ -390,9 +400,22 @@ def test_probe_with_the_fake(fake):
     assert "too old" in TensorRTBackend.available()[1]
 
 
+def test_probe_names_a_driver_older_than_cuda_python(fake, monkeypatch):
+    # cuda-python 13 on a CUDA 12 driver (JetPack 6): every call answers cudaErrorInsufficientDriver
+    fake.cudart.cudaGetDeviceCount = lambda: (35, 0)
+    monkeypatch.setattr(cuda, "cuda_python_version", lambda: "13.0.1")
+    trtmod.probe.cache_clear()
+    ok, why = TensorRTBackend.available()
+    assert not ok and "CUDA error 35" in why
+    assert "cuda-python 13.0.1 is built for a newer CUDA than the NVIDIA driver: this driver supports CUDA 12.6" in why
+    assert "cuda-python>=12.6,<13" in why
+    trtmod.probe.cache_clear()
+
+
 def test_device_info_from_cuda_properties(fake):
     info = trtmod.device_info()
-    assert info == {"tensorrt_version": "10.3.0.30", "cuda_version": "12.6", "cuda_driver_version": "12.6",
+    assert info == {"tensorrt_version": "10.3.0.30", "tensorrt_runtime": "tensorrt", "tensorrt_cuda": None,
+                    "cuda_python": "12.6", "cuda_driver_version": "12.6",
                     "gpu_name": "Orin", "compute_capability": "8.7", "integrated": True, "dla_cores": 2,
                     "platform": cuda.platform_tag(), "device_id": 0}
     with pytest.raises(BackendUnavailable, match="device 3"):
@@ -430,6 +453,7 @@ def test_large_batches_are_chunked_and_small_ones_padded(tmp_path, monkeypatch):
     cudart = FakeCudart()
     trt = FakeTrt(cudart, profile=((2, 1, 8, 8), (4, 1, 8, 8), (4, 1, 8, 8)))
     monkeypatch.setattr(cuda, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(cuda, "import_trt_runtime", lambda names=cuda.RUNTIMES: (trt, "tensorrt"))
     monkeypatch.setattr(cuda, "import_cudart", lambda: cudart)
     art = plan_artifact(plan_bundle(tmp_path))
     x = np.random.default_rng(1).random((11, 1, 8, 8), dtype=np.float32)
@@ -480,6 +504,23 @@ def test_cuda_graph_capture_failure_is_reported_not_fatal(tmp_path, fake, monkey
     assert status.startswith("off: capture failed") and "cudaErrorFake" in status
 
 
+def test_a_capture_that_fails_midway_leaves_no_graph_and_no_sticky_error(tmp_path, fake):
+    # execute_async_v3 refuses while the stream is capturing; the capture still ends and
+    # yields a (partial) graph, which must be destroyed, and the error cleared (as trtexec does)
+    art = plan_artifact(plan_bundle(tmp_path))
+    x = np.random.default_rng(4).random((2, 1, 8, 8), dtype=np.float32)
+    with TrtRunner(art, RunnerOptions(device="cuda", extra={"cuda_graph": True})) as r:
+        ctx = fake.trt.engines[-1].contexts[-1]
+        real = ctx.execute_async_v3
+        ctx.execute_async_v3 = lambda stream: False if fake.cudart.capturing is not None else real(stream)
+        r.infer({"image": x})
+        assert fake.cudart.graphs == {} and r._graphs == {}
+        assert ("get_last_error",) in fake.cudart.calls
+        assert r.report().details["cuda_graph"].startswith("off: capture failed (TensorRT execute_async_v3 failed")
+        np.testing.assert_allclose(r.infer({"image": x})["probs"], tiny_model(x), rtol=1e-6)  # the plain path
+        assert fake.cudart.launches == 0
+
+
 def test_timings_for_benchmarks(tmp_path, fake):
     art = plan_artifact(plan_bundle(tmp_path))
     with TrtRunner(art, RunnerOptions(device="cuda", extra={"timing": True})) as r:
@@ -502,6 +543,9 @@ def test_raw_call_is_the_bare_execute(tmp_path, fake):
         assert [c[1] for c in fake.cudart.calls] == [1, 2]  # one H2D, one D2H: nothing else per call
         with pytest.raises(InferenceError, match="profile 1..4"):
             r.raw_call({"image": np.zeros((5, 1, 8, 8), np.float32)})
+    # the outputs are the caller's: still readable after the pinned buffers are freed
+    assert fake.cudart.mem == {}
+    np.testing.assert_allclose(probs, tiny_model(x), rtol=1e-6)
 
 
 def test_undeserializable_plan_frees_everything(tmp_path, fake):
@@ -541,3 +585,43 @@ def test_failed_allocation_frees_what_was_allocated(tmp_path, fake, monkeypatch)
     with pytest.raises(InferenceError, match=r"cudaMalloc\(\d+\) failed: CUDA error 2"):
         TrtRunner(art, RunnerOptions(device="cuda")).activate()
     assert fake.cudart.mem == {} and fake.cudart.streams == set()
+
+
+# --- the lean runtime ---------------------------------------------------------------------------
+@pytest.fixture
+def lean(fake, monkeypatch):
+    monkeypatch.setattr(cuda, "import_trt_runtime", lambda names=cuda.RUNTIMES: (fake.trt, "tensorrt_lean"))
+    return fake
+
+
+def test_the_lean_runtime_never_sees_an_ordinary_plan(tmp_path, lean):
+    art = plan_artifact(plan_bundle(tmp_path))
+    with pytest.raises(PlanIncompatible, match="runs version-compatible plans only"):
+        TrtRunner(art, RunnerOptions(device="cuda")).activate()
+    assert lean.trt.deserialized == [] and lean.cudart.mem == {}
+    ok, why = TensorRTBackend.accepts(art, RunnerOptions(device="cuda"))
+    assert not ok and "tensorrt_lean" in why
+
+
+def test_the_lean_runtime_runs_a_version_compatible_plan_and_says_so(tmp_path, lean):
+    art = plan_artifact(plan_bundle(tmp_path, version_compatible=True))
+    x = np.random.default_rng(5).random((2, 1, 8, 8), dtype=np.float32)
+    with TrtRunner(art, RunnerOptions(device="cuda")) as r:
+        np.testing.assert_allclose(r.infer({"image": x})["probs"], tiny_model(x), rtol=1e-6)
+        rep = r.report()
+    assert rep.provider == "TensorRT 10.3.0.30 (lean runtime)" and rep.details["runtime"] == "tensorrt_lean"
+    assert lean.trt.runtimes[-1].engine_host_code_allowed is True
+
+
+def test_a_plan_without_its_lean_runtime_loads_one_on_the_full_runtime(tmp_path, fake, monkeypatch):
+    art = plan_artifact(plan_bundle(tmp_path, version_compatible=True, lean_runtime_embedded=False))
+    monkeypatch.setattr(cuda, "find_lean_library", lambda: None)
+    with pytest.raises(BackendUnavailable, match="no libnvinfer_lean library was found"):
+        TrtRunner(art, RunnerOptions(device="cuda")).activate()
+    assert fake.trt.deserialized == [] and fake.cudart.mem == {}
+    monkeypatch.setattr(cuda, "find_lean_library", lambda: "/opt/trt/libnvinfer_lean.so.10")
+    with TrtRunner(art, RunnerOptions(device="cuda")) as r:
+        r.infer({"image": np.ones((1, 1, 8, 8), np.float32)})
+    assert fake.trt.loaded_runtimes == ["/opt/trt/libnvinfer_lean.so.10"]
+    # the runtime load_runtime returned is the one that deserialized the plan, host code allowed
+    assert fake.trt.runtimes[-1].engine_host_code_allowed is True and len(fake.trt.deserialized) == 1
