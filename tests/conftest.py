@@ -1,6 +1,4 @@
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -8,23 +6,46 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
 
+#: ``make test-gpu`` sets it: no usable GPU, or no GPU test passing, fails the run instead of skipping
+REQUIRE_GPU = os.environ.get("EDGEINFER_REQUIRE_GPU") == "1"
+_gpu_passed: list[str] = []
 
-def _has_gpu() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
+
+def _gpu() -> tuple[bool, str]:
+    """The runner's own probe (cuda-python's device count), never nvidia-smi."""
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        from edgeinfer.backends import cuda
+
+        n = cuda.gpu_count()
+    except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver, a driver too old
+        return False, str(exc)
+    return (n > 0), ("" if n else "cudaGetDeviceCount found no GPU")
 
 
 def pytest_collection_modifyitems(config, items):
-    if _has_gpu() and os.environ.get("EDGEINFER_SKIP_GPU") != "1":
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi found none); run on a Jetson or GPU host")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    ok, why = (False, "EDGEINFER_SKIP_GPU=1") if os.environ.get("EDGEINFER_SKIP_GPU") == "1" else _gpu()
+    if ok:
+        return
+    if REQUIRE_GPU:
+        raise pytest.UsageError(f"the GPU tests were asked for (EDGEINFER_REQUIRE_GPU=1) but no CUDA GPU is usable: {why}")
+    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU ({why[:200]}); run make test-gpu on a Jetson or GPU host")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and "gpu" in report.keywords:
+        _gpu_passed.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_GPU and exitstatus == 0 and not _gpu_passed:
+        session.exitstatus = 1
+        sys.stderr.write("\nEDGEINFER_REQUIRE_GPU=1: no GPU test passed (all skipped or none selected); "
+                         "that is a failure, not a pass\n")
 
 
 @pytest.fixture(scope="session")

@@ -653,7 +653,16 @@ def test_rebuilding_a_calibrated_plan_needs_the_data(bundle, fake, tmp_path):
 
 # --- on a GPU: real engines of the phantom bundle against ONNX Runtime ------------------------
 @pytest.fixture(scope="module")
-def phantom_copy(tmp_path_factory):
+def trt_builder():
+    """The full TensorRT (the builder); GPU hosts with only the lean runtime skip these tests."""
+    try:
+        return cuda.import_tensorrt("building plans on this GPU")
+    except MissingDependency as exc:
+        pytest.skip(f"the TensorRT builder is not installed here ({exc})")
+
+
+@pytest.fixture(scope="module")
+def phantom_copy(trt_builder, tmp_path_factory):
     from edgeinfer.bundle import default_bundle_path
 
     src = default_bundle_path()

@@ -6,8 +6,13 @@ not import tensorrt, and a plan is refused before anything is deserialized.
 
 The runner's buffer handling (pinned/device buffers, H2D/execute/D2H, chunking, padding,
 CUDA graph replay, timings, freeing) is exercised against a small fake of the TensorRT
-and cuda-python APIs that really moves bytes between ctypes buffers. The real thing runs
-in the ``gpu`` tests of tests/export/test_trt_build.py.
+and cuda-python APIs that really moves bytes between ctypes buffers.
+
+On a GPU (``gpu`` marker; ``make test-gpu``, ``deploy/gpu-smoke.sh``) the same runner drives
+the real GPU through real cuda-python: an engine stand-in whose "inference" is a device copy
+lets pinned buffers, async copies, events, graph capture and replay run without a TensorRT
+plan (no builder is needed), and the real lean runtime refuses plans it must not load. Real
+plans built on the device run in the ``gpu`` tests of tests/export/test_trt_build.py.
 """
 import ctypes
 import hashlib
@@ -35,6 +40,7 @@ class FakeCudart:
     class cudaMemcpyKind:
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
+        cudaMemcpyDeviceToDevice = 3
 
     class cudaStreamCaptureMode:
         cudaStreamCaptureModeThreadLocal = 2
@@ -199,6 +205,8 @@ class FakeContext:
 
 
 class FakeEngine:
+    context_class = FakeContext
+
     def __init__(self, cudart, profile):
         self.cudart, self.profile = cudart, profile
         self.num_io_tensors = 2
@@ -220,13 +228,14 @@ class FakeEngine:
         return [list(s) for s in self.profile]
 
     def create_execution_context(self):
-        ctx = FakeContext(self)
+        ctx = self.context_class(self)
         self.contexts.append(ctx)
         return ctx
 
 
 class FakeTrt(types.SimpleNamespace):
     __version__ = "10.3.0.30"
+    engine_class = FakeEngine
 
     class TensorIOMode:
         INPUT, OUTPUT = 0, 1
@@ -260,7 +269,7 @@ class FakeTrt(types.SimpleNamespace):
                 fake.deserialized.append(bytes(data))
                 if not bytes(data).startswith(b"FAKEPLAN"):
                     return None
-                fake.engines.append(FakeEngine(fake.cudart, fake.profile))
+                fake.engines.append(fake.engine_class(fake.cudart, fake.profile))
                 return fake.engines[-1]
 
         self.Runtime = Runtime
@@ -625,3 +634,115 @@ def test_a_plan_without_its_lean_runtime_loads_one_on_the_full_runtime(tmp_path,
     assert fake.trt.loaded_runtimes == ["/opt/trt/libnvinfer_lean.so.10"]
     # the runtime load_runtime returned is the one that deserialized the plan, host code allowed
     assert fake.trt.runtimes[-1].engine_host_code_allowed is True and len(fake.trt.deserialized) == 1
+
+
+# --- on a real GPU: real cuda-python, an engine whose inference is a device copy -------------------------
+class CopyContext(FakeContext):
+    """execute_async_v3 enqueues one device-to-device copy of the input on the runner's stream
+    (or, with ``sync``, a synchronous cudaMemcpy: legal outside a capture, refused inside one)."""
+
+    def get_tensor_shape(self, name):
+        n = self.shapes.get("image", (-1,))[0]
+        return (n, 1, 8, 8) if name == "image" else (n, 64)
+
+    def execute_async_v3(self, stream):
+        cudart, n = self.engine.cudart, self.shapes["image"][0]
+        d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        nbytes = n * 64 * 4
+        if self.engine.sync:
+            err = cudart.cudaMemcpy(self.addr["probs"], self.addr["image"], nbytes, d2d)
+        else:
+            err = cudart.cudaMemcpyAsync(self.addr["probs"], self.addr["image"], nbytes, d2d, stream)
+        return int(getattr(err[0], "value", err[0])) == 0
+
+
+class CopyEngine(FakeEngine):
+    context_class = CopyContext
+    sync = False
+
+    def get_tensor_shape(self, name):
+        return (-1, 1, 8, 8) if name == "image" else (-1, 64)
+
+
+def copy_runtime(monkeypatch, *, sync=False):
+    """(fake TensorRT over the real cudart, device_info of the real GPU), installed for the runner."""
+    cudart = cuda.import_cudart()
+    engine = type("SyncCopyEngine" if sync else "CopyEngine", (CopyEngine,), {"sync": sync})
+    trt = FakeTrt(cudart)
+    trt.engine_class = engine
+    monkeypatch.setattr(cuda, "import_trt_runtime", lambda names=cuda.RUNTIMES: (trt, "tensorrt"))
+    return trt, cuda.device_info(0, (trt, "tensorrt"))
+
+
+def real_plan(tmp_path, dev, **kw):
+    return plan_artifact(plan_bundle(tmp_path, tensorrt_version=dev["tensorrt_version"], gpu_name=dev["gpu_name"],
+                                     compute_capability=dev["compute_capability"], **kw))
+
+
+@pytest.mark.gpu
+def test_the_runner_drives_a_real_gpu(tmp_path, monkeypatch):
+    _trt, dev = copy_runtime(monkeypatch)
+    assert cuda.gpu_count() >= 1 and dev["gpu_name"] and dev["compute_capability"][0].isdigit()
+    art = real_plan(tmp_path, dev)
+    rng = np.random.default_rng()
+    x, y, z = (rng.random((n, 1, 8, 8), dtype=np.float32) for n in (4, 4, 6))
+    with TrtRunner(art, RunnerOptions(device="cuda", extra={"cuda_graph": True, "timing": True})) as r:
+        out_x = r.infer({"image": x})["probs"]            # the ordinary path, then the capture
+        plain = dict(r.last_timings)
+        out_y = r.infer({"image": y})["probs"]            # the graph replays, reading y
+        replay = dict(r.last_timings)
+        out_z = r.infer({"image": z})["probs"]            # batch 6 > profile 4: chunks of 4 and 2
+        (raw,) = r.raw_call({"image": y})()
+        rep = r.report()
+    np.testing.assert_array_equal(out_x, x.reshape(4, 64))
+    np.testing.assert_array_equal(out_y, y.reshape(4, 64))
+    np.testing.assert_array_equal(out_z, z.reshape(6, 64))
+    np.testing.assert_array_equal(raw, y.reshape(4, 64))  # a copy: still valid after the buffers are gone
+    assert set(plain) == {"h2d_ms", "compute_ms", "d2h_ms"} and all(v >= 0 for v in plain.values())
+    assert set(replay) == {"graph_ms"} and replay["graph_ms"] > 0
+    assert rep.details["cuda_graph"] == "on" and rep.device == dev["gpu_name"]
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_on_a_real_gpu_leaves_no_graph_and_no_error(tmp_path, monkeypatch):
+    # a synchronous copy inside a thread-local capture is refused by CUDA and invalidates it
+    _trt, dev = copy_runtime(monkeypatch, sync=True)
+    art = real_plan(tmp_path, dev)
+    rng = np.random.default_rng()
+    x, y = (rng.random((2, 1, 8, 8), dtype=np.float32) for _ in range(2))
+    with TrtRunner(art, RunnerOptions(device="cuda", extra={"cuda_graph": True})) as r:
+        out_x = r.infer({"image": x})["probs"]
+        status = r.report().details["cuda_graph"]
+        graphs = dict(r._graphs)
+        out_y = r.infer({"image": y})["probs"]  # no error left behind: the ordinary path works
+    assert status.startswith("off: capture failed"), status
+    assert graphs == {}
+    np.testing.assert_array_equal(out_x, x.reshape(2, 64))
+    np.testing.assert_array_equal(out_y, y.reshape(2, 64))
+
+
+@pytest.mark.gpu
+def test_the_real_lean_runtime_refuses_what_it_must_not_load(tmp_path, monkeypatch):
+    lean = pytest.importorskip("tensorrt_lean", reason="the lean runtime is not installed (the trt-lean extra)")
+    runtime = cuda.import_trt_runtime(("tensorrt_lean",))
+    monkeypatch.setattr(cuda, "import_trt_runtime", lambda names=cuda.RUNTIMES: runtime)
+    dev = cuda.device_info(0, runtime)
+    assert dev["tensorrt_runtime"] == "tensorrt_lean" and dev["tensorrt_version"] == lean.__version__
+    assert dev["tensorrt_cuda"] == cuda.tensorrt_cuda_major(cuda.installed_distributions(), "tensorrt_lean")
+    trtmod.probe.cache_clear()
+    try:
+        assert TensorRTBackend.available() == (True, "")
+    finally:
+        trtmod.probe.cache_clear()
+    kw = dict(tensorrt_cuda=dev["tensorrt_cuda"])
+    # an ordinary plan: refused by the policy, never handed to TensorRT
+    art = real_plan(tmp_path / "ordinary", dev, **kw)
+    with pytest.raises(PlanIncompatible, match="runs version-compatible plans only"):
+        TrtRunner(art, RunnerOptions(device="cuda")).activate()
+    # a version-compatible record over bytes that are no plan: TensorRT refuses them, the runner says so
+    art = real_plan(tmp_path / "garbage", dev, plan_bytes=b"FAKEPLAN but not a TensorRT plan " * 64,
+                    version_compatible=True, **kw)
+    runner = TrtRunner(art, RunnerOptions(device="cuda"))
+    with pytest.raises(BackendUnavailable, match="TensorRT could not deserialize plan trt-fp32"):
+        runner.activate()
+    assert not runner.is_active
