@@ -70,3 +70,22 @@ def test_top_level_help_lists_the_workstation_commands_too():
 def test_workstation_commands_are_registered_when_invoked(command):
     out = _run(HELP.replace("ARGV", repr([command, "--help"])))
     assert f"usage: edgeinfer {command}" in out.stdout and "examples:" in out.stdout, out.stdout + out.stderr
+
+
+def test_tensorrt_extras_pin_cuda_python_to_their_cuda_stack():
+    # cuda-python 13 needs driver r580 or newer: on a CUDA 12 driver (JetPack 6) every call fails,
+    # so the CUDA 12 extras must keep it below 13, and each extra names one TensorRT CUDA build
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    for name, major in {"trt": 12, "trt-cu13": 13, "trt-lean": 13, "trt-lean-cu12": 12}.items():
+        reqs = {Requirement(r).name: Requirement(r) for r in extras[name]}
+        trt = [n for n in reqs if n.startswith("tensorrt")]
+        assert trt and all(n.endswith(f"-cu{major}") for n in trt), (name, trt)
+        spec = reqs["cuda-python"].specifier
+        assert spec.contains(f"{major}.9") and not spec.contains(f"{major + 1}.0") and not spec.contains(f"{major - 1}.9"), \
+            (name, str(spec))
