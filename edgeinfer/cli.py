@@ -186,6 +186,9 @@ def cmd_triage(args) -> int:
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError(f"--batch-size must be at least 1 and --workers at least 0 "
+                         f"({args.batch_size} and {args.workers} given)")
     files = discover(args.inputs)
     if args.output:  # before any work: a bad output path must not cost a whole run, nor destroy an input
         check_output_path(args.output, inputs=[*args.inputs, *files])
@@ -193,7 +196,8 @@ def cmd_triage(args) -> int:
     ignore = DEFAULT_IGNORE if args.ignore is None else tuple(x for x in args.ignore.split(",") if x)
     runner, selection = _runner_for(bundle, args)
     with runner:
-        engine = TriageEngine(bundle, runner, batch_size=args.batch_size, ignore=ignore)
+        engine = TriageEngine(bundle, runner, batch_size=args.batch_size, ignore=ignore,
+                              workers=args.workers)
         with progress_bar(len(files), f"triage {len(files)} files", not args.no_progress) as advance:
             wl = engine.run(files, progress=advance)
     wl.run["selection"] = selection.as_dict()
@@ -406,6 +410,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="if the device is unavailable, run on the CPU instead (reported in the worklist)")
     s.add_argument("--threads", type=int, default=None, help="inference threads (default: backend's choice)")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--workers", type=int, default=1,
+                   help="intake threads reading, decoding and preprocessing ahead of inference (default 1; 0: none)")
     s.add_argument("--ignore", default=None,
                    help="comma-separated name patterns listed as skipped without reading "
                         "(default: *.csv,*.json,*.txt,*.md,*.png,*.jpg,.*; '' for none)")

@@ -17,9 +17,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -216,6 +218,40 @@ class Intake:
         except InputError as exc:
             uid = exc.study_uid or (study_uid(ds) if ds is not None else None)
             return Rejection(path, False, exc.code, str(exc), uid)
+
+
+    def stream(self, paths: Iterable[str | os.PathLike], *, workers: int = 1,
+               ahead: int | None = None) -> Iterator[Image | Rejection]:
+        """:meth:`take` for every path, in order, with up to ``workers`` threads working ahead.
+
+        The caller (inference, usually) consumes one outcome while the pool reads, decodes and
+        preprocesses the next ones: numpy, OpenCV and the decoders release the GIL, so on two
+        cores inference and intake overlap. At most ``ahead`` (default ``2 * workers``) outcomes
+        are in flight, so memory stays bounded whatever the number of paths. ``workers=0``
+        takes each path in the calling thread (no pool). Outcomes come back in input order;
+        bad input is a :class:`Rejection` as with :meth:`take`, never an exception.
+        """
+        if workers <= 0:
+            yield from map(self.take, paths)
+            return
+        depth = max(1, ahead if ahead is not None else 2 * workers)
+        it = iter(paths)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeinfer-intake") as pool:
+            pending: deque = deque()
+            try:
+                for path in it:
+                    pending.append(pool.submit(self.take, path))
+                    if len(pending) >= depth:
+                        break
+                while pending:
+                    outcome = pending.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(self.take, nxt))
+                    yield outcome
+            finally:  # the consumer stopped early (an error, a cancel): drop what was not started
+                for fut in pending:
+                    fut.cancel()
 
 
 def prepare_dataset(ds, spec: PreprocessSpec, limits: dicomio.ReadLimits | None = None) -> Prepared:

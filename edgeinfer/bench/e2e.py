@@ -4,7 +4,6 @@ and with the intake overlapped with inference in a small thread pool."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,23 +96,13 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
             return (time.perf_counter_ns() - t_start) / 1e9, priorities
 
         def overlapped_pass(workers: int) -> tuple[float, int]:
-            """read + decode + preprocess in a thread pool, inference and postprocessing in this thread."""
+            """read + decode + preprocess in the intake's thread pool (Intake.stream, what triage
+            runs), inference and postprocessing in this thread."""
             per_study: dict[str, list[float | None]] = {}
             t_start = time.perf_counter_ns()
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-decode") as pool:
-                it = iter(files)
-                pending = []  # at most 2 x workers images in flight: bounded memory
-                for f in it:
-                    pending.append(pool.submit(intake.take, f))
-                    if len(pending) >= 2 * workers:
-                        break
-                while pending:
-                    img = pending.pop(0).result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(intake.take, nxt))
-                    if isinstance(img, Image):
-                        per_study.setdefault(img.study_uid, []).append(infer_post(img.tensor)[0])
+            for img in intake.stream(files, workers=workers):
+                if isinstance(img, Image):
+                    per_study.setdefault(img.study_uid, []).append(infer_post(img.tensor)[0])
             _finish_studies(per_study, bundle)
             return (time.perf_counter_ns() - t_start) / 1e9, len(per_study)
 

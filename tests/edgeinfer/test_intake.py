@@ -1,5 +1,7 @@
 """The one intake stage: discovery, ignore rules, applicability, and read -> decode -> preprocess."""
 import shutil
+import threading
+import time
 
 import numpy as np
 import pydicom
@@ -78,3 +80,47 @@ def test_study_uid_fallback_and_ignore_patterns(tmp_path):
     assert study_uid(pydicom.Dataset()) == NO_STUDY_UID
     assert ignored(tmp_path / ".hidden.dcm", (".*",)) == ".*"
     assert ignored(tmp_path / "a.dcm", ("*.csv",)) is None
+
+
+# --- the stream: intake working ahead of inference ----------------------------------------------
+def _mixed(phantom_dir, corpus_dir, tmp_path):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"DICM" * 10)
+    files = discover([phantom_dir])[:12] + [bad, tmp_path / "gone.dcm", corpus_dir / "CT_small.dcm"]
+    return files
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_stream_gives_what_take_gives_in_order(intake, phantom_dir, corpus_dir, tmp_path, workers):
+    files = _mixed(phantom_dir, corpus_dir, tmp_path)
+    want = [intake.take(f) for f in files]
+    got = list(intake.stream(files, workers=workers))
+    assert [type(o) for o in got] == [type(o) for o in want]
+    for g, w in zip(got, want):
+        if isinstance(w, Image):
+            assert g.path == w.path
+            np.testing.assert_array_equal(g.tensor, w.tensor)
+        else:
+            assert (g.path, g.code, g.reason) == (w.path, w.code, w.reason)
+
+
+def test_stream_keeps_a_bounded_number_in_flight(intake, phantom_dir, monkeypatch):
+    files = discover([phantom_dir])
+    taken, lock = [], threading.Lock()
+    real = intake.take
+
+    def counting(path):
+        with lock:
+            taken.append(path)
+        return real(path)
+
+    monkeypatch.setattr(intake, "take", counting)
+    stream = intake.stream(files, workers=2, ahead=3)
+    first = next(stream)
+    assert first.path == files[0]
+    time.sleep(0.5)  # the pool has had time to run ahead as far as it may
+    assert len(taken) <= 1 + 3  # the one consumed and at most three ahead
+    stream.close()  # a consumer that stops early: nothing more is started
+    n = len(taken)
+    time.sleep(0.3)
+    assert len(taken) == n and n < len(files)
