@@ -38,6 +38,38 @@ def _finish_studies(per_study: dict[str, list[float | None]], bundle) -> dict[st
     return {uid: priority_for(study_score(scores, how), bundle) for uid, scores in per_study.items()}
 
 
+def _megapixels_bucket(rows: int, cols: int) -> str:
+    mp = rows * cols / 1e6
+    return "< 1 MP" if mp < 1 else "1-4 MP" if mp < 4 else "4-9 MP" if mp < 9 else ">= 9 MP"
+
+
+def _transfer_syntax(ds) -> str:
+    uid = getattr(getattr(ds, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
+    name = getattr(uid, "name", None)
+    return str(name) if name and name != str(uid) else "(other)"  # a UID pydicom does not know: not echoed
+
+
+def premodel_by_syntax(samples: Sequence[tuple[str, str, float]]) -> list[dict]:
+    """(transfer syntax, size bucket, read + decode + preprocess ms) -> one row per group, median and count."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for ts, size, ms in samples:
+        groups.setdefault((ts, size), []).append(ms)
+    return [{"transfer_syntax": ts, "size": size, "images": len(v), "p50_ms": percentile(v, 50),
+             "mean_ms": float(np.mean(v))} for (ts, size), v in sorted(groups.items())]
+
+
+def attach_inference_only(result: dict, rows: Sequence[dict]) -> None:
+    """End-to-end images/s against the same mode's inference-only images/s (batch 1, from the matrix)."""
+    row = next((r for r in rows if r.get("status") == "ok" and r["backend"] == result["backend"]
+                and r["precision"] == result["precision"] and r["batch"] == 1 and r.get("p50_ms")), None)
+    if row is None or "serial" not in result:
+        return
+    inf = 1e3 / row["p50_ms"]
+    result["inference_only_images_per_s"] = inf
+    result["e2e_vs_inference_only"] = {k: (result[k]["images_per_s"] / inf if result[k]["images_per_s"] else None)
+                                       for k in ("serial", "overlapped")}
+
+
 def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) -> dict:
     """Serial and overlapped passes over ``files`` with one runner (batch 1), ``e2e_repeats`` times each."""
     from ..backends import RunnerOptions, get_backend
@@ -74,6 +106,8 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
                     infer_post(first.tensor)
                 break
 
+        premodel: list[tuple[str, str, float]] = []
+
         def serial_pass(stages: dict[str, list[float]], counts: dict[str, int]) -> tuple[float, dict]:
             per_study: dict[str, list[float | None]] = {}
             t_start = time.perf_counter_ns()
@@ -85,6 +119,9 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
                 score, infer_ms, post_ms = infer_post(img.tensor)
                 for st in ("read", "decode", "preprocess"):
                     stages[st].append(img.timings_ms[st])
+                shape = img.prepared.source_shape
+                premodel.append((_transfer_syntax(img.ds), _megapixels_bucket(shape[0], shape[-1]),
+                                 sum(img.timings_ms[st] for st in ("read", "decode", "preprocess"))))
                 stages["infer"].append(infer_ms)
                 stages["post"].append(post_ms)
                 per_study.setdefault(img.study_uid, []).append(score)
@@ -136,6 +173,7 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
             "share": {st: totals[st] / all_ms for st in STAGES},
             "unaccounted_ms_per_pass": wall_s * 1e3 - all_ms / len(serial_walls),
         }
+        result["premodel_by_transfer_syntax"] = premodel_by_syntax(premodel)
         result["priorities"] = {p: sum(1 for v in priorities.values() if v == p) for p in sorted(set(priorities.values()))}
         result["overlapped"] = {
             "workers": workers, "wall_s": wall_o, "wall_s_range": [min(overlapped_walls), max(overlapped_walls)],

@@ -20,7 +20,7 @@ from typing import Callable
 from .. import __version__
 from .accuracy import accuracy_for
 from .compare import OPENVINO_TARGET_KEY, _compare, openvino_speedup_target
-from .e2e import _e2e_cases, run_e2e
+from .e2e import _e2e_cases, attach_inference_only, run_e2e
 from .inputs import discover_files, load_inputs
 from .measure import measure_case
 from .memory import PeakRss
@@ -76,6 +76,7 @@ def run(bundle_path: str | os.PathLike | None, settings: BenchSettings,
                 status(f"end to end over {len(files)} files: {case.label}")
                 try:
                     e2e.append(run_e2e(bundle, case, files, settings))
+                    attach_inference_only(e2e[-1], rows)
                 except Exception as exc:  # noqa: BLE001 - reported, not fatal
                     e2e.append({"backend": case.backend, "precision": case.precision, "status": "error",
                                 "reason": f"{exc.__class__.__name__}: {exc}"})

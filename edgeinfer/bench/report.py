@@ -160,6 +160,25 @@ def render_markdown(report: dict) -> str:
                      "normalises, *post* turns the output into a priority (and studies into a worklist order). "
                      "Throughputs are the median of the passes; overlapping *pays* only if every overlapped pass "
                      "beat every serial one.")
+        ratio_rows = [e for e in report["e2e"] if e.get("e2e_vs_inference_only")]
+        if ratio_rows:
+            lines += ["", "| backend / precision | inference only, images/s | end to end serial | end to end overlapped |",
+                      "|---|--:|--:|--:|"]
+            for e in ratio_rows:
+                r = e["e2e_vs_inference_only"]
+                lines.append(f"| {row_label(e)} | {_f(e['inference_only_images_per_s'], 1)} | "
+                             f"{_f(e['serial']['images_per_s'], 1)} ({_f(100 * (r['serial'] or 0), 0)}%) | "
+                             f"{_f(e['overlapped']['images_per_s'], 1)} ({_f(100 * (r['overlapped'] or 0), 0)}%) |")
+            lines += ["", "End-to-end images/s, and in brackets as a share of the same mode's inference-only images/s "
+                      "(batch 1, the p50 of the table above)."]
+        first = next((e for e in report["e2e"] if e.get("premodel_by_transfer_syntax")), None)
+        if first:
+            lines += ["", "Pre-model cost (read + decode + preprocess) per image, by transfer syntax and size "
+                      f"(serial passes of {row_label(first)}):", "",
+                      "| transfer syntax | size | images | p50 | mean |", "|---|---|--:|--:|--:|"]
+            for g in first["premodel_by_transfer_syntax"]:
+                lines.append(f"| {g['transfer_syntax']} | {g['size']} | {g['images']} | {_f(g['p50_ms'], 2)} ms | "
+                             f"{_f(g['mean_ms'], 2)} ms |")
     lines += ["", "## How to read this", "",
               textwrap.dedent("""\
               - **p50/p90/p99**: per-call latency percentiles of the runtime's `Runner.infer`, over all blocks.
