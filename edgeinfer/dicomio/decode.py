@@ -148,7 +148,8 @@ def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMI
     """Decode one frame's stored values (no rescale / VOI), shape (rows, cols[, samples]).
 
     Colour data in YBR_FULL/YBR_FULL_422 comes back as RGB, as from pydicom's
-    ``pixel_array``. The array is in native byte order.
+    ``pixel_array``. The array is in native byte order. Uncompressed little-endian pixel data
+    comes back as a read-only view of the data set's Pixel Data (no copy): copy it to change it.
     """
     index = operator.index(index)
     try:
@@ -187,7 +188,8 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
     if encapsulated:
         _check_encoded_frame(ds, geom, index, limits)
     try:
-        arr = _pd_pixel_array(ds, index=index)
+        # view_only: native pixel data is viewed in place, not copied (10 MB for a DX image)
+        arr = _pd_pixel_array(ds, index=index, view_only=True)
     except RuntimeError as exc:
         failures = _plugin_failures(exc)
         if not failures:

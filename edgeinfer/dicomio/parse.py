@@ -84,9 +84,15 @@ def _read_bytes(path: str, limits: ReadLimits) -> bytes:
         # O_NONBLOCK: a file swapped for a FIFO after the stat above must not hang the batch
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with open(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise UnreadableError("not a regular file (it changed while being read), so it was not read")
-            data = fh.read(limits.max_file_bytes + 1)
+            # ask for the size the file has (+1 to see growth), not for the limit: read(n) sets
+            # aside n bytes first, and n = 2 GiB costs more than reading a 10 MB image
+            cap = limits.max_file_bytes + 1
+            data = fh.read(min(st.st_size + 1, cap))
+            if len(data) > st.st_size and len(data) < cap:  # it grew since fstat: read on, up to the limit
+                data += fh.read(cap - len(data))
     except MemoryError as exc:
         raise TooLargeError("not enough memory to read the file") from exc
     except PermissionError as exc:

@@ -385,6 +385,46 @@ def test_file_size_limit(tmp_path):
     assert "limit" in err.reason
 
 
+def test_native_pixels_are_decoded_without_a_copy():
+    """Uncompressed little-endian pixels come back as a read-only view of the Pixel Data (a DX image
+    is 10 MB); big-endian ones as a native-order copy."""
+    ds = read_dataset(corpus("CT_small.dcm"))
+    arr = decode_frame(ds)
+    assert np.shares_memory(arr, np.frombuffer(ds.PixelData, np.uint8)) and not arr.flags.writeable
+    big = decode_frame(read_dataset(corpus("MR_small_bigendian.dcm")))
+    assert big.dtype.isnative and np.array_equal(big, decode_frame(read_dataset(corpus("MR_small.dcm"))))
+
+
+def test_a_file_that_grew_after_stat_is_read_whole_up_to_the_limit(tmp_path, monkeypatch):
+    """The reader asks for the size stat reported (plus one byte, to see growth), not for the limit;
+    a file that is longer by the time it is read is read on, and refused past the limit."""
+    from edgeinfer.dicomio import parse
+
+    path = tmp_path / "grown.dcm"
+    shutil.copy(corpus("CT_small.dcm"), path)
+    size = path.stat().st_size
+
+    def older(st):  # what stat said before the file grew to its present size
+        fields = list(st)[:10]
+        fields[6] = 100  # st_size
+        return os.stat_result(fields)
+
+    class StatBeforeGrowth:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def stat(self, p, *args, **kwargs):
+            return older(os.stat(p, *args, **kwargs))
+
+        def fstat(self, fd):
+            return older(os.fstat(fd))
+
+    monkeypatch.setattr(parse, "os", StatBeforeGrowth())
+    assert decode_frame(read_dataset(path)).shape == (128, 128)
+    err = expect_rejection(path, TooLargeError, limits=ReadLimits(max_file_bytes=size - 1))
+    assert "limit" in err.reason
+
+
 # --- 3. truncation sweeps ------------------------------------------------------------------
 SWEEP_FILES = [
     "CT_small.dcm",  # native, explicit VR LE
