@@ -39,6 +39,7 @@ from edgeinfer.bundle import Artifact, Bundle, load_bundle, sha256_file, write_m
 from edgeinfer.errors import BackendError
 from edgeinfer.gate import GateConfig, evaluate_gate, runtime_precision_key
 from edgeinfer.metrics import evaluate
+from edgeinfer.preprocess import PREPROCESS_IMPL
 from edgeinfer.intake import discover
 from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score
 
@@ -302,7 +303,7 @@ _SUMMARY_KEYS = ("passed", "reasons", "auc", "sensitivity", "specificity", "agre
 def _artifact_validation(entry: dict, report: ValidationReport, data_id: str) -> dict:
     keep = {k: v for k, v in entry.items() if k not in ("artifact", "format")}
     keep.update({"date": report.date, "data": data_id, "gate": report.gate.as_dict(), "tool": "edgeinfer validate",
-                 "edgeinfer": edgeinfer_version})
+                 "edgeinfer": edgeinfer_version, "preprocessing_impl": PREPROCESS_IMPL})
     return keep
 
 
@@ -326,7 +327,8 @@ def record_validation(bundle_path: str | os.PathLike, report: ValidationReport) 
         if not entry.get("skipped"):
             runtime[key] = _artifact_validation(entry, report, data_id)
     m["validation"] = {
-        "tool": "edgeinfer validate", "edgeinfer": edgeinfer_version, "date": report.date, "data_id": data_id,
+        "tool": "edgeinfer validate", "edgeinfer": edgeinfer_version, "preprocessing_impl": PREPROCESS_IMPL,
+        "date": report.date, "data_id": data_id,
         "data": report.data, "gate": report.gate.as_dict(),
         "precisions": {i: {k: e.get(k) for k in _SUMMARY_KEYS} | ({"skipped": e["skipped"]} if e.get("skipped") else {})
                        for i, e in report.precisions.items()},

@@ -201,10 +201,17 @@ class Bundle:
 
     def summary(self) -> dict:
         m, sig = self.manifest, self.signature
-        return {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path),
-                "digest": self.digest,
-                "signature": {"verified": bool(sig.get("verified")), "key_id": sig.get("key_id"),
-                              "note": sig.get("note", "")}}
+        out = {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path),
+               "digest": self.digest,
+               "signature": {"verified": bool(sig.get("verified")), "key_id": sig.get("key_id"),
+                             "note": sig.get("note", "")},
+               "preprocessing_impl": preprocessing_versions(m)}
+        return out
+
+    @property
+    def preprocessing_note(self) -> str | None:
+        """Why this bundle's accuracy record may not describe what this runtime computes, or None."""
+        return preprocessing_note(self.manifest)
 
 
 def _listed_files(manifest: dict) -> set[str]:
@@ -305,6 +312,27 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     return bundle_dir / MANIFEST
 
 
+def preprocessing_versions(manifest: dict) -> dict:
+    """``{"runtime": "2", "validated_with": "1" | "2" | None}``: the preprocessing implementation this
+    runtime runs, and the one the bundle's validation ran with (validations before the field was
+    recorded ran with implementation 1; None: never validated)."""
+    from .preprocess import PREPROCESS_IMPL
+
+    validation = manifest.get("validation") or None
+    validated = None if not validation else str(validation.get("preprocessing_impl", "1"))
+    return {"runtime": PREPROCESS_IMPL, "validated_with": validated}
+
+
+def preprocessing_note(manifest: dict) -> str | None:
+    """A flag when the bundle was validated with another preprocessing implementation than this runtime's."""
+    v = preprocessing_versions(manifest)
+    if v["validated_with"] in (None, v["runtime"]):
+        return None
+    return (f"validated with preprocessing implementation {v['validated_with']}; this runtime preprocesses with "
+            f"implementation {v['runtime']}, so the accuracy record describes slightly different tensors: "
+            "run edgeinfer validate again to record the verdicts for this runtime")
+
+
 def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
     """(key, value) rows for ``edgeinfer inspect``; shared by the text and rich renderers."""
     m = bundle.manifest
@@ -325,6 +353,9 @@ def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
         yield f"output {t['name']}", f"{t['dtype']} {t['shape']}{lab}"
     pp = m["preprocessing"]
     yield "preprocessing", ", ".join(f"{k}={v}" for k, v in pp.items())
+    v = preprocessing_versions(m)
+    yield "preprocessing impl", (f"runtime {v['runtime']}, validated with {v['validated_with'] or '(never validated)'}"
+                                 + (f"  FLAG: {bundle.preprocessing_note}" if bundle.preprocessing_note else ""))
     for a in m["artifacts"]:
         val = a.get("validation", {}) or {}
         gate = {True: "passed gate", False: "FAILED gate"}.get(val.get("passed"), "not validated")

@@ -193,6 +193,8 @@ def cmd_triage(args) -> int:
     if args.output:  # before any work: a bad output path must not cost a whole run, nor destroy an input
         check_output_path(args.output, inputs=[*args.inputs, *files])
     bundle = _load_bundle(args.bundle, args.trust)
+    if bundle.preprocessing_note:
+        print(f"warning: {bundle.name}: {bundle.preprocessing_note}", file=sys.stderr)
     ignore = DEFAULT_IGNORE if args.ignore is None else tuple(x for x in args.ignore.split(",") if x)
     runner, selection = _runner_for(bundle, args)
     with runner:

@@ -238,7 +238,12 @@ def test_a_plan_that_cannot_run_here_is_skipped_not_passed(tmp_path, calibrated_
     e = rep.precisions["fp16-trt"]
     assert e["passed"] is None and "skipped" in e and not rep.passed
     record_validation(b2, rep)
-    assert "validation" not in load_bundle(b2).artifact(id="fp16-trt").record
+    b = load_bundle(b2)
+    assert "validation" not in b.artifact(id="fp16-trt").record
+    # the record names the preprocessing implementation it ran with, so a later runtime can tell
+    from edgeinfer.preprocess import PREPROCESS_IMPL
+
+    assert b.manifest["validation"]["preprocessing_impl"] == PREPROCESS_IMPL and b.preprocessing_note is None
 
 
 def test_unknown_artifact_is_an_error(calibrated_bundle, val_dir):

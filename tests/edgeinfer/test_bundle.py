@@ -260,3 +260,17 @@ def test_embedded_bundle_thresholds_satisfy_the_strict_rules():
     m = load_bundle(None).manifest
     mins = [p["min_score"] for p in m["triage"]["priorities"]]
     assert mins == [0.9, 0.5, 0.0]
+
+
+def test_a_bundle_validated_with_another_preprocessing_implementation_is_flagged():
+    from edgeinfer.bundle import preprocessing_note, preprocessing_versions
+    from edgeinfer.preprocess import PREPROCESS_IMPL
+
+    assert preprocessing_versions({}) == {"runtime": PREPROCESS_IMPL, "validated_with": None}
+    assert preprocessing_note({}) is None  # never validated: the gate says so elsewhere
+    older = {"validation": {"tool": "edgeinfer validate"}}  # before the field existed: implementation 1
+    assert preprocessing_versions(older)["validated_with"] == "1"
+    note = preprocessing_note(older)
+    assert note.startswith(f"validated with preprocessing implementation 1; this runtime preprocesses with "
+                           f"implementation {PREPROCESS_IMPL}") and "edgeinfer validate" in note
+    assert preprocessing_note({"validation": {"preprocessing_impl": PREPROCESS_IMPL}}) is None

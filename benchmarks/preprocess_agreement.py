@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Does the fast preprocessing change any decision? The runtime against the test oracle, end to end.
+
+    .venv/bin/python benchmarks/preprocess_agreement.py [DATA_DIR] [--n 480] [--seed 4004] [--max-size 1024]
+        [--bundle BUNDLE] [--json OUT] [--report OUT.md]
+
+The oracle is the preprocessing the embedded bundle was trained, calibrated and validated with
+(implementation "1", kept verbatim in ``tests/oracle_preprocess.py``); the runtime preprocesses with
+:data:`edgeinfer.preprocess.PREPROCESS_IMPL`. On a phantom set the model has never seen (``--seed`` differs
+from those of training, calibration and validation; generated into DATA_DIR unless it holds one already),
+both paths go through the whole triage (:class:`edgeinfer.triage.TriageEngine`, ONNX Runtime FP32) and are
+compared with ``edgeinfer validate``'s own functions: priority agreement study by study, score differences,
+AUC, sensitivity and specificity against the set's labels. Every image's tensor is compared too (max and
+mean |Δ|). A check, not a timing: it runs the slow oracle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests: never in the runtime
+
+
+@contextmanager
+def oracle_path():
+    """Every intake in this block preprocesses with the oracle (implementation 1)."""
+    import edgeinfer.intake
+    from oracle_preprocess import preprocess_pixels
+
+    with mock.patch.object(edgeinfer.intake, "preprocess_pixels", preprocess_pixels):
+        yield
+
+
+def compare(bundle, files, labels: dict | None = None, threads: int | None = None) -> dict:
+    """Triage ``files`` with the runtime's preprocessing and with the oracle's; the differences."""
+    from edgeinfer.backends import RunnerOptions, create_runner
+    from edgeinfer.intake import Image, Intake
+    from edgeinfer.preprocess import PREPROCESS_IMPL
+    from edgeinfer.triage import TriageEngine
+    from edgeinfer_calibration.validate import compare_outcomes, outcomes_from_worklist
+    from oracle_preprocess import IMPL as ORACLE_IMPL
+
+    art = bundle.artifact(precision="fp32", format="onnx")
+    op = bundle.manifest["triage"]["operating_point"]
+    with create_runner(art, RunnerOptions(device="cpu", threads=threads), backend="onnxruntime") as runner:
+        fast = TriageEngine(bundle, runner).run(files)
+        with oracle_path():
+            oracle = TriageEngine(bundle, runner).run(files)
+    ref, got = outcomes_from_worklist(oracle.studies), outcomes_from_worklist(fast.studies)
+    m_fast = compare_outcomes(ref, got, labels=labels, operating_point=op)
+    m_oracle = compare_outcomes(ref, ref, labels=labels, operating_point=op)
+
+    intake = Intake.for_bundle(bundle)
+    tensor_max = display_max = 0.0
+    tensor_means, outcome_mismatch = [], []
+    for f in files:
+        a = intake.take(f)
+        with oracle_path():
+            b = intake.take(f)
+        if isinstance(a, Image) != isinstance(b, Image) or (not isinstance(a, Image) and a.code != b.code):
+            outcome_mismatch.append(str(f))
+            continue
+        if isinstance(a, Image):
+            d = np.abs(a.tensor - b.tensor)
+            tensor_max = max(tensor_max, float(d.max()))
+            tensor_means.append(float(d.mean()))
+            display_max = max(display_max, float(np.abs(a.prepared.display - b.prepared.display).max()))
+    by_priority = {}
+    for u in ref:
+        key = f"{ref[u].priority} -> {got[u].priority}" if u in got else f"{ref[u].priority} -> (missing)"
+        by_priority[key] = by_priority.get(key, 0) + 1
+    return {
+        "runtime_impl": PREPROCESS_IMPL, "oracle_impl": ORACLE_IMPL, "files": len(files),
+        "images": len(tensor_means), "studies": m_fast["n_studies"],
+        "priority_agreement": m_fast["agreement"], "disagreements": m_fast["disagreements"],
+        "transitions": dict(sorted(by_priority.items())),
+        "max_abs_score_diff": m_fast["max_abs_score_diff"], "mean_abs_score_diff": m_fast["mean_abs_score_diff"],
+        "auc": {"runtime": m_fast.get("auc"), "oracle": m_oracle.get("auc")},
+        "auc_diff": (None if m_fast.get("auc") is None else m_fast["auc"] - m_oracle["auc"]),
+        "sensitivity": {"runtime": m_fast.get("sensitivity"), "oracle": m_oracle.get("sensitivity")},
+        "specificity": {"runtime": m_fast.get("specificity"), "oracle": m_oracle.get("specificity")},
+        "tensor_max_abs_diff": tensor_max, "tensor_mean_abs_diff": float(np.mean(tensor_means)) if tensor_means else None,
+        "display_max_abs_diff": display_max, "rejections_that_differ": outcome_mismatch,
+    }
+
+
+def render(r: dict, data: str) -> str:
+    f = lambda x, d=4: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+    return "\n".join([
+        f"# Preprocessing implementation {r['runtime_impl']} against the oracle ({r['oracle_impl']})", "",
+        f"Unseen phantom set `{data}`: {r['files']} files, {r['images']} images, {r['studies']} studies; "
+        "ONNX Runtime FP32, the whole triage both ways.", "",
+        "| | runtime | oracle |", "|---|--:|--:|",
+        f"| AUC | {f(r['auc']['runtime'])} | {f(r['auc']['oracle'])} |",
+        f"| sensitivity | {f(r['sensitivity']['runtime'], 3)} | {f(r['sensitivity']['oracle'], 3)} |",
+        f"| specificity | {f(r['specificity']['runtime'], 3)} | {f(r['specificity']['oracle'], 3)} |", "",
+        f"- priority agreement: {100 * r['priority_agreement']:.1f} % ({r['disagreements']} studies differ)",
+        f"- study score |Δ|: max {f(r['max_abs_score_diff'])}, mean {f(r['mean_abs_score_diff'], 5)}",
+        f"- tensor |Δ| (after normalisation): max {f(r['tensor_max_abs_diff'])}, mean "
+        f"{f(r['tensor_mean_abs_diff'], 5)}; display image [0, 1]: max {f(r['display_max_abs_diff'])}",
+        f"- images rejected by one path only: {len(r['rejections_that_differ'])}", ""])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", nargs="?", help="a phantom set with labels.csv (default: generate one)")
+    ap.add_argument("--n", type=int, default=480)
+    ap.add_argument("--seed", type=int, default=4004)
+    ap.add_argument("--max-size", type=int, default=1024)
+    ap.add_argument("--bundle", default=None, help="default: the embedded phantom bundle")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None)
+    args = ap.parse_args(argv)
+    from edgeinfer import phantom
+    from edgeinfer._io import emit_json, atomic_write
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.intake import discover
+    from edgeinfer.triage import read_study_labels
+
+    data = Path(args.data or tempfile.mkdtemp(prefix="unseen-phantoms-"))
+    if not (data / "labels.csv").is_file():
+        phantom.generate(data, args.n, seed=args.seed, max_size=args.max_size)
+    bundle = load_bundle(args.bundle or default_bundle_path())
+    r = compare(bundle, discover([data]), read_study_labels(data / "labels.csv"), args.threads)
+    r["data"] = {"path": str(data), "n": args.n, "seed": args.seed, "max_size": args.max_size}
+    text = render(r, str(data))
+    print(text)
+    if args.json:
+        emit_json(r, args.json)
+    if args.report:
+        atomic_write(args.report, text.encode())
+    return 0 if r["priority_agreement"] == 1.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

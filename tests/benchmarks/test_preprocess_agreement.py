@@ -1,0 +1,40 @@
+"""benchmarks/preprocess_agreement.py: the runtime's preprocessing changes no triage decision.
+
+An unseen phantom set (a seed no training, calibration or validation set used) goes through the
+whole triage twice, with the runtime's preprocessing and with the oracle (implementation 1, what the
+embedded bundle was trained and validated with). The README reports the same check on 480 files.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from helpers import ROOT
+
+
+@pytest.fixture(scope="module")
+def agreement():
+    spec = importlib.util.spec_from_file_location("preprocess_agreement", ROOT / "benchmarks" / "preprocess_agreement.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_the_fast_path_gives_the_oracle_s_priorities_on_unseen_studies(agreement, tmp_path):
+    from edgeinfer import phantom
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.intake import discover
+    from edgeinfer.triage import read_study_labels
+
+    data = tmp_path / "unseen"
+    phantom.generate(data, 48, seed=4005, max_size=1024)
+    r = agreement.compare(load_bundle(default_bundle_path()), discover([data]), read_study_labels(data / "labels.csv"))
+    assert r["runtime_impl"] != r["oracle_impl"]
+    assert r["studies"] >= 30 and r["rejections_that_differ"] == []
+    assert r["priority_agreement"] == 1.0, r["transitions"]
+    assert abs(r["auc_diff"]) <= 0.002
+    assert 0 < r["tensor_max_abs_diff"] < 0.5 and r["tensor_mean_abs_diff"] < 0.01
+    md = agreement.render(r, str(data))
+    assert "priority agreement: 100.0 %" in md
