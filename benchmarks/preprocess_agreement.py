@@ -26,16 +26,28 @@ from unittest import mock
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the oracle lives with the tests: never in the runtime
+
+
+def oracle():
+    """``tests/oracle_preprocess.py``, loaded from its file: the oracle lives with the tests, never in
+    the runtime (and ``tests/`` on sys.path would shadow the ``edgeinfer`` package with ``tests/edgeinfer``)."""
+    mod = sys.modules.get("oracle_preprocess")
+    if mod is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("oracle_preprocess", ROOT / "tests" / "oracle_preprocess.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["oracle_preprocess"] = mod
+        spec.loader.exec_module(mod)
+    return mod
 
 
 @contextmanager
 def oracle_path():
     """Every intake in this block preprocesses with the oracle (implementation 1)."""
     import edgeinfer.intake
-    from oracle_preprocess import preprocess_pixels
 
-    with mock.patch.object(edgeinfer.intake, "preprocess_pixels", preprocess_pixels):
+    with mock.patch.object(edgeinfer.intake, "preprocess_pixels", oracle().preprocess_pixels):
         yield
 
 
@@ -46,15 +58,16 @@ def compare(bundle, files, labels: dict | None = None, threads: int | None = Non
     from edgeinfer.preprocess import PREPROCESS_IMPL
     from edgeinfer.triage import TriageEngine
     from edgeinfer_calibration.validate import compare_outcomes, outcomes_from_worklist
-    from oracle_preprocess import IMPL as ORACLE_IMPL
+
+    ORACLE_IMPL = oracle().IMPL
 
     art = bundle.artifact(precision="fp32", format="onnx")
     op = bundle.manifest["triage"]["operating_point"]
     with create_runner(art, RunnerOptions(device="cpu", threads=threads), backend="onnxruntime") as runner:
         fast = TriageEngine(bundle, runner).run(files)
         with oracle_path():
-            oracle = TriageEngine(bundle, runner).run(files)
-    ref, got = outcomes_from_worklist(oracle.studies), outcomes_from_worklist(fast.studies)
+            by_oracle = TriageEngine(bundle, runner).run(files)
+    ref, got = outcomes_from_worklist(by_oracle.studies), outcomes_from_worklist(fast.studies)
     m_fast = compare_outcomes(ref, got, labels=labels, operating_point=op)
     m_oracle = compare_outcomes(ref, ref, labels=labels, operating_point=op)
 

@@ -280,12 +280,15 @@ def _header_window(ds, index: int) -> Window | None:
     return Window("header", c, w, func)
 
 
-def auto_window(sample: np.ndarray, percentiles: tuple[float, float]) -> Window:
+def auto_window(frame: "_Frame", percentiles: tuple[float, float]) -> Window:
     """The automatic window from a sample of the non-padding modality values
-    (:meth:`_Frame.auto_sample`: every N-th, about a million, as version 1 took them)."""
-    if sample.size == 0:
+    (:meth:`_Frame.auto_base`: every N-th, about a million, as version 1 took them); the
+    percentiles come from a histogram of the stored integers when they can (:func:`_percentiles`)."""
+    base = frame.auto_base()
+    if base.size == 0:
         raise PreprocessError("the image holds only padding pixels")
-    lo, hi = np.percentile(sample, percentiles)
+    got = frame.percentiles(base, tuple(percentiles))
+    lo, hi = got if got is not None else np.percentile(frame.values(base), percentiles)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise PreprocessError("pixel values are not finite after the modality LUT")
     if hi <= lo:
@@ -382,17 +385,65 @@ def _voi_lut_span(ds, index: int) -> tuple[float, float] | None:
     return float(first + lo), float(first + hi)
 
 
+#: the widest range of stored integers counted in a histogram (more: the sample is sorted instead)
+_HISTOGRAM_RANGE = 1 << 20
+
+
+def _percentiles(base: np.ndarray, q: tuple[float, ...], to_values: Callable[[np.ndarray], np.ndarray],
+                 direction: int) -> np.ndarray | None:
+    """``np.percentile(to_values(base), q)`` without sorting the sample, or None when that does not apply.
+
+    ``base`` holds stored integers and ``to_values`` maps them pointwise, never decreasing
+    (``direction`` 1: a rescale with a positive slope, then a window) or never increasing (-1). The
+    order statistics of the values are then those of ``base``, mapped: they are read off a
+    histogram of ``base`` (O(n), no sort), mapped, and interpolated as numpy's default ('linear')
+    method does, which gives the same numbers up to float rounding. None for float data, a range
+    wider than :data:`_HISTOGRAM_RANGE`, an empty sample, an unknown direction, or values that are
+    not finite at the sample's extremes (the caller then sorts, and sees them).
+    """
+    if direction == 0 or base.size == 0 or not np.issubdtype(base.dtype, np.integer):
+        return None
+    flat = base.reshape(-1)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo >= _HISTOGRAM_RANGE:
+        return None
+    ends = to_values(np.array([lo, hi], dtype=base.dtype))
+    if not np.isfinite(ends).all():
+        return None
+    counts = np.bincount(flat if lo >= 0 else flat.astype(np.int64) - lo)
+    cum = np.cumsum(counts)
+    n = flat.size
+    virtual = (n - 1) * (np.asarray(q, dtype=np.float64) / 100.0)
+    below = np.floor(virtual).astype(np.int64)
+    ranks = np.concatenate([below, np.minimum(below + 1, n - 1)])
+    if direction < 0:
+        ranks = n - 1 - ranks
+    stats = np.searchsorted(cum, ranks, side="right") + (0 if lo >= 0 else lo)  # the ranks-th smallest
+    vals = to_values(stats.astype(base.dtype)).astype(np.float64)
+    a, b = vals[:len(q)], vals[len(q):]
+    t = virtual - below
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+
+
 def _sample_steps(shape: tuple[int, ...]) -> tuple[int, int]:
     """Row and column strides of the contrast sample (about 512 x 512 pixels)."""
     sy, sx = (max(1, -(-n // _CONTRAST_SIDE)) for n in shape[:2])
     return sy, sx
 
 
-def _spread(sample: np.ndarray, sample_mask: np.ndarray | None,
-            everything: Callable[[], np.ndarray]) -> float:
+def _spread(sample: np.ndarray | Callable[[], np.ndarray], sample_mask: np.ndarray | None,
+            everything: Callable[[], np.ndarray],
+            fast: Callable[[tuple[float, ...]], np.ndarray | None] | None = None) -> float:
     """Spread between the 1st and 99th percentiles of the non-padding pixels of a contrast
     sample (``everything``: every non-padding pixel, used when the sample holds none); NaN when
-    the sample holds a non-finite value."""
+    the sample holds a non-finite value. ``sample`` may be a callable that computes it, and
+    ``fast`` gives the two percentiles from the stored integers (:func:`_percentiles`) or None."""
+    if fast is not None:
+        got = fast(CONTRAST_PERCENTILES)
+        if got is not None:
+            return float(got[1] - got[0])
+    if callable(sample):
+        sample = sample()
     if sample_mask is not None:
         sample = sample[~sample_mask]
         if sample.size == 0:  # the sample fell on padding only: use every non-padding pixel
@@ -410,9 +461,10 @@ def contrast(shown: np.ndarray, mask: np.ndarray | None) -> float:
     return _spread(shown[::sy, ::sx], None if mask is None else mask[::sy, ::sx], lambda: shown[~mask])
 
 
-def _flat(sample: np.ndarray, sample_mask: np.ndarray | None, everything: Callable[[], np.ndarray]) -> str | None:
+def _flat(sample, sample_mask: np.ndarray | None, everything: Callable[[], np.ndarray],
+          fast: Callable[[tuple[float, ...]], np.ndarray | None] | None = None) -> str | None:
     """None if the windowed image has usable contrast, else why not (no header text in it)."""
-    spread = _spread(sample, sample_mask, everything)
+    spread = _spread(sample, sample_mask, everything, fast)
     if math.isnan(spread):
         return "gives values that are not finite"
     if spread < MIN_CONTRAST:
@@ -451,19 +503,47 @@ class _Frame:
         """Modality values of some of ``base`` (pixels, or box means of them)."""
         return part if self.table else modality_lut(part, self.ds)
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The contrast sample (values, padding) on version 1's grid."""
+    @functools.cached_property
+    def direction(self) -> int:
+        """1 if modality values grow with the stored ones, -1 if they fall, 0 if unknown (a table)."""
+        return 0 if self.table else (1 if _rescale(self.ds)[0] > 0 else -1)
+
+    def percentiles(self, base: np.ndarray, q: tuple[float, ...],
+                    shade: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
+        """``np.percentile(shade(values(base)), q)`` from a histogram (:func:`_percentiles`), or None.
+        ``shade`` must not decrease (a window does; a VOI LUT need not, so it is never passed)."""
+        to_values = self.values if shade is None else (lambda part: shade(self.values(part)))
+        return _percentiles(base, q, to_values, self.direction)
+
+    def sample_base(self) -> np.ndarray:
+        """The contrast sample's stored values (non-padding only), on version 1's grid."""
         sy, sx = _sample_steps(self.base.shape)
-        return self.values(self.base[::sy, ::sx]), None if self.mask is None else self.mask[::sy, ::sx]
+        part = self.base[::sy, ::sx]
+        return part if self.mask is None else part[~self.mask[::sy, ::sx]]
+
+    @functools.cached_property
+    def sample(self) -> np.ndarray:
+        """The contrast sample's modality values on version 1's grid (computed once, when needed)."""
+        sy, sx = _sample_steps(self.base.shape)
+        return self.values(self.base[::sy, ::sx])
+
+    @property
+    def sample_mask(self) -> np.ndarray | None:
+        sy, sx = _sample_steps(self.base.shape)
+        return None if self.mask is None else self.mask[::sy, ::sx]
 
     def nonpadding(self) -> np.ndarray:
         return self.values(self.base[~self.mask])
 
-    def auto_sample(self) -> np.ndarray:
-        """The automatic window's sample: every N-th non-padding pixel, about a million."""
+    def auto_base(self) -> np.ndarray:
+        """The automatic window's sample of stored values: every N-th non-padding pixel, about a million."""
         chosen = self.base if self.mask is None else self.base[~self.mask]
         step = max(1, chosen.size // 1_000_000)
-        return self.values(chosen.reshape(-1)[::step])
+        return chosen.reshape(-1)[::step]
+
+    def auto_sample(self) -> np.ndarray:
+        """The automatic window's sample (modality values)."""
+        return self.values(self.auto_base())
 
     def extremes(self) -> np.ndarray:
         """Modality values of the smallest and largest non-padding pixel."""
@@ -523,12 +603,12 @@ def voi(frame: _Frame, ds, spec: PreprocessSpec
     mask = frame.mask
     if mask is not None and mask.all():
         raise PreprocessError("the image holds only padding pixels")
-    sample, sample_mask = frame.sample()
+    sample_mask = frame.sample_mask
     reasons: list[str] = []   # why each source tried was not used, in order
     rejected: list[str] = []  # those that were applied but gave no usable contrast
     for source in spec.window_sources:
         if source == "voi_lut":
-            out = _voi_lut(sample, ds, spec.preset_index)
+            out = _voi_lut(frame.sample, ds, spec.preset_index)
             if out is None:
                 reasons.append("no usable VOI LUT in the header")
                 continue
@@ -545,17 +625,20 @@ def voi(frame: _Frame, ds, spec: PreprocessSpec
                 w = Window("fixed", float(spec.window_center), float(spec.window_width))
             else:
                 try:
-                    w = auto_window(frame.auto_sample(), spec.percentiles)
+                    w = auto_window(frame, spec.percentiles)
                 except PreprocessError as exc:
                     rejected.append(f"auto window: {exc.reason}")
                     reasons.append(rejected[-1])
                     continue
             shade, span = functools.partial(apply_window, w=w), _window_span(w)
-            out = shade(sample)
+            out = lambda: shade(frame.sample)  # noqa: E731 - computed only if the histogram cannot answer
             what, window = f"{source} window c={w.center:g} w={w.width:g}", w.as_dict()
         else:
             continue
-        why = _flat(out, sample_mask, lambda: shade(frame.nonpadding()))
+        fast = None
+        if source != "voi_lut" and (sample_mask is None or not sample_mask.all()):
+            fast = functools.partial(frame.percentiles, frame.sample_base(), shade=shade)
+        why = _flat(out, sample_mask, lambda: shade(frame.nonpadding()), fast)
         if why is None:
             if rejected:
                 window["rejected"] = rejected

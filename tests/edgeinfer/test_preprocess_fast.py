@@ -517,3 +517,38 @@ def test_zz_report(capsys):
                 print(f"\n[{group}, {kind}] {len(found)} images: max |d display| {worst[2]:.3g} ({worst[0]}); "
                       f"mean |d| per image: largest {max(r[3] for r in found):.3g}, "
                       f"average {np.mean([r[3] for r in found]):.3g}")
+
+
+# --- percentiles from a histogram of the stored integers ------------------------------------------
+@pytest.mark.parametrize("dtype, lo, hi", [(np.uint16, 0, 4096), (np.uint16, 0, 65535), (np.int16, -2000, 3000),
+                                           (np.uint8, 0, 255), (np.int32, -70000, 70000)])
+@pytest.mark.parametrize("slope", [1.0, 0.5, -2.0])
+def test_histogram_percentiles_are_numpy_s(dtype, lo, hi, slope):
+    from edgeinfer.preprocess import Window, _percentiles, apply_window
+
+    rng = np.random.default_rng(abs(hash((np.dtype(dtype).str, lo, slope))) % 2**32)
+    for n in (1, 2, 3, 17, 1000, 262_144):
+        base = rng.integers(lo, hi + 1, n).astype(dtype)
+        values = lambda part: part.astype(np.float32) * np.float32(slope) + np.float32(-100)  # noqa: E731
+        for q in ((0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (37.0, 63.0)):
+            want = np.percentile(values(base), q)
+            got = _percentiles(base, q, values, 1 if slope > 0 else -1)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+        w = Window("header", float(np.median(values(base))), float(max(2.0, np.ptp(values(base)) / 3)))
+        shaded = lambda part: apply_window(values(part), w)  # noqa: E731 - a window never decreases
+        want = np.percentile(shaded(base), (1.0, 99.0))
+        np.testing.assert_allclose(_percentiles(base, (1.0, 99.0), shaded, 1 if slope > 0 else -1), want,
+                                   rtol=1e-12, atol=1e-9)
+
+
+def test_histogram_percentiles_decline_what_they_cannot_answer():
+    from edgeinfer.preprocess import _percentiles
+
+    ident = lambda part: part.astype(np.float32)  # noqa: E731
+    assert _percentiles(np.array([1.5, 2.5], np.float32), (1.0, 99.0), ident, 1) is None   # floats: sorted
+    assert _percentiles(np.array([0, 2**21], np.int32), (1.0, 99.0), ident, 1) is None     # range too wide
+    assert _percentiles(np.array([], np.uint16), (1.0, 99.0), ident, 1) is None
+    assert _percentiles(np.array([1, 2], np.uint16), (1.0, 99.0), ident, 0) is None        # a table: unknown
+    huge = lambda part: part.astype(np.float32) * np.float32(3e38)  # noqa: E731 - inf at the top
+    with np.errstate(over="ignore"):
+        assert _percentiles(np.array([1, 2], np.uint16), (1.0, 99.0), huge, 1) is None
