@@ -410,7 +410,10 @@ def _percentiles(base: np.ndarray, q: tuple[float, ...], to_values: Callable[[np
     ends = to_values(np.array([lo, hi], dtype=base.dtype))
     if not np.isfinite(ends).all():
         return None
-    counts = np.bincount(flat if lo >= 0 else flat.astype(np.int64) - lo)
+    # counted from 0 when the values start near it (no extra pass); from lo otherwise, so that the
+    # counts never span more than _HISTOGRAM_RANGE bins (uint32 data can sit near 4e9)
+    offset = 0 if 0 <= lo and hi < _HISTOGRAM_RANGE else lo
+    counts = np.bincount(flat if offset == 0 else flat.astype(np.int64) - offset)
     cum = np.cumsum(counts)
     n = flat.size
     virtual = (n - 1) * (np.asarray(q, dtype=np.float64) / 100.0)
@@ -418,7 +421,7 @@ def _percentiles(base: np.ndarray, q: tuple[float, ...], to_values: Callable[[np
     ranks = np.concatenate([below, np.minimum(below + 1, n - 1)])
     if direction < 0:
         ranks = n - 1 - ranks
-    stats = np.searchsorted(cum, ranks, side="right") + (0 if lo >= 0 else lo)  # the ranks-th smallest
+    stats = np.searchsorted(cum, ranks, side="right") + offset  # the ranks-th smallest
     vals = to_values(stats.astype(base.dtype)).astype(np.float64)
     a, b = vals[:len(q)], vals[len(q):]
     t = virtual - below

@@ -521,7 +521,8 @@ def test_zz_report(capsys):
 
 # --- percentiles from a histogram of the stored integers ------------------------------------------
 @pytest.mark.parametrize("dtype, lo, hi", [(np.uint16, 0, 4096), (np.uint16, 0, 65535), (np.int16, -2000, 3000),
-                                           (np.uint8, 0, 255), (np.int32, -70000, 70000)])
+                                           (np.uint8, 0, 255), (np.int32, -70000, 70000),
+                                           (np.uint32, 4_000_000_000, 4_000_900_000)])
 @pytest.mark.parametrize("slope", [1.0, 0.5, -2.0])
 def test_histogram_percentiles_are_numpy_s(dtype, lo, hi, slope):
     from edgeinfer.preprocess import Window, _percentiles, apply_window
@@ -539,6 +540,18 @@ def test_histogram_percentiles_are_numpy_s(dtype, lo, hi, slope):
         want = np.percentile(shaded(base), (1.0, 99.0))
         np.testing.assert_allclose(_percentiles(base, (1.0, 99.0), shaded, 1 if slope > 0 else -1), want,
                                    rtol=1e-12, atol=1e-9)
+
+
+def test_a_histogram_never_spans_more_than_its_range(monkeypatch):
+    # uint32 values near 4e9 in a narrow range: counted from their minimum, not from 0 (32 GB)
+    from edgeinfer import preprocess
+
+    seen = []
+    real = np.bincount
+    monkeypatch.setattr(preprocess.np, "bincount", lambda a, *k: seen.append(int(a.max()) + 1) or real(a, *k))
+    base = np.array([4_000_000_000, 4_000_000_007, 4_000_500_000], np.uint32)
+    got = preprocess._percentiles(base, (0.0, 100.0), lambda p: p.astype(np.float64), 1)
+    assert list(got) == [4_000_000_000, 4_000_500_000] and seen == [500_001]
 
 
 def test_histogram_percentiles_decline_what_they_cannot_answer():

@@ -28,7 +28,7 @@ def test_pre_model_cost_by_transfer_syntax_and_the_share_of_inference_only(repor
     assert all(g["size"] in ("< 1 MP", "1-4 MP", "4-9 MP", ">= 9 MP") and g["p50_ms"] > 0 for g in groups)
     ratio = e["e2e_vs_inference_only"]
     assert e["inference_only_images_per_s"] > 0
-    assert ratio["serial"] == pytest.approx(e["serial"]["images_per_s"] / e["inference_only_images_per_s"])
+    assert ratio["serial"] == pytest.approx(e["serial"]["images_per_s"] / e["inference_only_images_per_s"], rel=1e-3)
     md = bench.render_markdown(report)
     assert "| transfer syntax | size | images | p50 | mean |" in md and "inference only, images/s" in md
 
