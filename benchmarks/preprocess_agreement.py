@@ -107,6 +107,7 @@ def compare(bundle, files, labels: dict | None = None, threads: int | None = Non
 
 def render(r: dict, data: str) -> str:
     f = lambda x, d=4: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+    e = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731 - differences can be far below 1e-4
     return "\n".join([
         f"# Preprocessing implementation {r['runtime_impl']} against the oracle ({r['oracle_impl']})", "",
         f"Unseen phantom set `{data}`: {r['files']} files, {r['images']} images, {r['studies']} studies; "
@@ -116,9 +117,9 @@ def render(r: dict, data: str) -> str:
         f"| sensitivity | {f(r['sensitivity']['runtime'], 3)} | {f(r['sensitivity']['oracle'], 3)} |",
         f"| specificity | {f(r['specificity']['runtime'], 3)} | {f(r['specificity']['oracle'], 3)} |", "",
         f"- priority agreement: {100 * r['priority_agreement']:.1f} % ({r['disagreements']} studies differ)",
-        f"- study score |Δ|: max {f(r['max_abs_score_diff'])}, mean {f(r['mean_abs_score_diff'], 5)}",
-        f"- tensor |Δ| (after normalisation): max {f(r['tensor_max_abs_diff'])}, mean "
-        f"{f(r['tensor_mean_abs_diff'], 5)}; display image [0, 1]: max {f(r['display_max_abs_diff'])}",
+        f"- study score |Δ|: max {e(r['max_abs_score_diff'])}, mean {e(r['mean_abs_score_diff'])}",
+        f"- tensor |Δ| (after normalisation): max {e(r['tensor_max_abs_diff'])}, mean "
+        f"{e(r['tensor_mean_abs_diff'])}; display image [0, 1]: max {e(r['display_max_abs_diff'])}",
         f"- images rejected by one path only: {len(r['rejections_that_differ'])}", ""])
 
 
