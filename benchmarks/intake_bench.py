@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess_agreement import oracle_path  # noqa: E402  (the oracle, as the agreement check uses it)
 
 STAGES = ("read", "decode", "preprocess")
+#: the report's format (its JSON says which kind of result it is)
+FORMAT = 1
 
 
 def _groups(img) -> tuple[str, str]:
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     groups = measure(load_bundle(args.bundle or default_bundle_path()), files, args.repeats)
     cpu = machine_info()["cpu"]
     flags = ", ".join(f for f, on in cpu["flags"].items() if on)
-    r = {"machine": f"{cpu['model']} ({cpu['usable_cpus']} usable CPUs; {flags})", "files": len(files), "repeats": args.repeats, "groups": groups,
+    r = {"edgeinfer_intake_bench": FORMAT, "machine": f"{cpu['model']} ({cpu['usable_cpus']} usable CPUs; {flags})", "files": len(files), "repeats": args.repeats, "groups": groups,
          "wall_s": time.perf_counter() - t0, "data": {"path": str(data), "n": args.n, "seed": args.seed}}
     text = render(r, r["machine"])
     print(text)

@@ -26,6 +26,8 @@ from unittest import mock
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the report's format (its JSON says which kind of result it is)
+FORMAT = 1
 
 
 def oracle():
@@ -91,7 +93,7 @@ def compare(bundle, files, labels: dict | None = None, threads: int | None = Non
         key = f"{ref[u].priority} -> {got[u].priority}" if u in got else f"{ref[u].priority} -> (missing)"
         by_priority[key] = by_priority.get(key, 0) + 1
     return {
-        "runtime_impl": PREPROCESS_IMPL, "oracle_impl": ORACLE_IMPL, "files": len(files),
+        "edgeinfer_preprocess_agreement": FORMAT, "runtime_impl": PREPROCESS_IMPL, "oracle_impl": ORACLE_IMPL, "files": len(files),
         "images": len(tensor_means), "studies": m_fast["n_studies"],
         "priority_agreement": m_fast["agreement"], "disagreements": m_fast["disagreements"],
         "transitions": dict(sorted(by_priority.items())),

@@ -21,13 +21,28 @@ def test_markdown_and_png_are_written(report, tmp_path):
 
 
 #: edgeinfer bench reports among benchmarks/results/*.json (node.json is the node benchmark's, another format)
-BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if "edgeinfer_node_bench" not in p.read_text()[:200])
+BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if '"edgeinfer_bench"' in p.read_text()[:200])
+
+
+OTHER_KINDS = ("edgeinfer_node_bench", "edgeinfer_intake_bench", "edgeinfer_preprocess_agreement")
 
 
 def test_every_committed_result_is_a_known_kind():
     kinds = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
-    assert all("edgeinfer_bench" in d or "edgeinfer_node_bench" in d for d in kinds.values())
-    assert len(BENCH_REPORTS) >= 3 and "node" in kinds
+    assert all(any(k in d for k in ("edgeinfer_bench", *OTHER_KINDS)) for d in kinds.values())
+    assert len(BENCH_REPORTS) >= 3 and "node" in kinds and "intake" in kinds and "preprocess-agreement" in kinds
+
+
+@pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("preprocess-agreement", "preprocess_agreement")])
+def test_the_intake_reports_render_to_their_markdown(name, script):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script, RESULTS.parent / f"{script}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = json.loads((RESULTS / f"{name}.json").read_text())
+    second = r["machine"] if name == "intake" else r["data"]["path"]
+    assert mod.render(r, second) == (RESULTS / f"{name}.md").read_text()
 
 
 @pytest.mark.parametrize("name", BENCH_REPORTS)
