@@ -65,6 +65,7 @@ import functools
 import hashlib
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -401,7 +402,7 @@ def _percentiles(base: np.ndarray, q: tuple[float, ...], to_values: Callable[[np
     wider than :data:`_HISTOGRAM_RANGE`, an empty sample, an unknown direction, or values that are
     not finite at the sample's extremes (the caller then sorts, and sees them).
     """
-    if direction == 0 or base.size == 0 or not np.issubdtype(base.dtype, np.integer):
+    if direction == 0 or base.size == 0 or not np.issubdtype(base.dtype, np.integer) or base.dtype.itemsize > 4:
         return None
     flat = base.reshape(-1)
     lo, hi = int(flat.min()), int(flat.max())
@@ -478,6 +479,29 @@ def _flat(sample, sample_mask: np.ndarray | None, everything: Callable[[], np.nd
 def _extremes(a: np.ndarray) -> np.ndarray:
     """The smallest and the largest value of ``a`` (NaN if it holds one), in its dtype."""
     return np.array([a.min(), a.max()], dtype=a.dtype)
+
+
+_SCRATCH = threading.local()
+#: the largest float32 scratch image a thread keeps between images (16 MP, 64 MB); larger ones
+#: get a fresh array each time
+_SCRATCH_MAX = 16 * 1024 * 1024
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` that this thread reuses from one image to the next.
+
+    A fresh 20-36 MB array for every full-detector image costs about as much in page faults
+    (the allocator hands such blocks back to the system when they are freed) as converting the
+    pixels into it. Only the full-resolution conversion uses it: what is returned from here on
+    is a new, small array.
+    """
+    n = int(np.prod(shape))
+    if n > _SCRATCH_MAX:
+        return np.empty(shape, np.float32)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.buf = np.empty(n, np.float32)
+    return buf[:n].reshape(shape)
 
 
 class _Frame:
@@ -569,7 +593,8 @@ class _Frame:
             x = self.base.astype(np.float32, copy=False)
             area = None
         else:
-            x = self.base.astype(np.float32, copy=True)  # clipped in place below
+            x = _scratch(self.base.shape)  # clipped in place below; area() makes new arrays
+            np.copyto(x, self.base, casting="unsafe")
             if span is not None:
                 lo, hi = self._base_span(span)
                 np.clip(x, lo, hi, out=x)
