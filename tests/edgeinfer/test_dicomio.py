@@ -1140,7 +1140,11 @@ def test_fuzz_short_run(tmp_path):
     (tmp_path / "work").mkdir()
     shm = Path("/dev/shm")
     before = set(shm.glob("fuzz_dicomio_*"))
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # through sh, which forks the harness: Linux carries ru_maxrss across fork + exec, and
+    # libFuzzer's -rss_limit_mb reads ru_maxrss, so a harness started straight from this (by
+    # then large) pytest process would count the whole test run's memory as its own
+    result = subprocess.run(["/bin/sh", "-c", '"$0" "$@"; exit $?', *cmd], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
     tail = "\n".join(result.stderr.splitlines()[-40:])
     assert result.returncode == 0, f"fuzzer found a problem:\n{tail}"
     assert "Done" in result.stderr or "stat::number_of_executed_units" in result.stderr, tail
