@@ -201,12 +201,11 @@ class Bundle:
 
     def summary(self) -> dict:
         m, sig = self.manifest, self.signature
-        out = {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path),
-               "digest": self.digest,
-               "signature": {"verified": bool(sig.get("verified")), "key_id": sig.get("key_id"),
-                             "note": sig.get("note", "")},
-               "preprocessing_impl": preprocessing_versions(m)}
-        return out
+        return {"name": m["name"], "version": m["version"], "task": m["task"], "path": str(self.path),
+                "digest": self.digest,
+                "signature": {"verified": bool(sig.get("verified")), "key_id": sig.get("key_id"),
+                              "note": sig.get("note", "")},
+                "preprocessing_impl": preprocessing_versions(m)}
 
     @property
     def preprocessing_note(self) -> str | None:
@@ -353,9 +352,9 @@ def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
         yield f"output {t['name']}", f"{t['dtype']} {t['shape']}{lab}"
     pp = m["preprocessing"]
     yield "preprocessing", ", ".join(f"{k}={v}" for k, v in pp.items())
-    v = preprocessing_versions(m)
+    v, flag = preprocessing_versions(m), preprocessing_note(m)
     yield "preprocessing impl", (f"runtime {v['runtime']}, validated with {v['validated_with'] or '(never validated)'}"
-                                 + (f"  FLAG: {bundle.preprocessing_note}" if bundle.preprocessing_note else ""))
+                                 + (f"  FLAG: {flag}" if flag else ""))
     for a in m["artifacts"]:
         val = a.get("validation", {}) or {}
         gate = {True: "passed gate", False: "FAILED gate"}.get(val.get("passed"), "not validated")

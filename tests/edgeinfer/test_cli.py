@@ -253,3 +253,19 @@ def test_force_runs_a_failed_precision_and_records_it(phantom_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     run = json.loads(out.read_text())["run"]
     assert run["precision"] == "int8" and run["selection"]["forced"].startswith("FORCED")
+
+
+def test_triage_intake_workers(tiny_bundle, phantom_dir, tmp_path, capsys):
+    # no worker pool and a pool of two give the same worklist; a negative count is a usage error
+    outs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"wl{workers}.json"
+        assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), "--workers", workers,
+                     "--output", str(out), "--no-progress"]) in (0, 2)
+        wl = json.loads(out.read_text())
+        assert wl["run"]["intake_workers"] == int(workers)
+        outs.append([(s["study_uid"], s["priority"], s["score"]) for s in wl["studies"]])
+    assert outs[0] == outs[1]
+    capsys.readouterr()
+    assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), "--workers", "-1"]) != 0
+    assert "--workers at least 0" in capsys.readouterr().err
