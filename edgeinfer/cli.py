@@ -199,7 +199,7 @@ def cmd_triage(args) -> int:
     runner, selection = _runner_for(bundle, args)
     with runner:
         engine = TriageEngine(bundle, runner, batch_size=args.batch_size, ignore=ignore,
-                              workers=args.workers)
+                              workers=args.workers, processes=args.processes)
         with progress_bar(len(files), f"triage {len(files)} files", not args.no_progress) as advance:
             wl = engine.run(files, progress=advance)
     wl.run["selection"] = selection.as_dict()
@@ -414,6 +414,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--workers", type=int, default=1,
                    help="intake threads reading, decoding and preprocessing ahead of inference (default 1; 0: none)")
+    s.add_argument("--processes", action="store_true",
+                   help="the intake workers are processes, not threads: they scale with the cores (about 100 MB "
+                        "each), and a decoder that crashes on a file costs that file only")
     s.add_argument("--ignore", default=None,
                    help="comma-separated name patterns listed as skipped without reading "
                         "(default: *.csv,*.json,*.txt,*.md,*.png,*.jpg,.*; '' for none)")

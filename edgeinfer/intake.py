@@ -15,10 +15,13 @@ pool while a runner infers the previous batch.
 from __future__ import annotations
 
 import fnmatch
+import multiprocessing
 import os
+import signal
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -26,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from . import dicomio
-from .errors import InputError, NotApplicable
+from .errors import EdgeInferError, InputError, NotApplicable
 from .preprocess import Prepared, PreprocessSpec, preprocess_pixels, select_frame
 from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
 
@@ -219,40 +222,130 @@ class Intake:
             uid = exc.study_uid or (study_uid(ds) if ds is not None else None)
             return Rejection(path, False, exc.code, str(exc), uid)
 
-    def stream(self, paths: Iterable[str | os.PathLike], *, workers: int = 1,
-               ahead: int | None = None) -> Iterator[Image | Rejection]:
-        """:meth:`take` for every path, in order, with up to ``workers`` threads working ahead.
+    def stream(self, paths: Iterable[str | os.PathLike], *, workers: int = 1, ahead: int | None = None,
+               processes: bool = False) -> Iterator[Image | Rejection]:
+        """:meth:`take` for every path, in order, with up to ``workers`` threads (or processes) working ahead.
 
         The caller (inference, usually) consumes one outcome while the pool reads, decodes and
-        preprocesses the next ones: numpy, OpenCV and ONNX Runtime release the GIL, so on two
-        cores inference and intake overlap. pydicom's parsing does not, and the library boundary
+        preprocesses the next ones. At most ``ahead`` (default ``2 * workers``) outcomes are in
+        flight, so memory stays bounded whatever the number of paths. ``workers=0`` takes each
+        path in the calling thread (no pool). Outcomes come back in input order; bad input is a
+        :class:`Rejection` as with :meth:`take`, never an exception.
+
+        Threads (the default): numpy, OpenCV and ONNX Runtime release the GIL, so on two cores
+        inference and intake overlap. pydicom's parsing does not, and the library boundary
         (:mod:`edgeinfer.dicomio.quiet`) admits one thread at a time, so two intake threads give
-        about 1.2-1.5 times one (measured on 2 cores). At most ``ahead`` (default ``2 * workers``) outcomes
-        are in flight, so memory stays bounded whatever the number of paths. ``workers=0``
-        takes each path in the calling thread (no pool). Outcomes come back in input order;
-        bad input is a :class:`Rejection` as with :meth:`take`, never an exception.
+        about 1.2-1.5 times one (measured on 2 cores).
+
+        ``processes``: each worker is a process of its own (spawned: nothing of this process's
+        threads or libraries is inherited), so the intake scales with the cores, at about 100 MB
+        of memory per worker; images come back without their pixel data (the tensor is what
+        travels). A worker that dies (a decoder that crashes on a file) costs that file only: it
+        is retried alone in a fresh pool and, if it kills that one too, becomes a Rejection
+        (``worker-died``) while the rest go on. Three files in a row doing so mean the workers
+        cannot run at all: that raises.
         """
         if workers <= 0:
             yield from map(self.take, paths)
             return
         depth = max(1, ahead if ahead is not None else 2 * workers)
         it = iter(paths)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeinfer-intake") as pool:
-            pending: deque = deque()
-            try:
-                for path in it:
-                    pending.append(pool.submit(self.take, path))
-                    if len(pending) >= depth:
-                        break
-                while pending:
-                    outcome = pending.popleft().result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(self.take, nxt))
-                    yield outcome
-            finally:  # the consumer stopped early (an error, a cancel): drop what was not started
-                for fut in pending:
-                    fut.cancel()
+        pool = _Pool(self, workers, processes)
+        pending: deque = deque()  # (path, future), in input order
+        try:
+            for path in it:
+                pending.append((path, pool.submit(path)))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                path, fut = pending.popleft()
+                try:
+                    outcome = fut.result()
+                    pool.deaths_in_a_row = 0
+                except BrokenProcessPool:
+                    outcome = pool.after_death(path, pending)
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(nxt)))
+                yield outcome
+        finally:  # the consumer stopped early (an error, a cancel): drop what was not started
+            for _path, fut in pending:
+                fut.cancel()
+            pool.shutdown()
+
+
+class _Pool:
+    """The executor behind :meth:`Intake.stream`: threads, or spawned processes that can be replaced."""
+
+    #: files in a row that kill their worker before the pool is deemed unable to run at all
+    MAX_DEATHS_IN_A_ROW = 3
+
+    def __init__(self, intake: Intake, workers: int, processes: bool):
+        self.intake, self.workers, self.processes = intake, workers, processes
+        self.deaths_in_a_row = 0
+        self.executor = self._start()
+
+    def _start(self):
+        if not self.processes:
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="edgeinfer-intake")
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.intake,))
+
+    def submit(self, path):
+        if self.processes:
+            return self.executor.submit(_take_in_worker, path)
+        return self.executor.submit(self.intake.take, path)
+
+    def restart(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._start()
+
+    def after_death(self, path, pending: deque) -> Image | Rejection:
+        """A worker died while ``path`` (the first in line) or another file was being read.
+
+        ``path`` is retried alone in a fresh pool: its outcome, or a Rejection if it kills that
+        one too. The files still pending are submitted again to the pool that is left.
+        """
+        self.restart()
+        try:
+            outcome = self.submit(path).result()
+            self.deaths_in_a_row = 0
+        except BrokenProcessPool:
+            self.deaths_in_a_row += 1
+            if self.deaths_in_a_row >= self.MAX_DEATHS_IN_A_ROW:
+                raise EdgeInferError(f"the intake worker processes died on {self.deaths_in_a_row} files in a row; "
+                                     "they cannot run here (see the messages above). Run without --processes "
+                                     "(intake threads) instead") from None
+            self.restart()
+            outcome = Rejection(Path(path), False, "worker-died",
+                                "the process reading this file died (a decoder crashed on it), so the file was not "
+                                "read; check it with a DICOM validator")
+        retry = [p for p, _f in pending]
+        pending.clear()
+        pending.extend((p, self.submit(p)) for p in retry)
+        return outcome
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+#: the Intake of a worker process (Intake.stream(processes=True))
+_WORKER: Intake | None = None
+
+
+def _init_worker(intake: Intake) -> None:
+    global _WORKER
+    _WORKER = intake
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _take_in_worker(path) -> Image | Rejection:
+    outcome = _WORKER.take(path)
+    if isinstance(outcome, Image):
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in outcome.ds:
+                delattr(outcome.ds, keyword)  # the tensor is what travels back, not megabytes of pixels
+    return outcome
 
 
 def prepare_dataset(ds, spec: PreprocessSpec, limits: dicomio.ReadLimits | None = None) -> Prepared:

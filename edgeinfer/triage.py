@@ -82,13 +82,14 @@ class Worklist:
 class TriageEngine:
     def __init__(self, bundle: Bundle, runner: Runner, *, batch_size: int = 8,
                  limits: dicomio.ReadLimits | None = None, ignore: Sequence[str] = DEFAULT_IGNORE,
-                 workers: int = 1):
+                 workers: int = 1, processes: bool = False):
         self.bundle = bundle
         self.runner = runner
         self.intake = Intake.for_bundle(bundle, limits=limits, ignore=ignore)
         self.batch_size = max(1, int(batch_size))
-        #: intake threads working ahead of inference (0: intake in the calling thread)
+        #: intake threads (or, with ``processes``, processes) working ahead of inference (0: none)
         self.workers = max(0, int(workers))
+        self.processes = bool(processes)
         self.input_name = bundle.manifest["inputs"][0]["name"]
         self.output_name = bundle.manifest["outputs"][0]["name"]
 
@@ -109,7 +110,7 @@ class TriageEngine:
             pending.clear()
 
         # the pool prepares the next batch while this thread infers the current one
-        for outcome in self.intake.stream(files, workers=self.workers,
+        for outcome in self.intake.stream(files, workers=self.workers, processes=self.processes,
                                           ahead=max(2 * self.workers, self.batch_size)):
             if isinstance(outcome, Image):
                 meta.setdefault(outcome.study_uid, {"modality": shown_modality(outcome.ds.get("Modality", ""),
@@ -141,6 +142,7 @@ class TriageEngine:
         if accounted != len(files):  # a bug, not bad input: refuse to emit a worklist that lost a file
             raise EdgeInferError(f"internal error: {len(files)} files in, {accounted} accounted for in the worklist")
         run = report.as_dict() | {"batch_size": self.batch_size, "intake_workers": self.workers,
+                                  "intake_processes": self.processes and self.workers > 0,
                                   "activate_ms": _r(self.runner.activate_ms)}
         return Worklist(bundle=self.bundle.summary(), run=run, studies=studies, skipped=skipped,
                         errors=errors, summary=summary)

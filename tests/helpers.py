@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeinfer.bundle import artifact_record, write_manifest
+from edgeinfer.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,3 +126,20 @@ def slow_onnx(path: Path, *, size: int = 32, iterations: int = 300_000, hang_fro
 def make_slow_bundle(dir: Path, *, size: int = 32, **slow_kwargs) -> Path:
     """:func:`make_bundle` with :func:`slow_onnx`'s graph (same manifest: target size, labels, outputs)."""
     return make_bundle(dir, size=size, graph=slow_onnx, **slow_kwargs)
+
+
+
+class DyingIntake(Intake):
+    """An Intake whose ``take`` kills its process on files named ``die*``: a decoder that crashes.
+    At module level, so that spawned intake workers can unpickle it."""
+
+    def take(self, path):
+        if Path(path).name.startswith("die"):
+            os._exit(3)
+        return super().take(path)
+
+    @classmethod
+    def of(cls, intake: Intake) -> "DyingIntake":
+        obj = cls.__new__(cls)
+        obj.__dict__.update(intake.__dict__)
+        return obj

@@ -258,14 +258,15 @@ def test_force_runs_a_failed_precision_and_records_it(phantom_dir, tmp_path):
 def test_triage_intake_workers(tiny_bundle, phantom_dir, tmp_path, capsys):
     # no worker pool and a pool of two give the same worklist; a negative count is a usage error
     outs = []
-    for workers in ("0", "2"):
-        out = tmp_path / f"wl{workers}.json"
-        assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), "--workers", workers,
+    for i, extra in enumerate((["--workers", "0"], ["--workers", "2"], ["--workers", "2", "--processes"])):
+        out = tmp_path / f"wl{i}.json"
+        assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), *extra,
                      "--output", str(out), "--no-progress"]) in (0, 2)
         wl = json.loads(out.read_text())
-        assert wl["run"]["intake_workers"] == int(workers)
+        assert wl["run"]["intake_workers"] == int(extra[1])
+        assert wl["run"]["intake_processes"] is ("--processes" in extra)
         outs.append([(s["study_uid"], s["priority"], s["score"]) for s in wl["studies"]])
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
     capsys.readouterr()
     assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), "--workers", "-1"]) != 0
     assert "--workers at least 0" in capsys.readouterr().err

@@ -124,3 +124,44 @@ def test_stream_keeps_a_bounded_number_in_flight(intake, phantom_dir, monkeypatc
     n = len(taken)
     time.sleep(0.3)
     assert len(taken) == n and n < len(files)
+
+
+def test_stream_in_processes_gives_what_take_gives(intake, phantom_dir, corpus_dir, tmp_path):
+    files = _mixed(phantom_dir, corpus_dir, tmp_path)
+    want = [intake.take(f) for f in files]
+    got = list(intake.stream(files, workers=2, processes=True))
+    assert [type(o) for o in got] == [type(o) for o in want]
+    for g, w in zip(got, want):
+        if isinstance(w, Image):
+            assert g.path == w.path and g.study_uid == w.study_uid and g.notes == w.notes
+            np.testing.assert_array_equal(g.tensor, w.tensor)
+            assert "PixelData" not in g.ds  # the tensor travels back, not the pixels
+        else:
+            assert (g.path, g.code, g.reason) == (w.path, w.code, w.reason)
+
+
+def test_a_worker_that_dies_costs_its_file_only(intake, phantom_dir, tmp_path):
+    from helpers import DyingIntake
+
+    files = [f for f in discover([phantom_dir]) if f.suffix == ".dcm"][:6]
+    die = tmp_path / "die.dcm"
+    shutil.copy(files[0], die)
+    order = files[:3] + [die] + files[3:]
+    got = list(DyingIntake.of(intake).stream(order, workers=2, processes=True))
+    assert [o.path for o in got] == order
+    dead = got[3]
+    assert isinstance(dead, Rejection) and dead.code == "worker-died" and "decoder crashed" in dead.reason
+    assert all(isinstance(o, Image) for i, o in enumerate(got) if i != 3)
+
+
+def test_workers_that_cannot_run_at_all_raise(intake, phantom_dir, tmp_path):
+    from edgeinfer.errors import EdgeInferError
+    from helpers import DyingIntake
+
+    src = next(f for f in discover([phantom_dir]) if f.suffix == ".dcm")
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"die{i}.dcm")
+        shutil.copy(src, files[-1])
+    with pytest.raises(EdgeInferError, match="died on 3 files in a row"):
+        list(DyingIntake.of(intake).stream(files, workers=2, processes=True))
