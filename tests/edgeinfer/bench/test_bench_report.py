@@ -24,7 +24,8 @@ def test_markdown_and_png_are_written(report, tmp_path):
 BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if '"edgeinfer_bench"' in p.read_text()[:200])
 
 
-OTHER_KINDS = ("edgeinfer_node_bench", "edgeinfer_intake_bench", "edgeinfer_preprocess_agreement")
+OTHER_KINDS = ("edgeinfer_node_bench", "edgeinfer_intake_bench", "edgeinfer_preprocess_agreement",
+               "edgeinfer_intake_scaling")
 
 
 def test_every_committed_result_is_a_known_kind():
@@ -33,7 +34,9 @@ def test_every_committed_result_is_a_known_kind():
     assert len(BENCH_REPORTS) >= 3 and "node" in kinds and "intake" in kinds and "preprocess-agreement" in kinds
 
 
-@pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("preprocess-agreement", "preprocess_agreement")])
+@pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("preprocess-agreement", "preprocess_agreement"),
+                                          ("intake-scaling-epyc2", "intake_scaling"),
+                                          ("intake-scaling-xeon16", "intake_scaling")])
 def test_the_intake_reports_render_to_their_markdown(name, script):
     import importlib.util
 
@@ -41,8 +44,8 @@ def test_the_intake_reports_render_to_their_markdown(name, script):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     r = json.loads((RESULTS / f"{name}.json").read_text())
-    second = r["machine"] if name == "intake" else r["data"]["path"]
-    assert mod.render(r, second) == (RESULTS / f"{name}.md").read_text()
+    args = () if script == "intake_scaling" else (r["machine"] if name == "intake" else r["data"]["path"],)
+    assert mod.render(r, *args) == (RESULTS / f"{name}.md").read_text()
 
 
 @pytest.mark.parametrize("name", BENCH_REPORTS)

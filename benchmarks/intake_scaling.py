@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Does the intake scale with the cores? Images/s of Intake.stream against the number of workers,
+threads against processes.
+
+    .venv/bin/python benchmarks/intake_scaling.py [DATA_DIR] [--n 40] [--seed 2026] [--workers 1,2,4,8]
+        [--repeats 2] [--json OUT] [--report OUT.md]
+
+A benchmark, not a test. Every DICOM file of DATA_DIR (a full-size phantom set, generated when DATA_DIR
+is not given or empty) is read, decoded and preprocessed for the embedded bundle by ``Intake.stream`` with
+N workers, as threads and as spawned processes, no inference. Throughput is steady state: images after
+the first / time from the first outcome to the last, so a process pool's start (reported apart) is not
+in it. The median of ``--repeats`` passes. Run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+
+
+def measure(intake, files, workers: list[int], repeats: int) -> list[dict]:
+    from edgeinfer.intake import Image
+
+    for f in files:
+        f.read_bytes()
+    rows = []
+    for processes in (False, True):
+        for n in workers:
+            rates, starts = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                stamps = []
+                images = 0
+                for outcome in intake.stream(files, workers=n, processes=processes):
+                    stamps.append(time.perf_counter())
+                    images += isinstance(outcome, Image)
+                starts.append(stamps[0] - t0)
+                rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            rows.append({"kind": "processes" if processes else "threads", "workers": n, "images": images,
+                         "images_per_s": float(np.median(rates)), "first_outcome_s": float(np.median(starts))})
+    one = next(r["images_per_s"] for r in rows if r["kind"] == "threads" and r["workers"] == min(workers))
+    for r in rows:
+        r["vs_one_thread"] = r["images_per_s"] / one
+    return rows
+
+
+def render(r: dict) -> str:
+    lines = [f"# Intake throughput against workers, {r['machine']}", "",
+             f"{r['files']} files (full-size phantoms), read + decode + preprocess, no inference; steady-state "
+             f"images/s, median of {r['repeats']} passes.", "",
+             "| workers | threads, images/s | processes, images/s | processes: pool start |", "|--:|--:|--:|--:|"]
+    by = {(x["kind"], x["workers"]): x for x in r["rows"]}
+    for n in sorted({x["workers"] for x in r["rows"]}):
+        t, p = by[("threads", n)], by[("processes", n)]
+        lines.append(f"| {n} | {t['images_per_s']:.1f} ({t['vs_one_thread']:.2f}x) | {p['images_per_s']:.1f} "
+                     f"({p['vs_one_thread']:.2f}x) | {p['first_outcome_s']:.2f} s |")
+    return "\n".join(lines + [""])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data", nargs="?")
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None)
+    args = ap.parse_args(argv)
+    from edgeinfer import phantom
+    from edgeinfer._io import atomic_write, emit_json
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.intake import Intake, discover
+    from edgeinfer.sysinfo import machine_info
+
+    data = Path(args.data or tempfile.mkdtemp(prefix="intake-scaling-"))
+    data.mkdir(parents=True, exist_ok=True)
+    if not any(data.iterdir()):
+        phantom.generate(data, args.n, seed=args.seed)
+    files = [f for f in discover([data]) if f.suffix == ".dcm"]
+    intake = Intake.for_bundle(load_bundle(default_bundle_path()))
+    cpu = machine_info()["cpu"]
+    r = {"edgeinfer_intake_scaling": FORMAT, "machine": f"{cpu['model']} ({cpu['usable_cpus']} usable CPUs)",
+         "files": len(files), "repeats": args.repeats,
+         "rows": measure(intake, files, [int(x) for x in args.workers.split(",")], args.repeats)}
+    text = render(r)
+    print(text)
+    if args.json:
+        emit_json(r, args.json)
+    if args.report:
+        atomic_write(args.report, text.encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
