@@ -1,0 +1,28 @@
+"""benchmarks/intake_bench.py and benchmarks/intake_scaling.py run (a smoke test on a few files, never a timing)."""
+from __future__ import annotations
+
+import importlib.util
+
+from helpers import ROOT
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_intake_bench_and_scaling_run(phantom_dir):
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.intake import Intake, discover
+
+    bundle = load_bundle(default_bundle_path())
+    files = [f for f in discover([phantom_dir]) if f.suffix == ".dcm"][:4]
+    groups = _script("intake_bench").measure(bundle, files, repeats=1)
+    assert sum(g["images"] for k, g in groups.items() if k.endswith("every window")) == 4
+    assert all(g["median_ms"]["runtime"]["total"] > 0 and g["speedup_total"] > 0 for g in groups.values())
+    rows = _script("intake_scaling").measure(Intake.for_bundle(bundle), files, [1, 2], repeats=1)
+    assert [(r["kind"], r["workers"]) for r in rows] == [("threads", 1), ("threads", 2), ("processes", 1),
+                                                         ("processes", 2)]
+    assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in rows)
