@@ -43,12 +43,6 @@ def _megapixels_bucket(rows: int, cols: int) -> str:
     return "< 1 MP" if mp < 1 else "1-4 MP" if mp < 4 else "4-9 MP" if mp < 9 else ">= 9 MP"
 
 
-def _transfer_syntax(ds) -> str:
-    uid = getattr(getattr(ds, "file_meta", None), "get", lambda *_: None)("TransferSyntaxUID")
-    name = getattr(uid, "name", None)
-    return str(name) if name and name != str(uid) else "(other)"  # a UID pydicom does not know: not echoed
-
-
 def premodel_by_syntax(samples: Sequence[tuple[str, str, float]]) -> list[dict]:
     """(transfer syntax, size bucket, read + decode + preprocess ms) -> one row per group, median and count."""
     groups: dict[tuple[str, str], list[float]] = {}
@@ -73,6 +67,7 @@ def attach_inference_only(result: dict, rows: Sequence[dict]) -> None:
 def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) -> dict:
     """Serial and overlapped passes over ``files`` with one runner (batch 1), ``e2e_repeats`` times each."""
     from ..backends import RunnerOptions, get_backend
+    from ..dicomio import describe_transfer_syntax
     from ..intake import Image, Intake
 
     intake = Intake.for_bundle(bundle)
@@ -120,7 +115,7 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
                 for st in ("read", "decode", "preprocess"):
                     stages[st].append(img.timings_ms[st])
                 shape = img.prepared.source_shape
-                premodel.append((_transfer_syntax(img.ds), _megapixels_bucket(shape[0], shape[-1]),
+                premodel.append((describe_transfer_syntax(img.ds), _megapixels_bucket(shape[0], shape[-1]),
                                  sum(img.timings_ms[st] for st in ("read", "decode", "preprocess"))))
                 stages["infer"].append(infer_ms)
                 stages["post"].append(post_ms)

@@ -33,10 +33,9 @@ def test_pre_model_cost_by_transfer_syntax_and_the_share_of_inference_only(repor
     assert "| transfer syntax | size | images | p50 | mean |" in md and "inference only, images/s" in md
 
 
-def test_grouping_and_naming_helpers():
-    from pydicom.dataset import FileMetaDataset, Dataset
-
-    from edgeinfer.bench.e2e import _megapixels_bucket, _transfer_syntax, premodel_by_syntax
+def test_grouping_helpers():
+    # (the transfer syntax is named by dicomio.describe_transfer_syntax, tested with the reader)
+    from edgeinfer.bench.e2e import _megapixels_bucket, premodel_by_syntax
 
     rows = premodel_by_syntax([("RLE Lossless", "1-4 MP", 4.0), ("RLE Lossless", "1-4 MP", 6.0),
                                ("Explicit VR Little Endian", "4-9 MP", 3.0)])
@@ -44,9 +43,3 @@ def test_grouping_and_naming_helpers():
         ("Explicit VR Little Endian", 1, 3.0), ("RLE Lossless", 2, 5.0)]
     assert [_megapixels_bucket(*s) for s in ((512, 512), (1024, 1024), (2500, 2048), (3000, 3000))] == \
         ["< 1 MP", "1-4 MP", "4-9 MP", ">= 9 MP"]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.5"
-    assert _transfer_syntax(ds) == "RLE Lossless"
-    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6789"  # unknown to pydicom: not echoed
-    assert _transfer_syntax(ds) == "(other)" and _transfer_syntax(Dataset()) == "(other)"
