@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import dicom_files, machine_line, phantom_set, publish  # noqa: E402
 from preprocess_agreement import oracle_path  # noqa: E402  (the oracle, as the agreement check uses it)
 
 STAGES = ("read", "decode", "preprocess")
@@ -32,8 +32,10 @@ FORMAT = 1
 
 def _groups(img) -> tuple[str, str]:
     """(modality, size, transfer syntax) with and without the window source."""
+    from edgeinfer.dicomio import describe_transfer_syntax
+
     ds = img.ds
-    ts = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", "?")
+    ts = describe_transfer_syntax(ds)
     shape = img.prepared.source_shape
     key = f"{ds.get('Modality', '?')} {shape[0]}x{shape[-1]} {ts}"
     return f"{key}, every window", f"{key}, {img.prepared.window.get('source', '?')} window"
@@ -99,28 +101,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
-    from edgeinfer import phantom
-    from edgeinfer._io import atomic_write, emit_json
     from edgeinfer.bundle import default_bundle_path, load_bundle
-    from edgeinfer.intake import discover
-    from edgeinfer.sysinfo import machine_info
 
-    data = Path(args.data or tempfile.mkdtemp(prefix="intake-bench-"))
-    if not any(data.iterdir()):
-        phantom.generate(data, args.n, seed=args.seed)
-    files = [f for f in discover([data]) if f.suffix == ".dcm"]
+    data = phantom_set(args.data, args.n, args.seed, prefix="intake-bench-")
+    files = dicom_files(data)
     t0 = time.perf_counter()
     groups = measure(load_bundle(args.bundle or default_bundle_path()), files, args.repeats)
-    cpu = machine_info()["cpu"]
-    flags = ", ".join(f for f, on in cpu["flags"].items() if on)
-    r = {"edgeinfer_intake_bench": FORMAT, "machine": f"{cpu['model']} ({cpu['usable_cpus']} usable CPUs; {flags})", "files": len(files), "repeats": args.repeats, "groups": groups,
-         "wall_s": time.perf_counter() - t0, "data": {"path": str(data), "n": args.n, "seed": args.seed}}
-    text = render(r, r["machine"])
-    print(text)
-    if args.json:
-        emit_json(r, args.json)
-    if args.report:
-        atomic_write(args.report, text.encode())
+    r = {"edgeinfer_intake_bench": FORMAT, "machine": machine_line(flags=True), "files": len(files),
+         "repeats": args.repeats, "groups": groups, "wall_s": time.perf_counter() - t0,
+         "data": {"path": str(data), "n": args.n, "seed": args.seed}}
+    publish(r, render(r, r["machine"]), args.json, args.report)
     return 0
 
 

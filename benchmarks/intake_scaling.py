@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import dicom_files, machine_line, phantom_set, publish  # noqa: E402
 
 FORMAT = 1
 
@@ -73,28 +75,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
-    from edgeinfer import phantom
-    from edgeinfer._io import atomic_write, emit_json
     from edgeinfer.bundle import default_bundle_path, load_bundle
-    from edgeinfer.intake import Intake, discover
-    from edgeinfer.sysinfo import machine_info
+    from edgeinfer.intake import Intake
 
-    data = Path(args.data or tempfile.mkdtemp(prefix="intake-scaling-"))
-    data.mkdir(parents=True, exist_ok=True)
-    if not any(data.iterdir()):
-        phantom.generate(data, args.n, seed=args.seed)
-    files = [f for f in discover([data]) if f.suffix == ".dcm"]
+    files = dicom_files(phantom_set(args.data, args.n, args.seed, prefix="intake-scaling-"))
     intake = Intake.for_bundle(load_bundle(default_bundle_path()))
-    cpu = machine_info()["cpu"]
-    r = {"edgeinfer_intake_scaling": FORMAT, "machine": f"{cpu['model']} ({cpu['usable_cpus']} usable CPUs)",
-         "files": len(files), "repeats": args.repeats,
+    r = {"edgeinfer_intake_scaling": FORMAT, "machine": machine_line(), "files": len(files), "repeats": args.repeats,
          "rows": measure(intake, files, [int(x) for x in args.workers.split(",")], args.repeats)}
-    text = render(r)
-    print(text)
-    if args.json:
-        emit_json(r, args.json)
-    if args.report:
-        atomic_write(args.report, text.encode())
+    publish(r, render(r), args.json, args.report)
     return 0
 
 

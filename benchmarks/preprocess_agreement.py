@@ -16,9 +16,7 @@ mean |Δ|). A check, not a timing: it runs the slow oracle.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -26,6 +24,8 @@ from unittest import mock
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchutil import phantom_set, publish  # noqa: E402
 #: the report's format (its JSON says which kind of result it is)
 FORMAT = 1
 
@@ -136,24 +136,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
-    from edgeinfer import phantom
-    from edgeinfer._io import emit_json, atomic_write
     from edgeinfer.bundle import default_bundle_path, load_bundle
     from edgeinfer.intake import discover
     from edgeinfer.triage import read_study_labels
 
-    data = Path(args.data or tempfile.mkdtemp(prefix="unseen-phantoms-"))
-    if not (data / "labels.csv").is_file():
-        phantom.generate(data, args.n, seed=args.seed, max_size=args.max_size)
+    data = phantom_set(args.data, args.n, args.seed, prefix="unseen-phantoms-", max_size=args.max_size)
     bundle = load_bundle(args.bundle or default_bundle_path())
     r = compare(bundle, discover([data]), read_study_labels(data / "labels.csv"), args.threads)
     r["data"] = {"path": str(data), "n": args.n, "seed": args.seed, "max_size": args.max_size}
-    text = render(r, str(data))
-    print(text)
-    if args.json:
-        emit_json(r, args.json)
-    if args.report:
-        atomic_write(args.report, text.encode())
+    publish(r, render(r, str(data)), args.json, args.report)
     return 0 if r["priority_agreement"] == 1.0 else 1
 
 
