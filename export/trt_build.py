@@ -45,7 +45,7 @@ from edgeinfer._io import atomic_write, cache_root
 from edgeinfer.backends import cuda
 from edgeinfer.backends.cuda import device_info  # re-exported: the device a plan is built for and checked against
 from edgeinfer.bundle import artifact_record, load_bundle, upsert_artifact, write_manifest
-from edgeinfer.errors import ArtifactNotFound, ExportError, PrecisionNotValidated, UsageError
+from edgeinfer.errors import ArtifactNotFound, BackendUnavailable, ExportError, PrecisionNotValidated, UsageError
 from edgeinfer.trt_policy import PolicyError
 
 from .trt_calibration_cache import (calibration_cache_key, calibration_cache_name, data_digest,
@@ -399,13 +399,11 @@ def _check_plan(trt, plan_bytes: bytes, plan: trt_policy.BuildPlan, manifest: di
     runtime = trt.Runtime(logger)
     if plan.lean_runtime_embedded is False:
         # no lean runtime inside: deserialize through this TensorRT's own lean runtime library
-        lean = cuda.find_lean_library()
-        loaded = runtime.load_runtime(lean) if lean else None
-        if loaded is None:
-            raise ExportError("the plan was built without its lean runtime, and no libnvinfer_lean library of this "
-                              "TensorRT could be loaded to check it; install the lean runtime (the trt-lean extra) "
-                              "or build without --exclude-lean-runtime")
-        runtime = loaded
+        try:
+            runtime = cuda.load_lean_runtime(runtime, logger)
+        except BackendUnavailable as exc:
+            raise ExportError(f"the plan was built without its lean runtime and cannot be checked here: {exc}; "
+                              "or build without --exclude-lean-runtime") from None
     if plan.dla_core is not None:
         runtime.DLA_core = int(plan.dla_core)
     if plan.version_compatible:

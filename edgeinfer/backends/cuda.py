@@ -130,14 +130,28 @@ def find_lean_library() -> str | None:
     return ctypes.util.find_library("nvinfer_lean")
 
 
+def load_lean_runtime(runtime, logger=None):
+    """``runtime.load_runtime(find_lean_library())``: the runtime that deserializes a plan built without
+    its lean runtime (EXCLUDE_LEAN_RUNTIME) on the full ``tensorrt``. BackendUnavailable saying why
+    when there is no such library or TensorRT cannot load it (``logger``: the TensorRT logger whose
+    recent errors are quoted)."""
+    lean = find_lean_library()
+    if lean is None:
+        raise BackendUnavailable("no libnvinfer_lean library was found here; install the lean runtime of the same "
+                                 "TensorRT version (the trt-lean extra)")
+    loaded = runtime.load_runtime(lean)
+    if loaded is None:
+        errors = "; ".join(getattr(logger, "errors", [])[-3:]) or "no reason given"
+        raise BackendUnavailable(f"TensorRT could not load the lean runtime {lean}: {errors}")
+    return loaded
+
+
 def cuda_python_version() -> str | None:
     """The installed cuda-python / cuda-bindings version, or None."""
-    for dist in ("cuda-bindings", "cuda-python"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    from ..sysinfo import library_versions
+
+    found = library_versions(("cuda-bindings", "cuda-python"))
+    return found.get("cuda-bindings") or found.get("cuda-python")
 
 
 def import_cudart():
@@ -304,4 +318,5 @@ def device_info(device_id: int = 0, runtime: tuple | None = None) -> dict:
 
 __all__ = ["RUNTIMES", "LEAN_RUNTIMES", "import_tensorrt", "import_trt_runtime", "import_cudart", "check",
            "make_logger", "device_info", "gpu_count", "platform_tag", "tensorrt_cuda_major", "installed_distributions",
-           "cuda_python_version", "driver_mismatch_hint", "INSUFFICIENT_DRIVER", "find_lean_library"]
+           "cuda_python_version", "driver_mismatch_hint", "INSUFFICIENT_DRIVER", "find_lean_library",
+           "load_lean_runtime"]

@@ -175,15 +175,11 @@ class TrtRunner(Runner):
         if trt_policy.lean_runtime_embedded(record) is False and self._trt_runtime == "tensorrt":
             # built without its lean runtime: the full runtime loads one of its own version
             # (the policy has checked the version is exact) and deserializes through it
-            lean = cuda.find_lean_library()
-            if lean is None:
+            try:
+                self._runtime = cuda.load_lean_runtime(self._runtime, self._logger)
+            except BackendUnavailable as exc:
                 raise BackendUnavailable(f"plan {self.artifact.id} was built without its lean runtime "
-                                         "(EXCLUDE_LEAN_RUNTIME) and no libnvinfer_lean library was found here; "
-                                         "install the lean runtime of the same TensorRT version (the trt-lean extra)")
-            self._runtime = self._runtime.load_runtime(lean)
-            if self._runtime is None:
-                raise BackendUnavailable(f"TensorRT could not load the lean runtime {lean}: "
-                                         + ("; ".join(self._logger.errors[-3:]) or "no reason given"))
+                                         f"(EXCLUDE_LEAN_RUNTIME): {exc}") from None
         if record.get("dla_core") is not None:
             self._runtime.DLA_core = int(record["dla_core"])
         if record.get("version_compatible"):
