@@ -158,7 +158,7 @@ def candidates(bundle: Bundle, *, device: str = "cpu", backend: str | None = Non
     return ok, rejected
 
 
-def _profile_key(bundle: Bundle, threads: int | None, device: str, pairs) -> str:
+def _profile_key(bundle: Bundle, threads: int | None, device: str, pairs, shared_cpu: bool = False) -> str:
     from importlib import metadata
 
     versions = []
@@ -173,7 +173,8 @@ def _profile_key(bundle: Bundle, threads: int | None, device: str, pairs) -> str
     except OSError:
         pass
     raw = json.dumps([sorted(a.sha256 for a in bundle.artifacts), versions, cpu, platform.machine(),
-                      os.cpu_count(), threads, device, sorted(f"{a.backend}:{a.precision}" for a in pairs)])
+                      os.cpu_count(), threads, device, sorted(f"{a.backend}:{a.precision}" for a in pairs)]
+                     + (["shared_cpu"] if shared_cpu else []))
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -372,21 +373,22 @@ def _probe_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def _cache_path(bundle: Bundle, threads: int | None, device: str, pairs) -> Path | None:
+def _cache_path(bundle: Bundle, threads: int | None, device: str, pairs, shared_cpu: bool = False) -> Path | None:
     try:
-        return cache_dir() / "speed" / f"{bundle.name}-{_profile_key(bundle, threads, device, pairs)}.json"
+        return cache_dir() / "speed" / f"{bundle.name}-{_profile_key(bundle, threads, device, pairs, shared_cpu)}.json"
     except (OSError, RuntimeError):  # no home folder to resolve
         return None
 
 
 def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", backend: str | None = None,
            precision: str | None = None, force: bool = False, use_cache: bool = True,
-           allow_fallback: bool = False) -> Selection:
+           allow_fallback: bool = False, shared_cpu: bool = False) -> Selection:
     """The mode triage runs: pinned (``backend``/``precision``), or the fastest the gate allows here.
+    ``shared_cpu``: an intake pool will run beside inference (:attr:`RunnerOptions.shared_cpu`).
 
     Selection is done once: the result carries the artifact, backend and runner options
     (:meth:`Selection.create_runner`) and, with ``force``, the gate's warning."""
-    options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback)
+    options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback, shared_cpu=shared_cpu)
     pairs, rejected = candidates(bundle, backend=backend, precision=precision, force=force, options=options)
     if not pairs:
         raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + "\n".join(f"  - {r}" for r in rejected))
@@ -397,7 +399,7 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
                          candidates=[ModeTiming(only.backend, only.precision, only.resolved.artifact.id)],
                          rejected=rejected, forced=only.forced, resolved=only.resolved)
     keys = [f"{a.backend}:{a.precision}" for a in pairs]
-    path = _cache_path(bundle, threads, device, pairs) if use_cache else None
+    path = _cache_path(bundle, threads, device, pairs, shared_cpu) if use_cache else None
     stats: dict[str, ProbeStats] = {}
     problems: list[str] = []
     probed = False

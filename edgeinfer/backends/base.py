@@ -34,6 +34,9 @@ class RunnerOptions:
     allow_fallback: bool = False        # may a backend run on another device than asked? (reported)
     precision_hint: str | None = None   # runtime precision (e.g. OpenVINO bf16); None = the graph's
     cache_dir: str | None = None        # compiled-model cache where a backend supports it
+    #: other CPU work (an intake pool reading and decoding the next images) runs beside inference:
+    #: a backend's idle threads wait asleep instead of spinning on the cores that work needs
+    shared_cpu: bool = False
     extra: dict = field(default_factory=dict)
 
 

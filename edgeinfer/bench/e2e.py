@@ -73,8 +73,9 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
     intake = Intake.for_bundle(bundle)
     in_name = bundle.manifest["inputs"][0]["name"]
     out_name = bundle.manifest["outputs"][0]["name"]
+    # the intake shares the cores with inference in both passes (shared_cpu: no spinning)
     options = RunnerOptions(device=case.device, threads=settings.threads, precision_hint=case.hint,
-                            cache_dir=settings.cache_dir)
+                            cache_dir=settings.cache_dir, shared_cpu=True)
     result: dict[str, Any] = {"backend": case.backend, "precision": case.precision, "batch": 1,
                               "files": len(files)}
     for f in files:  # page cache: every pass reads from memory, not from the first pass's cold disk

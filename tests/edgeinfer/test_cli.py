@@ -256,14 +256,16 @@ def test_force_runs_a_failed_precision_and_records_it(phantom_dir, tmp_path):
 
 
 def test_triage_intake_workers(tiny_bundle, phantom_dir, tmp_path, capsys):
-    # no worker pool and a pool of two give the same worklist; a negative count is a usage error
+    # no worker pool and a pool of two give the same worklist; a negative count is a usage error.
+    # With a pool beside it, ONNX Runtime's threads sleep instead of spinning (RunnerOptions.shared_cpu)
     outs = []
     for i, extra in enumerate((["--workers", "0"], ["--workers", "2"], ["--workers", "2", "--processes"])):
         out = tmp_path / f"wl{i}.json"
-        assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), *extra,
+        assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), *extra, "--backend", "onnxruntime",
                      "--output", str(out), "--no-progress"]) in (0, 2)
         wl = json.loads(out.read_text())
         assert wl["run"]["intake_workers"] == int(extra[1])
+        assert wl["run"]["details"]["spinning"] is (extra[1] == "0")
         assert wl["run"]["intake_processes"] is ("--processes" in extra)
         outs.append([(s["study_uid"], s["priority"], s["score"]) for s in wl["studies"]])
     assert outs[0] == outs[1] == outs[2]

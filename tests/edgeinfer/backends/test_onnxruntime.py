@@ -22,6 +22,24 @@ def test_runs_on_cpu_and_reports_what_ran(tiny_bundle):
     assert not r.is_active and r.activate_ms > 0
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_cpu_stops_the_pool_spinning(tiny_bundle, shared):
+    # with an intake pool on the same cores, ORT's idle threads must sleep, not spin (and say so)
+    art = load_bundle(tiny_bundle).artifact(precision="fp32")
+    with create_runner(art, RunnerOptions(threads=2, shared_cpu=shared)) as r:
+        r.activate()
+        so = r.session.get_session_options()
+        got = {}
+        for k in ("intra_op", "inter_op"):
+            try:
+                got[k] = so.get_session_config_entry(f"session.{k}.allow_spinning")
+            except Exception:  # not set: ORT's default, spinning
+                got[k] = None
+        spinning = r.report().details["spinning"]
+    assert got == ({"intra_op": "0", "inter_op": "0"} if shared else {"intra_op": None, "inter_op": None})
+    assert spinning is (not shared)
+
+
 def test_raw_call_gives_the_same_answer(tiny_bundle):
     art = load_bundle(tiny_bundle).artifact(precision="fp32")
     x = {"image": np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)}
