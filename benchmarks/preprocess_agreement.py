@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("data", nargs="?", help="a phantom set with labels.csv (default: generate one)")
     ap.add_argument("--n", type=int, default=480)
     ap.add_argument("--seed", type=int, default=4004)
-    ap.add_argument("--max-size", type=int, default=1024)
+    ap.add_argument("--max-size", type=int, default=1024,
+                    help="cap on the larger image side of a generated set; 0: full detector size")
     ap.add_argument("--bundle", default=None, help="default: the embedded phantom bundle")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     from edgeinfer.intake import discover
     from edgeinfer.triage import read_study_labels
 
-    data = phantom_set(args.data, args.n, args.seed, prefix="unseen-phantoms-", max_size=args.max_size)
+    data = phantom_set(args.data, args.n, args.seed, prefix="unseen-phantoms-", max_size=args.max_size or None)
     bundle = load_bundle(args.bundle or default_bundle_path())
     r = compare(bundle, discover([data]), read_study_labels(data / "labels.csv"), args.threads)
     r["data"] = {"path": str(data), "n": args.n, "seed": args.seed, "max_size": args.max_size}

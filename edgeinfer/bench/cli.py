@@ -57,6 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--e2e", choices=("auto", "all", "none"), default="auto",
                    help="end-to-end modes: auto = ORT fp32 and the fastest gated mode; all; none (default auto)")
     s.add_argument("--e2e-workers", type=int, default=2, help="decode threads in the overlapped pass (default 2)")
+    s.add_argument("--e2e-processes", action="store_true",
+                   help="the overlapped pass's workers are processes, as with triage --processes (pool start included)")
     s.add_argument("--e2e-repeats", type=int, default=3,
                    help="end-to-end passes over the folder, serial and overlapped alternating (default 3)")
     s.add_argument("--json", default=None, metavar="OUT", help="write the JSON report here ('-' for stdout)")
@@ -89,7 +91,8 @@ def settings_from_args(args) -> BenchSettings:
                          warmup_s=args.warmup_s, duration_s=None if args.iterations else duration,
                          iterations=args.iterations, blocks=args.blocks, threads=threads, device=args.device,
                          cache_dir=args.cache_dir, images=args.images, data=args.data, e2e=args.e2e,
-                         e2e_workers=args.e2e_workers, e2e_repeats=args.e2e_repeats)
+                         e2e_workers=args.e2e_workers, e2e_processes=args.e2e_processes,
+                         e2e_repeats=args.e2e_repeats)
 
 
 def _print_summary(report: dict) -> None:

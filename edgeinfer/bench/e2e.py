@@ -129,11 +129,11 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
             return (time.perf_counter_ns() - t_start) / 1e9, priorities
 
         def overlapped_pass(workers: int) -> tuple[float, int]:
-            """read + decode + preprocess in the intake's thread pool (Intake.stream, what triage
-            runs), inference and postprocessing in this thread."""
+            """read + decode + preprocess in the intake's pool (Intake.stream, what triage runs: threads,
+            or processes started with each pass), inference and postprocessing in this thread."""
             per_study: dict[str, list[float | None]] = {}
             t_start = time.perf_counter_ns()
-            for img in intake.stream(files, workers=workers):
+            for img in intake.stream(files, workers=workers, processes=settings.e2e_processes):
                 if isinstance(img, Image):
                     per_study.setdefault(img.study_uid, []).append(infer_post(img.tensor)[0])
             _finish_studies(per_study, bundle)
@@ -172,7 +172,8 @@ def run_e2e(bundle, case: Case, files: Sequence[Path], settings: BenchSettings) 
         result["premodel_by_transfer_syntax"] = premodel_by_syntax(premodel)
         result["priorities"] = {p: sum(1 for v in priorities.values() if v == p) for p in sorted(set(priorities.values()))}
         result["overlapped"] = {
-            "workers": workers, "wall_s": wall_o, "wall_s_range": [min(overlapped_walls), max(overlapped_walls)],
+            "workers": workers, "processes": settings.e2e_processes,
+            "wall_s": wall_o, "wall_s_range": [min(overlapped_walls), max(overlapped_walls)],
             "studies_per_s": n_studies_o / wall_o if wall_o else None,
             "images_per_s": n_img / wall_o if wall_o else None,
             "speedup_vs_serial": wall_s / wall_o if wall_o else None,

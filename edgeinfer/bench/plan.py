@@ -55,6 +55,8 @@ class BenchSettings:
     #: end-to-end modes: auto (ORT fp32 + the fastest gated mode) | all | none
     e2e: str = "auto"
     e2e_workers: int = 2
+    #: the overlapped pass's workers are processes, not threads (Intake.stream(processes=True))
+    e2e_processes: bool = False
     #: passes over the folder, serial and overlapped alternating; medians are reported
     e2e_repeats: int = 3
     seed: int = 2024

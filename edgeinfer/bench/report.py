@@ -152,7 +152,8 @@ def render_markdown(report: dict) -> str:
             verdict = "pays" if ov["pays"] else "no difference"
             lines.append("| " + " | ".join([row_label(e), str(e["images"]), str(e["studies"]), *cells,
                                             _f(ser["studies_per_s"], 2),
-                                            f"{_f(ov['studies_per_s'], 2)} ({ov['workers']} decode threads, "
+                                            f"{_f(ov['studies_per_s'], 2)} ({ov['workers']} decode "
+                                            f"{'processes' if ov.get('processes') else 'threads'}, "
                                             f"{_f(ov['speedup_vs_serial'], 2)}x: {verdict})"]) + " |")
         lines.append("")
         lines.append("Per-image mean ms over every serial pass, and the share of serial time. *read* parses the file "

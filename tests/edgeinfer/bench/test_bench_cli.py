@@ -86,3 +86,17 @@ def test_the_package_keeps_its_names():
     from edgeinfer.cli import build_parser  # edgeinfer's CLI registers bench through add_parser
 
     assert build_parser(["bench"]).parse_args(["bench", "--backend", "ort"]).func is pkg.cmd_bench
+
+
+def test_cli_end_to_end_with_intake_processes(bench_bundle, phantom_dir, tmp_path):
+    """--e2e-processes: the overlapped pass's workers are processes (triage --processes), and it says so."""
+    out = tmp_path / "b.json"
+    args = _parser().parse_args(["bench", str(bench_bundle), "--backend", "ort", "--precision", "fp32",
+                                 "--iterations", "4", "--blocks", "2", "--warmup-s", "0", "--data", str(phantom_dir),
+                                 "--images", "2", "--e2e-repeats", "1", "--e2e-workers", "1", "--e2e-processes",
+                                 "--json", str(out), "--report", str(tmp_path / "b.md"), "--no-progress"])
+    assert args.func(args) == 0
+    e = json.loads(out.read_text())["e2e"][0]
+    assert e["overlapped"]["processes"] is True and e["overlapped"]["workers"] == 1
+    assert e["overlapped"]["studies_per_s"] > 0 and e["errors"] == 0
+    assert "(1 decode processes," in (tmp_path / "b.md").read_text()
