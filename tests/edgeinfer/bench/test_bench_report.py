@@ -34,7 +34,9 @@ def test_every_committed_result_is_a_known_kind():
     assert len(BENCH_REPORTS) >= 3 and "node" in kinds and "intake" in kinds and "preprocess-agreement" in kinds
 
 
-@pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("preprocess-agreement", "preprocess_agreement"),
+@pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("intake-opencv1", "intake_bench"),
+                                          ("preprocess-agreement", "preprocess_agreement"),
+                                          ("preprocess-agreement-fullsize", "preprocess_agreement"),
                                           ("intake-scaling-epyc2", "intake_scaling"),
                                           ("intake-scaling-xeon16", "intake_scaling")])
 def test_the_intake_reports_render_to_their_markdown(name, script):
@@ -44,7 +46,7 @@ def test_the_intake_reports_render_to_their_markdown(name, script):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     r = json.loads((RESULTS / f"{name}.json").read_text())
-    args = () if script == "intake_scaling" else (r["machine"] if name == "intake" else r["data"]["path"],)
+    args = () if script == "intake_scaling" else (r["machine"] if script == "intake_bench" else r["data"]["path"],)
     assert mod.render(r, *args) == (RESULTS / f"{name}.md").read_text()
 
 
