@@ -104,11 +104,22 @@ def _read_bytes(path: str, limits: ReadLimits) -> bytes:
     return data
 
 
+#: reads at least this long (in practice: native Pixel Data) come back as a view of the file's bytes
+_VIEW_MIN = 1 * _MiB
+
+
 class _TrackedBuffer(io.BytesIO):
-    """BytesIO that remembers its last read and caps the number of reads."""
+    """BytesIO that remembers its last read and caps the number of reads.
+
+    A read of :data:`_VIEW_MIN` bytes or more returns a read-only ``memoryview`` of the file's bytes
+    instead of a copy: for a 10-20 MB image that copy (and the page faults of its fresh allocation)
+    cost as much as parsing the header. pydicom keeps the view as the element's value (Pixel Data is
+    read through the buffer protocol); it keeps the file's bytes alive, as the copy did its own.
+    """
 
     def __init__(self, data: bytes):
         super().__init__(data)
+        self._view = memoryview(data)
         self.name = _BUFFER_NAME
         self.size = len(data)
         self.last_read = -1
@@ -118,6 +129,12 @@ class _TrackedBuffer(io.BytesIO):
         self.reads += 1
         if self.reads > _MAX_READ_CALLS:
             raise _ReadBudgetExceeded()
+        if size is not None and size >= _VIEW_MIN:
+            start = self.tell()
+            end = min(start + size, self.size)
+            self.seek(end)
+            self.last_read = end - start
+            return self._view[start:end]  # type: ignore[return-value]
         data = super().read(size)
         self.last_read = len(data)
         return data
