@@ -382,8 +382,8 @@ def read_dataset(path: os.PathLike | str, limits: ReadLimits = _DEFAULT_LIMITS) 
     """Read and validate one file. Returns a dataset whose pixel data is present but not decoded.
 
     Native (uncompressed) Pixel Data is a read-only ``memoryview`` of the file's bytes, not a copy of
-    them (as is any other value of 1 MiB or more): ``bytes(ds.PixelData)`` makes a copy, which a
-    dataset must hold before it is deep-copied or pickled (memoryviews are neither).
+    them: ``bytes(ds.PixelData)`` makes a copy, which a dataset must hold before it is deep-copied or
+    pickled (memoryviews are neither). Encapsulated (compressed) Pixel Data is bytes.
 
     Raises only edgeinfer ``InputError`` subclasses for bad input:
     ``NotDicomError``, ``CorruptDicomError``, ``TooLargeError``, ``NotApplicable``

@@ -104,32 +104,40 @@ def _read_bytes(path: str, limits: ReadLimits) -> bytes:
     return data
 
 
-#: reads at least this long (in practice: native Pixel Data) come back as a view of the file's bytes
-_VIEW_MIN = 1 * _MiB
+_PIXEL_DATA = 0x7FE00010
 
 
 class _TrackedBuffer(io.BytesIO):
     """BytesIO that remembers its last read and caps the number of reads.
 
-    A read of :data:`_VIEW_MIN` bytes or more returns a read-only ``memoryview`` of the file's bytes
-    instead of a copy: for a 10-20 MB image that copy (and the page faults of its fresh allocation)
-    cost as much as parsing the header. pydicom keeps the view as the element's value (Pixel Data is
-    read through the buffer protocol); it keeps the file's bytes alive, as the copy did its own.
+    The top-level value of native Pixel Data (defined length, announced by :class:`_TopLevelGuard`
+    through :meth:`view_next`) comes back as a read-only ``memoryview`` of the file's bytes instead
+    of a copy: for a 10-20 MB image that copy (and the page faults of its fresh allocation) cost as
+    much as parsing the header. pydicom keeps the view as the element's value and reads native pixels
+    through the buffer protocol; the view keeps the file's bytes alive, as the copy did its own.
+    Every other read (encapsulated frames, which pydicom parses as a stream, and values nested in
+    sequences included) returns bytes, as before.
     """
 
     def __init__(self, data: bytes):
         super().__init__(data)
         self._view = memoryview(data)
+        self._view_length: int | None = None
         self.name = _BUFFER_NAME
         self.size = len(data)
         self.last_read = -1
         self.reads = 0
 
+    def view_next(self, length: int) -> None:
+        """The next read, if it asks for exactly ``length`` bytes, returns a view."""
+        self._view_length = length
+
     def read(self, size: int | None = -1) -> bytes:  # type: ignore[override]
         self.reads += 1
         if self.reads > _MAX_READ_CALLS:
             raise _ReadBudgetExceeded()
-        if size is not None and size >= _VIEW_MIN:
+        wanted, self._view_length = self._view_length, None
+        if wanted is not None and size == wanted:
             start = self.tell()
             end = min(start + size, self.size)
             self.seek(end)
@@ -203,9 +211,11 @@ def _read_meta(buf: _TrackedBuffer) -> FileMetaDataset:
 
 
 class _TopLevelGuard:
-    """``stop_when`` for the top-level data set: tags must ascend; no group 0000/FFFE."""
+    """``stop_when`` for the top-level data set: tags must ascend; no group 0000/FFFE. It also tells
+    the buffer that a defined-length Pixel Data value comes next (:meth:`_TrackedBuffer.view_next`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, buf: _TrackedBuffer | None = None) -> None:
+        self.buf = buf
         self.last = -1
         self.calls = 0
         self.stopped_at: int | None = None
@@ -220,6 +230,8 @@ class _TopLevelGuard:
             self.stopped_at = tag
             return True
         self.last = tag
+        if tag == _PIXEL_DATA and length != _UNDEFINED and self.buf is not None:
+            self.buf.view_next(length)
         return False
 
 
@@ -340,7 +352,7 @@ def _parse(data: bytes, limits: ReadLimits, path: str) -> FileDataset:
             raise CorruptDicomError(
                 "the data set starts with group 0000 (zero bytes or a network command), not an image"
             )
-        guard = _TopLevelGuard()
+        guard = _TopLevelGuard(buf)
         ds = _pd_read_dataset(buf, implicit, little, stop_when=guard)
 
         # -- completeness: pydicom accepts a cut file silently -------------------------

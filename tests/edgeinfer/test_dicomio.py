@@ -395,17 +395,26 @@ def test_native_pixels_are_decoded_without_a_copy():
     assert big.dtype.isnative and np.array_equal(big, decode_frame(read_dataset(corpus("MR_small.dcm"))))
 
 
-def test_large_native_pixels_are_a_view_of_the_file_s_bytes(tmp_path):
-    """Pixel Data of 1 MiB or more is a read-only memoryview of the bytes read from the file (no second
-    copy); the pixels are pydicom's, and a copy of the value is the file's pixel bytes."""
+def test_native_pixels_are_a_view_of_the_file_s_bytes_and_compressed_ones_are_bytes(tmp_path):
+    """Native Pixel Data is a read-only memoryview of the bytes read from the file (no second copy): the
+    pixels are pydicom's, and a copy of the value is the file's pixel bytes. Encapsulated Pixel Data,
+    which pydicom parses as a stream of fragments, stays bytes, and a large RLE image decodes as
+    pydicom decodes it."""
+    from pydicom.uid import RLELossless
+
     ds = pydicom.dcmread(corpus("CT_small.dcm"))
-    pixels = np.random.default_rng(7).integers(0, 4096, (1024, 768), dtype=np.uint16)
+    pixels = np.random.default_rng(7).integers(0, 4096, (1024, 768), dtype=np.int16)  # CT_small: signed
     ds.Rows, ds.Columns, ds.PixelData = 1024, 768, pixels.tobytes()
     ds.save_as(tmp_path / "big.dcm")
     got = read_dataset(tmp_path / "big.dcm")
     assert isinstance(got.PixelData, memoryview) and got.PixelData.readonly
     assert bytes(got.PixelData) == pixels.tobytes() and np.array_equal(decode_frame(got), pixels)
-    assert isinstance(read_dataset(corpus("CT_small.dcm")).PixelData, bytes)  # small values: bytes, as before
+
+    ds.compress(RLELossless, pixels)
+    ds.save_as(tmp_path / "big-rle.dcm")
+    assert (tmp_path / "big-rle.dcm").stat().st_size > 1024 * 1024  # noise: RLE barely compresses it
+    got = read_dataset(tmp_path / "big-rle.dcm")
+    assert isinstance(got.PixelData, bytes) and np.array_equal(decode_frame(got), pixels)
 
 
 def test_a_file_that_grew_after_stat_is_read_whole_up_to_the_limit(tmp_path, monkeypatch):
