@@ -7,6 +7,7 @@ from __future__ import annotations
 import operator
 import struct
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
@@ -144,6 +145,22 @@ def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadL
         )
 
 
+def _unused_bits_clear(arr: np.ndarray, bits_stored: int) -> bool:
+    """Is every value of ``arr`` what pydicom's correction of the bits above ``bits_stored`` would leave
+    it (masked for unsigned data, sign-extended for signed)? That holds exactly when each value lies in
+    the range ``bits_stored`` bits can hold. One pass (OpenCV's min/max where it takes the type)."""
+    if arr.dtype.kind not in "iu" or arr.size == 0:
+        return True
+    signed = arr.dtype.kind == "i"
+    lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    flat = arr.reshape(1, -1) if arr.flags.c_contiguous else None
+    if flat is not None and arr.dtype.isnative and arr.dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        low, high = cv2.minMaxLoc(flat)[:2]
+    else:
+        low, high = arr.min(), arr.max()
+    return lo <= int(low) and int(high) <= hi
+
+
 def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMITS) -> np.ndarray:
     """Decode one frame's stored values (no rescale / VOI), shape (rows, cols[, samples]).
 
@@ -187,9 +204,16 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
         )
     if encapsulated:
         _check_encoded_frame(ds, geom, index, limits)
+    # bits above Bits Stored: pydicom masks them (sign-extends signed data) in a copy of the whole
+    # frame. They are almost always clean already, so native data is viewed as it is and copied only
+    # when a value lies outside what Bits Stored can hold (_unused_bits_clear)
+    uncorrected = not encapsulated and geom.bits_stored < geom.bits_allocated
     try:
         # view_only: native pixel data is viewed in place, not copied (10 MB for a DX image)
-        arr = _pd_pixel_array(ds, index=index, view_only=True)
+        arr = _pd_pixel_array(ds, index=index, view_only=True,
+                              **({"correct_unused_bits": False} if uncorrected else {}))
+        if uncorrected and not _unused_bits_clear(arr, geom.bits_stored):
+            arr = _pd_pixel_array(ds, index=index, view_only=True)
     except RuntimeError as exc:
         failures = _plugin_failures(exc)
         if not failures:

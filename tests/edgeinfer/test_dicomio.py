@@ -417,6 +417,27 @@ def test_native_pixels_are_a_view_of_the_file_s_bytes_and_compressed_ones_are_by
     assert isinstance(got.PixelData, bytes) and np.array_equal(decode_frame(got), pixels)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_bits_above_bits_stored_are_corrected_as_pydicom_does_and_copied_only_then(tmp_path, signed):
+    """12 bits stored in 16: clean high bits give a view of the file's pixels; any pixel with set (or, for
+    signed data, wrongly extended) high bits gives pydicom's corrected copy of the whole frame."""
+    ds = pydicom.dcmread(corpus("CT_small.dcm"))
+    dtype = np.int16 if signed else np.uint16
+    rng = np.random.default_rng(11)
+    clean = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, (64, 48)).astype(dtype)
+    ds.Rows, ds.Columns, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 64, 48, 12, 11, int(signed)
+    for name, arr in (("clean", clean), ("dirty", clean.copy())):
+        if name == "dirty":
+            arr.view(np.uint16)[5, 7] |= 0x7000   # an overlay-style bit pattern above bit 11
+        ds.PixelData = arr.tobytes()
+        ds.save_as(tmp_path / f"{name}.dcm")
+        got = decode_frame(read_dataset(tmp_path / f"{name}.dcm"))
+        want = pydicom.dcmread(tmp_path / f"{name}.dcm").pixel_array  # pydicom corrects unused bits
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert got.flags.writeable is (name == "dirty")  # the read-only view, or a corrected copy
+    assert np.array_equal(got, clean)  # the correction restores the stored 12-bit value
+
+
 def test_a_file_that_grew_after_stat_is_read_whole_up_to_the_limit(tmp_path, monkeypatch):
     """The reader asks for the size stat reported (plus one byte, to see growth), not for the limit;
     a file that is longer by the time it is read is read on, and refused past the limit."""
