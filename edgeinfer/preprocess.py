@@ -254,16 +254,23 @@ def modality_lut(stored: np.ndarray, ds) -> np.ndarray:
             out += np.float32(intercept)
     # integers times a finite slope can reach inf only if |slope| * largest + |intercept| does:
     # only then (or for float pixel data) is the result scanned, so the common case costs nothing
-    exact = np.issubdtype(stored.dtype, np.integer)
-    peak = max(-int(np.iinfo(stored.dtype).min), int(np.iinfo(stored.dtype).max)) if exact else math.inf
-    if abs(slope) * peak + abs(intercept) >= _F32_MAX and not np.isfinite(out).all():
-        if exact or np.isfinite(stored).all():
+    if not _rescale_stays_finite(stored.dtype, slope, intercept) and not np.isfinite(out).all():
+        if np.issubdtype(stored.dtype, np.integer) or np.isfinite(stored).all():
             raise PreprocessError(f"RescaleSlope {slope:g} and RescaleIntercept {intercept:g} take pixel values "
                                   f"beyond {_F32_MAX:.3g}, the largest this runtime computes with",
                                   hint="check the scanner's DICOM export")
         raise PreprocessError("pixel values are not finite (the pixel data holds NaN or infinity)",
                               hint="check the scanner's DICOM export")
     return out
+
+
+def _rescale_stays_finite(dtype: np.dtype, slope: float, intercept: float) -> bool:
+    """Does every value of the integer type ``dtype`` stay inside float32 under the rescale? (False
+    for float data: its values are not bounded by the type.)"""
+    if not np.issubdtype(dtype, np.integer):
+        return False
+    info = np.iinfo(dtype)
+    return abs(slope) * max(-int(info.min), int(info.max)) + abs(intercept) < _F32_MAX
 
 
 def padding_mask(stored: np.ndarray, ds, spec: PreprocessSpec) -> np.ndarray | None:
@@ -563,9 +570,7 @@ class _Frame:
             # Integers whose whole type range maps inside float32 cannot: then nothing is scanned
             self.base = stored
             self._extremes = None
-            slope, intercept = _rescale(ds)
-            if not (np.issubdtype(stored.dtype, np.integer) and
-                    abs(slope) * float(np.abs(_type_range(stored.dtype)).max()) + abs(intercept) < _F32_MAX):
+            if not _rescale_stays_finite(stored.dtype, *_rescale(ds)):
                 self._extremes = _extremes(stored)
                 modality_lut(self._extremes, ds)
 
