@@ -13,7 +13,8 @@ What is checked, in order (see docs/RELIABILITY.md):
 
 ``read_dataset``
     1. the file is a regular file no bigger than ``max_file_bytes``; it is read
-       once, into memory, and parsed from there;
+       once, into memory, and parsed from there (native Pixel Data stays a
+       read-only view of those bytes, not a second copy);
     2. 0-byte, text, archive, image-format and random files are ``NotDicomError``.
        A file without the 128-byte preamble + ``DICM`` is only parsed when its first
        bytes look like a DICOM element (group 0002/0004/0008); pydicom's ``force=True``
@@ -59,6 +60,9 @@ What is checked, in order (see docs/RELIABILITY.md):
     otherwise Corrupt); a Rust decoder panic (pylibjpeg-rle, ``PanicException``, a
     BaseException) is contained; the result is checked for shape and returned in
     native byte order (pydicom returns big endian arrays for big endian files).
+    Bits above Bits Stored are cleared (sign-extended for signed data) as pydicom
+    does, in a copy, only when a value has one set; otherwise native pixels are a
+    read-only view.
 
 Patient data: pydicom echoes header values in warnings and log records (invalid VR
 values, for instance). All library work here runs inside ``_library_quiet()``: warnings
