@@ -130,7 +130,7 @@ def _runner_for(bundle, args):
     precision = None if args.precision in (None, "auto") else args.precision
     sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
                             precision=precision, force=args.force, allow_fallback=args.allow_fallback,
-                            shared_cpu=getattr(args, "workers", 0) > 0)
+                            shared_cpu=args.workers > 0)
     if sel.forced:
         log.warning("%s", sel.forced)
     return sel.create_runner(), sel

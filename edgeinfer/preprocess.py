@@ -438,14 +438,13 @@ def _percentiles(base: np.ndarray, q: tuple[float, ...], to_values: Callable[[np
     if not np.isfinite(ends).all():
         return None
     cum = np.cumsum(_counts(flat, lo, hi))
-    offset = lo
     n = flat.size
     virtual = (n - 1) * (np.asarray(q, dtype=np.float64) / 100.0)
     below = np.floor(virtual).astype(np.int64)
     ranks = np.concatenate([below, np.minimum(below + 1, n - 1)])
     if direction < 0:
         ranks = n - 1 - ranks
-    stats = np.searchsorted(cum, ranks, side="right") + offset  # the ranks-th smallest
+    stats = np.searchsorted(cum, ranks, side="right") + lo  # the ranks-th smallest (counted from lo)
     vals = to_values(stats.astype(base.dtype)).astype(np.float64)
     a, b = vals[:len(q)], vals[len(q):]
     t = virtual - below

@@ -1,4 +1,4 @@
-"""Small builders shared by tests: ONNX graphs made with onnx.helper (no torch) and bundles."""
+"""Small builders shared by tests: ONNX graphs made with onnx.helper (no torch), bundles, synthetic images."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pydicom
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeinfer.bundle import artifact_record, write_manifest
@@ -143,3 +144,18 @@ class DyingIntake(Intake):
         obj = cls.__new__(cls)
         obj.__dict__.update(intake.__dict__)
         return obj
+
+
+def synthetic_image(photometric: str = "MONOCHROME2", bits: int = 12, signed: bool = False,
+                    shape: tuple[int, int] = (80, 100), seed: int = 0) -> tuple[pydicom.Dataset, np.ndarray]:
+    """A header (no pixel element) and stored values: a flat dark half and a noisy half, ``bits`` bits."""
+    ds = pydicom.Dataset()
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    ds.Rows, ds.Columns = shape
+    rng = np.random.default_rng(seed)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
+    arr = rng.integers(lo, hi, size=shape).astype(np.int16 if signed else np.uint16)
+    arr[:, : shape[1] // 2] = lo + (hi - lo) // 4  # a dark half and a noisy half
+    return ds, arr

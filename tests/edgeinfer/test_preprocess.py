@@ -10,6 +10,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edgeinfer.errors import PreprocessError
+from helpers import synthetic_image
 from edgeinfer.preprocess import (MIN_CONTRAST, PreprocessSpec, Window, apply_window, contrast, modality_lut,
                                   preprocess_pixels, select_frame)
 
@@ -74,17 +75,7 @@ def test_voi_lut_sequence_is_applied_like_pydicom():
     np.testing.assert_allclose(ours.display, ref, atol=1e-6)
 
 
-def _synthetic(photometric="MONOCHROME2", bits=12, signed=False, shape=(80, 100)):
-    ds = pydicom.Dataset()
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.PixelRepresentation = int(signed)
-    ds.Rows, ds.Columns = shape
-    rng = np.random.default_rng(0)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
-    arr = rng.integers(lo, hi, size=shape).astype(np.int16 if signed else np.uint16)
-    arr[:, : shape[1] // 2] = lo + (hi - lo) // 4  # a dark half and a noisy half
-    return ds, arr
+_synthetic = synthetic_image  # 80 x 100, 12 bits, a dark half and a noisy half
 
 
 def test_monochrome1_is_inverted():

@@ -35,6 +35,7 @@ from edgeinfer import phantom
 from edgeinfer import preprocess as fast
 from edgeinfer.errors import InputError, PreprocessError
 from edgeinfer.preprocess import PreprocessSpec
+from helpers import synthetic_image
 
 #: |display - display_v1| allowed for linear windows where the image was not halved first: float32
 #: rounding (box means are rescaled, not each pixel; OpenCV sums in float32). Measured: 3.6e-7.
@@ -357,17 +358,7 @@ def test_pydicom_corpus_within_the_bound_with_the_same_records_and_refusals():
 
 
 # --- refusals ----------------------------------------------------------------------------------------
-def _synthetic(shape=(300, 280), bits=12, signed=False):
-    ds = pydicom.Dataset()
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.PixelRepresentation = int(signed)
-    ds.Rows, ds.Columns = shape
-    rng = np.random.default_rng(1)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
-    arr = rng.integers(lo, hi, size=shape).astype(np.int16 if signed else np.uint16)
-    arr[:, : shape[1] // 2] = lo + (hi - lo) // 4
-    return ds, arr
+_synthetic = functools.partial(synthetic_image, shape=(300, 280), seed=1)
 
 
 def _with(**header):
