@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingDependency
@@ -34,3 +35,12 @@ def lazy_import(name: str, *, extra: str | None = None, purpose: str | None = No
             f"'{name}' is needed{what} but could not be imported ({exc.__class__.__name__}: {exc}). "
             f"Install it with: {how}"
         ) from exc
+
+
+def module_present(name: str) -> bool:
+    """Whether ``name`` is installed, told from the import system's finders alone (nothing is imported,
+    except the parent package of a dotted name)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # parent package missing
+        return False

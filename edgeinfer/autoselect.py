@@ -138,7 +138,12 @@ def _gate(bundle: Bundle, backend: str, precision: str, artifact, force: bool) -
 
 def candidates(bundle: Bundle, *, device: str = "cpu", backend: str | None = None, precision: str | None = None,
                force: bool = False, options: RunnerOptions | None = None) -> tuple[list[Allowed], list[str]]:
-    """Modes this machine can run and the gate allows, and why the others are not."""
+    """Modes installed here that the gate allows, and why the others are not.
+
+    No backend's library is loaded to answer (:meth:`Backend.installed`): a cached choice then
+    loads only the runtime it chose. :func:`choose` asks :meth:`Backend.available` of the mode it
+    returns, and a speed probe loads the library it times.
+    """
     options = options or RunnerOptions(device=device)
     backends = [get_backend(backend).name] if backend else list(registered())
     precisions = [precision] if precision else list(PRECISIONS)
@@ -146,7 +151,7 @@ def candidates(bundle: Bundle, *, device: str = "cpu", backend: str | None = Non
     for b in backends:
         for p in precisions:
             try:
-                res = resolve(bundle, p, options, backend=b)
+                res = resolve(bundle, p, options, backend=b, installed_only=True)
             except EdgeInferError as exc:
                 rejected.append(f"{b} {p}: {str(exc).splitlines()[-1].strip(' -')}")
                 continue
@@ -380,6 +385,12 @@ def _cache_path(bundle: Bundle, threads: int | None, device: str, pairs, shared_
         return None
 
 
+def _unavailable(mode: Allowed) -> str | None:
+    """Why ``mode``'s backend cannot be loaded here, or None (this loads its library)."""
+    ok, why = mode.resolved.backend.available()
+    return None if ok else why
+
+
 def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", backend: str | None = None,
            precision: str | None = None, force: bool = False, use_cache: bool = True,
            allow_fallback: bool = False, shared_cpu: bool = False) -> Selection:
@@ -394,6 +405,11 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
         raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + "\n".join(f"  - {r}" for r in rejected))
     if len(pairs) == 1:
         only = pairs[0]
+        missing = _unavailable(only)
+        if missing:
+            rejected.append(f"{only.backend} {only.precision}: {missing}")
+            raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n"
+                                     + "\n".join(f"  - {r}" for r in rejected))
         return Selection(only.backend, only.precision, only.resolved.artifact.id,
                          reason="the only allowed choice" if (backend or precision) is None else "as pinned",
                          candidates=[ModeTiming(only.backend, only.precision, only.resolved.artifact.id)],
@@ -434,10 +450,18 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
     if not cands:
         raise BackendUnavailable("every candidate failed its speed probe:\n" + "\n".join(rejected))
     cands.sort(key=lambda c: (c.p50_ms, _rank(c.precision), c.backend))
-    best, why = pick(cands)
+    while True:  # the pick must load: a cached choice has not loaded its library yet
+        best, why = pick(cands)
+        chosen = next(a for a in pairs if (a.backend, a.precision) == (best.backend, best.precision))
+        missing = _unavailable(chosen)
+        if not missing:
+            break
+        rejected.append(f"{best.backend} {best.precision}: {missing}")
+        cands.remove(best)
+        if not cands:
+            raise BackendUnavailable("no allowed mode can be loaded here:\n" + "\n".join(f"  - {r}" for r in rejected))
     ref = next((c for c in cands if c.backend == "onnxruntime" and c.precision == "fp32"), None)
     speedup = f", {ref.p50_ms / best.p50_ms:.1f}x ONNX Runtime fp32" if ref and best is not ref and best.p50_ms > 0 else ""
     reason = f"{why}{speedup}; {'probed now' if probed else 'cached probe, ' + str(path)})"
-    chosen = next(a for a in pairs if (a.backend, a.precision) == (best.backend, best.precision))
     return Selection(best.backend, best.precision, best.artifact_id, reason=reason, candidates=cands,
                      rejected=rejected, forced=chosen.forced, resolved=chosen.resolved)

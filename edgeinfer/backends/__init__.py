@@ -56,13 +56,14 @@ class Resolved:
 
 
 def _first_accepting(artifacts: list[Artifact], options: RunnerOptions, backend: str | None,
-                     failure: str) -> tuple[Artifact, type[Backend]]:
+                     failure: str, installed_only: bool = False) -> tuple[Artifact, type[Backend]]:
     """The first (artifact, backend) pair where the backend is available here and accepts the artifact.
-    On failure the error lists every backend tried and why it could not (``failure`` heads it)."""
+    On failure the error lists every backend tried and why it could not (``failure`` heads it).
+    ``installed_only``: ask :meth:`Backend.installed` instead of :meth:`Backend.available`."""
     candidates = [get_backend(backend)] if backend else list(registered().values())
     reasons = []
     for cls in candidates:
-        ok, why = cls.available()
+        ok, why = cls.installed() if installed_only else cls.available()
         if not ok:
             reasons.append(f"{cls.name}: {why}")
             continue
@@ -81,10 +82,13 @@ def backend_for(artifact: Artifact, options: RunnerOptions, backend: str | None 
                             f"no backend can run artifact {artifact.id} ({artifact.precision}, {artifact.format})")[1]
 
 
-def resolve(bundle, precision: str, options: RunnerOptions, backend: str | None = None) -> Resolved:
+def resolve(bundle, precision: str, options: RunnerOptions, backend: str | None = None, *,
+            installed_only: bool = False) -> Resolved:
     """What runs ``bundle`` at ``precision``: every artifact of that precision is offered to every
     candidate backend; no look at file suffixes. A runtime precision with no artifact of its own
-    (bf16) runs the fp32 graph with a precision hint, set on a copy of ``options``."""
+    (bf16) runs the fp32 graph with a precision hint, set on a copy of ``options``.
+    ``installed_only``: a backend counts if it is installed (:meth:`Backend.installed`), so its
+    library is not loaded; the caller checks :meth:`Backend.available` before it creates a runner."""
     from ..errors import ArtifactNotFound
 
     runtime = precision in RUNTIME_PRECISIONS
@@ -96,7 +100,8 @@ def resolve(bundle, precision: str, options: RunnerOptions, backend: str | None 
         have = sorted({a.precision for a in bundle.artifacts})
         raise ArtifactNotFound(f"bundle {bundle.name} has no {graph_precision} artifact (it has {', '.join(have)}); "
                                "run edgeinfer calibrate to add fp16/int8 graphs.")
-    art, cls = _first_accepting(arts, options, backend, f"nothing here can run {bundle.name} at {precision}")
+    art, cls = _first_accepting(arts, options, backend, f"nothing here can run {bundle.name} at {precision}",
+                                installed_only)
     return Resolved(art, cls, options)
 
 

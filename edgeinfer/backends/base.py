@@ -177,6 +177,17 @@ class Backend(ABC):
         """(usable on this machine, reason if not)."""
 
     @classmethod
+    def installed(cls) -> tuple[bool, str]:
+        """:meth:`available`, told without importing the backend's library where the installed
+        packages alone can tell (the default asks :meth:`available` itself).
+
+        Listing what could run (:func:`edgeinfer.autoselect.candidates`) uses this, so that a
+        cached choice loads the chosen runtime only; the choice is then checked with
+        :meth:`available` before it is returned.
+        """
+        return cls.available()
+
+    @classmethod
     @abstractmethod
     def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:
         """(can run this artifact with these options, reason if not)."""

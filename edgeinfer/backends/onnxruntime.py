@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import onnxgraph
+from .._lazy import module_present
 from ..bundle import Artifact
 from ..errors import BackendUnavailable, InferenceError
 from . import register
@@ -154,11 +155,17 @@ class OnnxRuntimeBackend(Backend):
         return True, ""
 
     @classmethod
+    def installed(cls) -> tuple[bool, str]:
+        return (True, "") if module_present("onnxruntime") else (False, "onnxruntime is not installed")
+
+    @classmethod
     def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:
         if artifact.format != "onnx":
             return False, f"runs ONNX graphs, not {artifact.format}"
         if options.precision_hint not in (None, artifact.precision):
             return False, f"has no runtime precision hint ({options.precision_hint} asked)"
+        if options.device == "cpu":
+            return True, ""  # every onnxruntime build has the CPU provider: no need to load the library to ask
         _, why = providers_for(options.device, _ort().get_available_providers())
         if why and not options.allow_fallback:
             return False, why + "; or pass --allow-fallback to run on the CPU (it will be reported)"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import onnxgraph
-from .._lazy import lazy_import
+from .._lazy import lazy_import, module_present
 from ..bundle import Artifact
 from ..errors import BackendUnavailable, InferenceError
 from . import register
@@ -181,6 +181,11 @@ class OpenVinoBackend(Backend):
         except Exception as exc:
             return False, str(exc)
         return True, ""
+
+    @classmethod
+    def installed(cls) -> tuple[bool, str]:
+        return (True, "") if module_present("openvino") else (False, "openvino is not installed "
+                                                                   "(pip install 'edgeinfer[openvino]')")
 
     @classmethod
     def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:

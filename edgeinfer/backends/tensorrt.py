@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import trt_policy
+from .._lazy import module_present as _module_present
 from ..bundle import Artifact
 from ..errors import BackendUnavailable, IntegrityError, InferenceError, MissingDependency
 from ..errors import CudaError  # noqa: F401 - its old import path (edgeinfer.backends.tensorrt) still works
@@ -54,13 +54,6 @@ _INSTALL = ("pip install 'edgeinfer[trt]' (or 'edgeinfer[trt-lean]' for the lean
 
 
 # --- availability ---------------------------------------------------------------------------
-def _module_present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # parent package missing
-        return False
-
-
 @functools.lru_cache(maxsize=1)
 def probe() -> tuple[bool, str]:
     """(TensorRT usable here, reason if not). Cached: the answer does not change in a process."""

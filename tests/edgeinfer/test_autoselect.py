@@ -2,6 +2,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -297,6 +299,42 @@ def test_a_valid_cache_gives_the_same_selection_without_probing(tiny_bundle, cac
             [(c.backend, c.precision, c.p50_ms, c.spread_ms) for c in first.candidates]
     assert path.stat().st_mtime_ns == mtime    # a valid cache is not rewritten
     assert warnings_seen() == []
+
+
+_LOADED = """
+import sys
+from edgeinfer import autoselect
+from edgeinfer.bundle import load_bundle
+s = autoselect.choose(load_bundle(sys.argv[1]))
+print(s.backend, *(name for name in ("onnxruntime", "openvino") if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("fast", ["onnxruntime", "openvino"])
+def test_a_cached_choice_loads_only_the_chosen_runtime(fast, tiny_bundle, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    b = load_bundle(tiny_bundle)
+    slow = {"onnxruntime": "openvino", "openvino": "onnxruntime"}[fast]
+    _fake_probes(monkeypatch, {(fast, "fp32"): (1.0, 0.01), (slow, "fp32"): (9.0, 0.01)})
+    assert autoselect.choose(b).backend == fast          # probed (faked) and cached here
+    out = subprocess.run([sys.executable, "-c", _LOADED, str(tiny_bundle)], capture_output=True, text=True,
+                         env={**os.environ, "EDGEINFER_CACHE": str(cache)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [fast, fast]            # chosen from the cache; the other runtime never loaded
+
+
+def test_a_cached_choice_that_cannot_load_gives_way_to_the_next(tiny_bundle, monkeypatch):
+    from edgeinfer.backends.openvino import OpenVinoBackend
+
+    b = load_bundle(tiny_bundle)
+    _fake_probes(monkeypatch, {("onnxruntime", "fp32"): (9.0, 0.01), ("openvino", "fp32"): (1.0, 0.01)})
+    monkeypatch.setattr(OpenVinoBackend, "installed", classmethod(lambda cls: (True, "")))
+    monkeypatch.setattr(OpenVinoBackend, "available", classmethod(lambda cls: (False, "libopenvino.so: cannot open")))
+    sel = autoselect.choose(b)
+    assert (sel.backend, sel.precision) == ("onnxruntime", "fp32")
+    assert "openvino fp32: libopenvino.so: cannot open" in sel.rejected
+    with pytest.raises(BackendUnavailable, match="openvino fp32: libopenvino.so: cannot open"):
+        autoselect.choose(b, backend="openvino", precision="fp32")
 
 
 def test_the_cache_is_written_atomically_through_write_json(tiny_bundle, cache, monkeypatch):
