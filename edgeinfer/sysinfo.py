@@ -24,7 +24,8 @@ FLAGS_ARM = ("asimd", "asimddp", "fphp", "asimdhp", "bf16", "i8mm", "sve")
 FLAGS_OF_INTEREST = FLAGS_X86 + FLAGS_ARM
 #: distributions whose versions a report states (metadata only; nothing is imported)
 LIBRARIES = ("edgeinfer", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12",
-             "cuda-python", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+             "tensorrt-cu13", "tensorrt-lean-cu13", "tensorrt-dispatch-cu13", "cuda-python", "cuda-bindings",
+             "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "imagecodecs",
              "opencv-python-headless", "onnx", "matplotlib", "pytest-benchmark")
 #: environment variables that change how many threads the libraries use
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -15,6 +15,7 @@ from pydicom.pixels import get_decoder
 from pydicom.pixels import pixel_array as _pd_pixel_array
 
 from ..errors import CorruptDicomError, InputError, TooLargeError, UnsupportedError
+from . import codecs
 from .checks import _Geometry, _check_pixels, _pixel_element, _raw_value, _ts_uid
 from .common import (
     _DEFAULT_LIMITS,
@@ -208,10 +209,19 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
     # frame. They are almost always clean already, so native data is viewed as it is and copied only
     # when a value lies outside what Bits Stored can hold (_unused_bits_clear)
     uncorrected = not encapsulated and geom.bits_stored < geom.bits_allocated
+    # compressed frames go to the plugin whose decoder releases the GIL first (codecs.py); if it
+    # refuses one, pydicom's own plugins try it in their order
+    first = codecs.preferred(ts) if encapsulated else ""
     try:
-        # view_only: native pixel data is viewed in place, not copied (10 MB for a DX image)
-        arr = _pd_pixel_array(ds, index=index, view_only=True,
-                              **({"correct_unused_bits": False} if uncorrected else {}))
+        try:
+            # view_only: native pixel data is viewed in place, not copied (10 MB for a DX image)
+            arr = _pd_pixel_array(ds, index=index, view_only=True,
+                                  **({"decoding_plugin": first} if first else {}),
+                                  **({"correct_unused_bits": False} if uncorrected else {}))
+        except RuntimeError:
+            if not first:
+                raise
+            arr = _pd_pixel_array(ds, index=index, view_only=True)
         if uncorrected and not _unused_bits_clear(arr, geom.bits_stored):
             arr = _pd_pixel_array(ds, index=index, view_only=True)
     except RuntimeError as exc:

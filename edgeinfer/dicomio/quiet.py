@@ -55,16 +55,71 @@ _install_logger_filters()
 #: ``warnings.catch_warnings`` swaps process-wide state (the filter list and the function that shows
 #: a warning) on entry and puts back what it saw on exit; two threads interleaving those swaps can
 #: leave a warning shown (with a patient's value in it) while a boundary is open. So the boundary
-#: is held by one thread at a time (re-entrant for nesting in the same thread).
-_boundary_lock = threading.RLock()
+#: is held by one thread at a time (re-entrant for nesting in the same thread), and while no
+#: thread holds it the warning state is the process's own.
+_boundary_lock = threading.Lock()
+_held = threading.local()  # .stack: [catch_warnings, caught] for each boundary this thread is inside
+
+
+def _stack() -> list:
+    if not hasattr(_held, "stack"):
+        _held.stack = []
+    return _held.stack
+
+
+def _record_into(caught: list) -> warnings.catch_warnings:
+    """Enter a catch_warnings whose every warning is appended to ``caught`` (and not shown)."""
+    cm = warnings.catch_warnings()
+    cm.__enter__()
+    warnings.simplefilter("always")
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: caught.append(
+        warnings.WarningMessage(message, category, filename, lineno, file, line))
+    return cm
 
 
 @contextmanager
 def _library_quiet() -> Iterator[list[warnings.WarningMessage]]:
     """Record (and drop) every warning and drop library log records in this block (one thread at a time)."""
-    with _boundary_lock, _logs_quiet(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
+    stack = _stack()
+    if not stack:
+        _boundary_lock.acquire()
+    try:
+        with _logs_quiet():
+            caught: list[warnings.WarningMessage] = []
+            entry = [_record_into(caught), caught]
+            stack.append(entry)
+            try:
+                yield caught
+            finally:
+                stack.pop()
+                entry[0].__exit__(None, None, None)
+    finally:
+        if not stack:
+            _boundary_lock.release()
+
+
+@contextmanager
+def _outside_boundary() -> Iterator[None]:
+    """Let other threads into the boundary while this one runs a call that neither warns nor logs and
+    releases the GIL (a codec's decode), so that the intake's threads decode at the same time.
+
+    This thread's warning state is put back as the process had it before the boundary is let go,
+    and recorded again, into the same lists, once the boundary is held again: whoever holds the
+    boundary has its own state installed, and nobody else's. Outside any boundary this does nothing.
+    """
+    stack = _stack()
+    if not stack:
+        yield
+        return
+    for entry in reversed(stack):
+        entry[0].__exit__(None, None, None)
+    _boundary_lock.release()
+    try:
+        yield
+    finally:
+        _boundary_lock.acquire()
+        for entry in stack:
+            entry[0] = _record_into(entry[1])
 
 
 @contextmanager

@@ -1228,3 +1228,85 @@ def test_the_quiet_boundary_holds_when_threads_read_at_once(tmp_path, capfd):
     assert not errors and not any(t.is_alive() for t in threads)
     assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
     assert warnings.filters == before
+
+
+def test_stepping_out_of_the_boundary_puts_the_process_state_back_and_keeps_recording():
+    """A codec's decode runs outside the boundary (other threads may enter); warnings before and
+    after it are still recorded into the same lists, nested boundaries included."""
+    from edgeinfer.dicomio.quiet import _library_quiet, _outside_boundary
+
+    shown, filters = warnings.showwarning, list(warnings.filters)
+    with _library_quiet() as outer:
+        warnings.warn("outer before")
+        with _library_quiet() as inner:
+            warnings.warn("inner before")
+            with _outside_boundary():
+                assert warnings.showwarning is shown and warnings.filters == filters  # the process's own
+            warnings.warn("inner after")
+        warnings.warn("outer after")
+    assert [str(w.message) for w in outer] == ["outer before", "outer after"]
+    assert [str(w.message) for w in inner] == ["inner before", "inner after"]
+    assert warnings.showwarning is shown and warnings.filters == filters
+    with _outside_boundary():  # outside any boundary: nothing to step out of
+        pass
+
+
+def test_intake_threads_decode_compressed_frames_at_once_and_the_boundary_holds(tmp_path, capfd, monkeypatch):
+    """Two threads are inside imagecodecs' RLE decode at the same time (a barrier that needs both
+    would time out otherwise), while other threads read files whose headers make pydicom warn
+    with a patient's value: no canary escapes and the warning state is as before."""
+    import threading
+
+    import imagecodecs
+    from pydicom.uid import RLELossless
+
+    with pydicom_silenced():
+        files = canary_files(tmp_path)
+        ds = canary_ds(invalid_is=False)
+        ds.SpecificCharacterSet = "CANARY^SECRET"  # pydicom warns with it while reading this RLE file
+        ds.Rows, ds.Columns = 64, 64
+        ds.compress(RLELossless, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096)
+        rle = save(ds, tmp_path / "rle.dcm")
+    barrier = threading.Barrier(2, timeout=30)
+    met, real = [], imagecodecs.dicomrle_decode
+
+    def both_inside(*a, **k):
+        if len(met) < 2:
+            met.append(barrier.wait())  # returns once the other thread is inside a decode too
+        return real(*a, **k)
+
+    monkeypatch.setattr(imagecodecs, "dicomrle_decode", both_inside)
+    capfd.readouterr()
+    shown, before = warnings.showwarning, list(warnings.filters)
+    errors: list[BaseException] = []
+    decoded: list[np.ndarray] = []
+
+    def decoder():
+        try:
+            for _ in range(5):
+                decoded.append(decode_frame(read_dataset(rle), 0))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reader():
+        try:
+            for _ in range(5):
+                for f in files:
+                    try:
+                        decode_frame(read_dataset(f), 0)
+                    except InputError:
+                        pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decoder) for _ in range(2)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    out, err = capfd.readouterr()
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert sorted(met) == [0, 1]  # both decoders were inside imagecodecs at once
+    assert len(decoded) == 10 and all(np.array_equal(a, decoded[0]) for a in decoded)
+    assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
+    assert warnings.showwarning is shown and warnings.filters == before
