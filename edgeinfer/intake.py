@@ -232,10 +232,11 @@ class Intake:
         path in the calling thread (no pool). Outcomes come back in input order; bad input is a
         :class:`Rejection` as with :meth:`take`, never an exception.
 
-        Threads (the default): numpy, OpenCV and ONNX Runtime release the GIL, so on two cores
-        inference and intake overlap. pydicom's parsing does not, and the library boundary
-        (:mod:`edgeinfer.dicomio.quiet`) admits one thread at a time, so two intake threads give
-        about 1.2-1.5 times one (measured on 2 cores).
+        Threads (the default): numpy, OpenCV, ONNX Runtime and the compressed-image decoders
+        (imagecodecs, :mod:`edgeinfer.dicomio.codecs`) release the GIL, so on two cores inference
+        and intake overlap, and two threads decode compressed images at once. pydicom's parsing
+        holds the GIL, and the library boundary (:mod:`edgeinfer.dicomio.quiet`) admits one thread
+        at a time outside the decoders' calls.
 
         ``processes``: each worker is a process of its own (spawned: nothing of this process's
         threads or libraries is inherited), so the intake scales with the cores, at about 100 MB

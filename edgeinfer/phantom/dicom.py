@@ -185,11 +185,42 @@ def _dataset(*, dev, img, pixels, rows, cols, spacing, sex, age, birth, index, s
         ds.BurnedInAnnotation = "NO"
         ds.PresentationLUTShape = "IDENTITY" if dev["photometric"] == "MONOCHROME2" else "INVERSE"
     if dev["compress"]:
-        ds.compress(RLELossless, pixels, encoding_plugin=_rle_plugin(), generate_instance_uid=False)
+        compress(ds, RLELossless, pixels)
     else:
         ds.PixelData = pixels.astype("<u2", copy=False).tobytes()
         ds["PixelData"].VR = "OW"
     return ds
+
+
+def compress(ds: Dataset, ts: str, pixels: np.ndarray, **kw) -> None:
+    """Encode ``pixels`` (stored values, as ``ds`` describes them) into ``ds`` in transfer syntax ``ts``.
+
+    pydicom's encoders where it has one (RLE, JPEG-LS, JPEG 2000; ``kw`` goes to them: the lossy
+    variants take ``jls_error``, default 2, and ``j2k_cr`` or ``j2k_psnr``, default a 10:1 ratio);
+    imagecodecs' for lossless JPEG, which
+    pydicom cannot write (grey images only; signed values are stored as their bit patterns).
+    """
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000, JPEGLossless, JPEGLosslessSV1, JPEGLSNearLossless
+
+    if ts in (JPEGLossless, JPEGLosslessSV1):
+        import imagecodecs
+
+        if pixels.ndim != 2:
+            raise ValueError("lossless JPEG is written for grey images only")
+        bits = int(ds.BitsStored)
+        patterns = pixels.view(f"u{pixels.dtype.itemsize}") & ((1 << bits) - 1)
+        ds.PixelData = encapsulate([imagecodecs.ljpeg_encode(patterns, bitspersample=bits)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = ts
+        return
+    if ts == RLELossless:
+        kw.setdefault("encoding_plugin", _rle_plugin())
+    elif ts == JPEGLSNearLossless and "jls_error" not in kw:
+        kw["jls_error"] = 2           # each value within 2 of the original
+    elif ts == JPEG2000 and not {"j2k_cr", "j2k_psnr"} & set(kw):
+        kw["j2k_cr"] = [10]           # 10:1, a common lossy setting
+    ds.compress(ts, pixels, generate_instance_uid=False, **kw)
 
 
 def _rle_plugin() -> str:

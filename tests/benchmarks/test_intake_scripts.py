@@ -1,4 +1,4 @@
-"""benchmarks/intake_bench.py and benchmarks/intake_scaling.py run (a smoke test on a few files, never a timing)."""
+"""benchmarks/intake_bench.py, intake_scaling.py and codec_bench.py run (a smoke test on a few files, never a timing)."""
 from __future__ import annotations
 
 import importlib.util
@@ -26,3 +26,19 @@ def test_intake_bench_and_scaling_run(phantom_dir):
     assert [(r["kind"], r["workers"]) for r in rows] == [("threads", 1), ("threads", 2), ("processes", 1),
                                                          ("processes", 2)]
     assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in rows)
+
+
+def test_codec_bench_encodes_every_syntax_the_plugin_decodes_and_runs(phantom_dir, tmp_path):
+    from edgeinfer.dicomio.codecs import DECODER_DEPENDENCIES
+
+    mod = _script("codec_bench")
+    files = mod.encodings(phantom_dir, tmp_path)
+    assert set(files) == {"Explicit VR Little Endian"} | {ts.name for ts in DECODER_DEPENDENCIES}
+    rows = mod.measure(files, repeats=1)
+    assert len(rows) == len(files)
+    for row in rows:
+        assert row["shape"] == rows[0]["shape"] and row["intake_ms"]["total"] > 0
+        assert all(v > 0 for v in row["decode_ms"].values())
+        compressed = row["transfer_syntax"] != "Explicit VR Little Endian"
+        assert all((v is not None) == compressed for v in row["two_threads"].values())
+    assert "| RLE Lossless |" in mod.render({"machine": "test", "repeats": 1, "rows": rows})
