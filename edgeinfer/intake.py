@@ -222,8 +222,14 @@ class Intake:
             uid = exc.study_uid or (study_uid(ds) if ds is not None else None)
             return Rejection(path, False, exc.code, str(exc), uid)
 
+    def pool(self, workers: int, *, processes: bool = False) -> "Pool":
+        """A pool of ``workers`` threads (or processes) for :meth:`stream` to use again and again
+        (``pool=``), so that processes start once, not with every stream. Close it when done (it is
+        a context manager); :meth:`Pool.warm` starts its workers before the first stream."""
+        return Pool(self, workers, processes)
+
     def stream(self, paths: Iterable[str | os.PathLike], *, workers: int = 1, ahead: int | None = None,
-               processes: bool = False) -> Iterator[Image | Rejection]:
+               processes: bool = False, pool: "Pool | None" = None) -> Iterator[Image | Rejection]:
         """:meth:`take` for every path, in order, with up to ``workers`` threads (or processes) working ahead.
 
         The caller (inference, usually) consumes one outcome while the pool reads, decodes and
@@ -245,13 +251,21 @@ class Intake:
         is retried alone in a fresh pool and, if it kills that one too, becomes a Rejection
         (``worker-died``) while the rest go on. Three files in a row doing so mean the workers
         cannot run at all: that raises.
+
+        ``pool``: a :meth:`pool` of this intake to use (``workers`` and ``processes`` are then
+        its own), which the stream leaves running for the next one.
         """
-        if workers <= 0:
+        if pool is not None:
+            if pool.intake is not self:
+                raise ValueError("the pool belongs to another Intake")
+            workers = pool.workers
+        elif workers <= 0:
             yield from map(self.take, paths)
             return
         depth = max(1, ahead if ahead is not None else 2 * workers)
         it = iter(paths)
-        pool = _Pool(self, workers, processes)
+        own = pool is None
+        pool = pool or Pool(self, workers, processes)
         pending: deque = deque()  # (path, future), in input order
         try:
             for path in it:
@@ -272,10 +286,11 @@ class Intake:
         finally:  # the consumer stopped early (an error, a cancel): drop what was not started
             for _path, fut in pending:
                 fut.cancel()
-            pool.shutdown()
+            if own:
+                pool.shutdown()
 
 
-class _Pool:
+class Pool:
     """The executor behind :meth:`Intake.stream`: threads, or spawned processes that can be replaced."""
 
     #: files in a row that kill their worker before the pool is deemed unable to run at all
@@ -326,8 +341,20 @@ class _Pool:
         pending.extend((p, self.submit(p)) for p in retry)
         return outcome
 
+    def warm(self) -> None:
+        """Start every worker now (a process imports edgeinfer and receives the intake), not on the first files."""
+        if self.processes:
+            for fut in [self.executor.submit(_ready) for _ in range(self.workers)]:
+                fut.result()
+
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
 
 #: the Intake of a worker process (Intake.stream(processes=True))
@@ -338,6 +365,10 @@ def _init_worker(intake: Intake) -> None:
     global _WORKER
     _WORKER = intake
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 def _take_in_worker(path) -> Image | Rejection:
@@ -354,5 +385,5 @@ def prepare_dataset(ds, spec: PreprocessSpec, limits: dicomio.ReadLimits | None 
     return Intake(spec, limits=limits).prepare(ds).prepared
 
 
-__all__ = ["DEFAULT_IGNORE", "NO_STUDY_UID", "Image", "Intake", "Rejection", "applicability", "discover",
+__all__ = ["DEFAULT_IGNORE", "NO_STUDY_UID", "Image", "Intake", "Pool", "Rejection", "applicability", "discover",
            "ignored", "prepare_dataset", "study_uid"]

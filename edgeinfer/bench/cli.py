@@ -58,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="end-to-end modes: auto = ORT fp32 and the fastest gated mode; all; none (default auto)")
     s.add_argument("--e2e-workers", type=int, default=2, help="decode threads in the overlapped pass (default 2)")
     s.add_argument("--e2e-processes", action="store_true",
-                   help="the overlapped pass's workers are processes, as with triage --processes (pool start included)")
+                   help="the overlapped pass's workers are processes, as with triage --processes (started once; the start is reported apart)")
     s.add_argument("--e2e-repeats", type=int, default=3,
                    help="end-to-end passes over the folder, serial and overlapped alternating (default 3)")
     s.add_argument("--json", default=None, metavar="OUT", help="write the JSON report here ('-' for stdout)")

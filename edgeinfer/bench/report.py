@@ -161,6 +161,12 @@ def render_markdown(report: dict) -> str:
                      "normalises, *post* turns the output into a priority (and studies into a worklist order). "
                      "Throughputs are the median of the passes; overlapping *pays* only if every overlapped pass "
                      "beat every serial one.")
+        ok = [e for e in report["e2e"] if e.get("status") != "error"]
+        if ok and all("pool_start_s" in e["overlapped"] for e in ok):  # reports before the shared pool lack it
+            lines[-1] += " The overlapped passes share one pool, started before them, so no pass pays for its start."
+            starts = [e["overlapped"]["pool_start_s"] for e in ok if e["overlapped"].get("processes")]
+            if starts:
+                lines[-1] += f" Starting the worker processes took {_f(max(starts), 2)} s."
         ratio_rows = [e for e in report["e2e"] if e.get("e2e_vs_inference_only")]
         if ratio_rows:
             lines += ["", "| backend / precision | inference only, images/s | end to end serial | end to end overlapped |",

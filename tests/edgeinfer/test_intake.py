@@ -140,6 +140,26 @@ def test_stream_in_processes_gives_what_take_gives(intake, phantom_dir, corpus_d
             assert (g.path, g.code, g.reason) == (w.path, w.code, w.reason)
 
 
+def test_a_pool_serves_stream_after_stream_and_belongs_to_its_intake(intake, phantom_dir, corpus_dir, tmp_path):
+    """Processes start once (warm) and serve every stream; a stream leaves the pool running."""
+    files = _mixed(phantom_dir, corpus_dir, tmp_path)
+    want = [intake.take(f) for f in files]
+    with intake.pool(2, processes=True) as pool:
+        pool.warm()
+        executor = pool.executor
+        for _ in range(2):
+            got = list(intake.stream(files, pool=pool))
+            assert [(type(o), o.path) for o in got] == [(type(o), o.path) for o in want]
+            for g, w in zip(got, want):
+                if isinstance(w, Image):
+                    np.testing.assert_array_equal(g.tensor, w.tensor)
+        assert pool.executor is executor  # the same processes, never restarted
+        with pytest.raises(ValueError, match="another Intake"):
+            next(Intake(intake.spec).stream(files, pool=pool))
+    with pytest.raises(RuntimeError):  # closed with the block
+        pool.executor.submit(len, "x")
+
+
 def test_a_worker_that_dies_costs_its_file_only(intake, phantom_dir, tmp_path):
     from helpers import DyingIntake
 

@@ -99,4 +99,6 @@ def test_cli_end_to_end_with_intake_processes(bench_bundle, phantom_dir, tmp_pat
     e = json.loads(out.read_text())["e2e"][0]
     assert e["overlapped"]["processes"] is True and e["overlapped"]["workers"] == 1
     assert e["overlapped"]["studies_per_s"] > 0 and e["errors"] == 0
-    assert "(1 decode processes," in (tmp_path / "b.md").read_text()
+    assert e["overlapped"]["pool_start_s"] > 0  # the pool started once, before the passes, and was timed
+    md = (tmp_path / "b.md").read_text()
+    assert "(1 decode processes," in md and "Starting the worker processes took" in md
