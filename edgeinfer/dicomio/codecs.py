@@ -3,7 +3,7 @@
 pydicom's plugins for compressed Pixel Data (pylibjpeg-rle, pylibjpeg-libjpeg,
 pylibjpeg-openjpeg) hold Python's GIL while they decode, so intake threads decoding compressed
 images take turns, and inference waits for them too. imagecodecs wraps the same kinds of
-libraries (OpenJPEG, CharLS, jpegsof3, its own PackBits) and releases the GIL in each decode. Measured on
+libraries (OpenJPEG, CharLS, libjpeg-turbo, its own PackBits) and releases the GIL in each decode. Measured on
 the build box (AMD EPYC, 2 cores, one run; a 2048×2048 12-bit image, decode time and the speed-up
 of two threads over one):
 
@@ -11,7 +11,7 @@ of two threads over one):
 transfer syntax         pylibjpeg            imagecodecs
 ======================  ===================  ==================
 RLE Lossless (3000²)    23 ms, 0.87x         19 ms, 1.75x
-JPEG lossless (SV1)     121 ms, 0.99x        36 ms, 1.95x
+JPEG lossless (SV1)     121 ms, 0.99x        24 ms, 1.58x
 JPEG-LS lossless        281 ms, 1.00x        59 ms, 1.95x
 JPEG 2000 lossless      423 ms, 0.98x        424 ms, 1.98x
 ======================  ===================  ==================
@@ -24,22 +24,34 @@ to the decoding options), so pydicom's own steps after decoding (sign correction
 reshaping) are the same; ``tests/edgeinfer/test_dicomio_codecs.py`` compares the two on every
 such file of pydicom's corpus and on phantoms. A frame the plugin refuses is decoded again by
 pydicom's plugins (:func:`edgeinfer.dicomio.decode_frame`), so no decoder's gap loses an image.
+``benchmarks/codec_bench.py`` measures each syntax on a full-detector phantom.
+
+The plugin is in pydicom's decoders for the whole process, so pydicom may hand it a frame that
+edgeinfer's checks never saw. It checks what the C decoders trust before calling them: an RLE
+header's segment offsets (:func:`rle_header_problem`) and a JPEG or JPEG 2000 frame's own size
+(:func:`encoded_dimensions`) against the image's. ``tests/edgeinfer/fuzz_codecs.py`` feeds it
+damaged frames in every syntax; it found both of those gaps, and a crash in imagecodecs' own
+lossless JPEG decoder, which is why lossless JPEG goes to libjpeg-turbo instead.
 """
 from __future__ import annotations
+
+import struct
 
 from pydicom import uid
 from pydicom.pixels import get_decoder
 from pydicom.pixels.common import PhotometricInterpretation as PI
 
 from .._lazy import module_present
+from ..errors import CorruptDicomError
 from .quiet import _outside_boundary
 
 #: the name the plugin has in pydicom's decoders
 PLUGIN = "edgeinfer-imagecodecs"
 
 _RLE = frozenset({uid.RLELossless})
-#: lossless JPEG (process 14, any predictor); lossy JPEG stays with pydicom's plugins, whose IDCT
-#: and colour handling differ from libjpeg-turbo's by a grey level or more
+#: grey lossless JPEG (process 14, any predictor), by libjpeg-turbo (imagecodecs' own lossless JPEG
+#: decoder, jpegsof3, crashed on a damaged frame in the fuzz run); lossy JPEG stays with pydicom's
+#: plugins, whose IDCT and colour handling differ from libjpeg-turbo's by a grey level or more
 _JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
 _JPEG_LS = frozenset(uid.JPEGLSTransferSyntaxes)
 #: JPEG 2000 Part 1 (pydicom has no decoder for Part 2; High-Throughput JPEG 2000 stays with pylibjpeg)
@@ -63,16 +75,120 @@ def _container_bits(itemsize: int) -> int:
     return 8 * itemsize
 
 
+_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
+
+
+def _jp2_codestream_offset(frame: bytes) -> int:
+    """Offset of the J2K codestream in a frame that may carry a (non-conformant) JP2 header.
+
+    Walks the boxes as pydicom's ``get_j2k_parameters`` does, but refuses a box of
+    length 0 before the codestream box: pydicom 3.0.2 loops forever on one.
+    """
+    if not frame.startswith(_JP2_SIGNATURE):
+        return 0
+    offset, total = 12, len(frame)
+    while offset < total:
+        length = int.from_bytes(frame[offset : offset + 4], "big")
+        if frame[offset + 4 : offset + 8] == b"jp2c":
+            return offset + 8
+        if length < 8:  # 0 ("to the end") or 1 (64-bit length) before the codestream
+            raise CorruptDicomError("the JPEG 2000 frame has a malformed JP2 box structure (damaged)")
+        offset += length
+    raise CorruptDicomError("the JPEG 2000 frame has no codestream (damaged)")
+
+
+def encoded_dimensions(frame: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG/JPEG-LS SOF or a JPEG 2000 SIZ segment, or None (pure).
+
+    The intake checks them against the header before any decoder allocates
+    (``decode._check_encoded_frame``), and so does the plugin, which pydicom may call without it.
+    """
+    if frame[:2] == b"\xff\xd8":
+        offset, n = 2, len(frame)
+        while offset + 4 <= n:
+            if frame[offset] != 0xFF:  # junk between segments: decoders such as
+                offset += 1  # libjpeg-turbo skip it, so look past it too
+                continue
+            marker = frame[offset + 1]
+            if marker == 0xFF:  # fill byte
+                offset += 1
+                continue
+            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                offset += 2
+                continue
+            if marker in (0xDA, 0xD9):  # start of scan / end of image before any SOF
+                return None
+            length = struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
+            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+                if offset + 10 > n:
+                    return None
+                height, width = struct.unpack(">HH", frame[offset + 5 : offset + 9])
+                return height, width, frame[offset + 9]
+            offset += 2 + length
+        return None
+    o = _jp2_codestream_offset(frame)
+    if frame[o : o + 4] == b"\xff\x4f\xff\x51" and o + 42 <= len(frame):
+        o += 2  # at the SIZ marker
+        xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", frame[o + 6 : o + 22])
+        components = struct.unpack(">H", frame[o + 38 : o + 40])[0]
+        return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components
+    return None
+
+
+def rle_header_problem(frame: bytes, segments: int) -> str | None:
+    """What is wrong with an RLE frame's 64-byte header for ``segments`` segments, or None (pure).
+
+    PS3.5 Annex G: the number of segments, then 15 offsets; the first segment starts at byte 64
+    and each one after the one before, inside the frame. imagecodecs reads segments where the
+    offsets say without checking them (an offset past the end crashed it in the fuzz run), so the
+    plugin decodes no frame whose header fails this.
+    """
+    if len(frame) < 64:
+        return f"the frame is {len(frame)} bytes, shorter than the 64-byte RLE header"
+    header = struct.unpack("<16I", frame[:64])
+    if header[0] != segments:
+        return f"the RLE header has {header[0]} segments; the image needs {segments}"
+    offsets = header[1 : 1 + segments]
+    if offsets[0] != 64:
+        return f"the first RLE segment starts at byte {offsets[0]}, not 64"
+    ends = (*offsets[1:], len(frame))
+    for i, (start, end) in enumerate(zip(offsets, ends), 1):
+        if not start < end <= len(frame):
+            return f"RLE segment {i} runs from byte {start} to {end} of a {len(frame)}-byte frame"
+    return None
+
+
+def _frame_header_problem(frame: bytes, runner) -> str | None:
+    """Why a JPEG, JPEG-LS or JPEG 2000 frame's own header does not describe the image, or None."""
+    dims = encoded_dimensions(frame)
+    if dims is None:
+        return "the frame has no readable SOF or SIZ header"
+    if dims != (runner.rows, runner.columns, runner.samples_per_pixel):
+        return (f"the frame's header says {dims[1]} x {dims[0]} x {dims[2]}; the image is "
+                f"{runner.columns} x {runner.rows} x {runner.samples_per_pixel}")
+    return None
+
+
 def _decode_frame(src: bytes, runner) -> memoryview | bytes:
     """pydicom's plugin interface: one encoded frame -> its decoded bytes, as the pylibjpeg plugin returns them."""
     import imagecodecs
     import numpy as np
 
     ts = runner.transfer_syntax
+    if ts not in _RLE:  # the decoders allocate what the frame's header says: it must be the image's size
+        try:
+            problem = _frame_header_problem(src, runner)
+        except CorruptDicomError as exc:
+            problem = str(exc)
+        if problem:
+            raise ValueError(problem)
     if ts in _RLE:
         if runner.bits_allocated % 8:
             raise ValueError(f"RLE with {runner.bits_allocated} bits allocated is not byte-aligned")
         dtype = np.dtype(f"<u{runner.bits_allocated // 8}")
+        problem = rle_header_problem(src, runner.samples_per_pixel * dtype.itemsize)
+        if problem:
+            raise ValueError(problem)
         with _outside_boundary():  # the decode releases the GIL; other intake threads may decode too
             out = imagecodecs.dicomrle_decode(src, dtype)
         expected = runner.rows * runner.columns * runner.samples_per_pixel * dtype.itemsize
@@ -81,10 +197,10 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
         runner.set_option("planar_configuration", 1)  # one plane per sample, as the segments are
         return out
     if ts in _JPEG_LOSSLESS:
+        if runner.samples_per_pixel != 1:  # libjpeg-turbo would guess a colour space; pydicom's plugins do not
+            raise ValueError(f"{PLUGIN} decodes grey lossless JPEG only")
         with _outside_boundary():
-            arr = imagecodecs.ljpeg_decode(src)
-        if runner.samples_per_pixel > 1:
-            runner.set_option("planar_configuration", 0)  # a JPEG decoder gives pixels interleaved
+            arr = imagecodecs.jpeg8_decode(src)  # libjpeg-turbo: lossless (SOF3) at 2 to 16 bits
         runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
         return memoryview(np.ascontiguousarray(arr)).cast("B")
     if ts in _JPEG_LS:

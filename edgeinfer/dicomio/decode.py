@@ -5,7 +5,6 @@ decoder with plugin failures summarised, and the result checked for shape.
 from __future__ import annotations
 
 import operator
-import struct
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ from pydicom.pixels import pixel_array as _pd_pixel_array
 
 from ..errors import CorruptDicomError, InputError, TooLargeError, UnsupportedError
 from . import codecs
+from .codecs import encoded_dimensions
 from .checks import _Geometry, _check_pixels, _pixel_element, _raw_value, _ts_uid
 from .common import (
     _DEFAULT_LIMITS,
@@ -58,62 +58,6 @@ def _plugin_failures(exc: BaseException) -> list[tuple[str, str]]:
     return failures
 
 
-_JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
-
-
-def _jp2_codestream_offset(frame: bytes) -> int:
-    """Offset of the J2K codestream in a frame that may carry a (non-conformant) JP2 header.
-
-    Walks the boxes as pydicom's ``get_j2k_parameters`` does, but refuses a box of
-    length 0 before the codestream box: pydicom 3.0.2 loops forever on one.
-    """
-    if not frame.startswith(_JP2_SIGNATURE):
-        return 0
-    offset, total = 12, len(frame)
-    while offset < total:
-        length = int.from_bytes(frame[offset : offset + 4], "big")
-        if frame[offset + 4 : offset + 8] == b"jp2c":
-            return offset + 8
-        if length < 8:  # 0 ("to the end") or 1 (64-bit length) before the codestream
-            raise CorruptDicomError("the JPEG 2000 frame has a malformed JP2 box structure (damaged)")
-        offset += length
-    raise CorruptDicomError("the JPEG 2000 frame has no codestream (damaged)")
-
-
-def _encoded_dimensions(frame: bytes) -> tuple[int, int, int] | None:
-    """(height, width, components) from a JPEG/JPEG-LS SOF or a JPEG 2000 SIZ segment."""
-    if frame[:2] == b"\xff\xd8":
-        offset, n = 2, len(frame)
-        while offset + 4 <= n:
-            if frame[offset] != 0xFF:  # junk between segments: decoders such as
-                offset += 1  # libjpeg-turbo skip it, so look past it too
-                continue
-            marker = frame[offset + 1]
-            if marker == 0xFF:  # fill byte
-                offset += 1
-                continue
-            if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-                offset += 2
-                continue
-            if marker in (0xDA, 0xD9):  # start of scan / end of image before any SOF
-                return None
-            length = struct.unpack(">H", frame[offset + 2 : offset + 4])[0]
-            if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
-                if offset + 10 > n:
-                    return None
-                height, width = struct.unpack(">HH", frame[offset + 5 : offset + 9])
-                return height, width, frame[offset + 9]
-            offset += 2 + length
-        return None
-    o = _jp2_codestream_offset(frame)
-    if frame[o : o + 4] == b"\xff\x4f\xff\x51" and o + 42 <= len(frame):
-        o += 2  # at the SIZ marker
-        xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", frame[o + 6 : o + 22])
-        components = struct.unpack(">H", frame[o + 38 : o + 40])[0]
-        return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components
-    return None
-
-
 def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadLimits) -> None:
     """Locate the frame and check its codestream header before any decoder allocates."""
     found = _pixel_element(ds)
@@ -131,7 +75,7 @@ def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadL
         ) from _cause(exc)
     if not frame:
         raise CorruptDicomError(f"frame {index} of the compressed pixel data is empty")
-    dims = _encoded_dimensions(frame)
+    dims = encoded_dimensions(frame)
     if dims is None:
         return
     height, width, components = dims

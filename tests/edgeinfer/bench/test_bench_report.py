@@ -25,7 +25,7 @@ BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if '"edgeinfer_ben
 
 
 OTHER_KINDS = ("edgeinfer_node_bench", "edgeinfer_intake_bench", "edgeinfer_preprocess_agreement",
-               "edgeinfer_intake_scaling")
+               "edgeinfer_intake_scaling", "edgeinfer_codec_bench")
 
 
 def test_every_committed_result_is_a_known_kind():
@@ -38,7 +38,8 @@ def test_every_committed_result_is_a_known_kind():
                                           ("preprocess-agreement", "preprocess_agreement"),
                                           ("preprocess-agreement-fullsize", "preprocess_agreement"),
                                           ("intake-scaling-epyc2", "intake_scaling"),
-                                          ("intake-scaling-xeon16", "intake_scaling")])
+                                          ("intake-scaling-xeon16", "intake_scaling"),
+                                          ("codecs", "codec_bench")])
 def test_the_intake_reports_render_to_their_markdown(name, script):
     import importlib.util
 
@@ -46,7 +47,7 @@ def test_the_intake_reports_render_to_their_markdown(name, script):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     r = json.loads((RESULTS / f"{name}.json").read_text())
-    args = () if script == "intake_scaling" else (r["machine"] if script == "intake_bench" else r["data"]["path"],)
+    args = () if script in ("intake_scaling", "codec_bench") else (r["machine"] if script == "intake_bench" else r["data"]["path"],)
     assert mod.render(r, *args) == (RESULTS / f"{name}.md").read_text()
 
 
