@@ -1200,34 +1200,47 @@ def test_the_quiet_boundary_holds_when_threads_read_at_once(tmp_path, capfd):
     """warnings.catch_warnings swaps process-wide state; interleaved by threads it can leave a warning shown
     with a patient's value. The boundary is held by one thread at a time: no canary escapes, and the
     warning filters are exactly as before once every thread is done."""
-    import threading
-
     with pydicom_silenced():
         files = canary_files(tmp_path)
     capfd.readouterr()
     before = list(warnings.filters)
+    assert _in_threads([lambda: _read_all(files, 15)] * 6) == []
+    out, err = capfd.readouterr()
+    assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
+    assert warnings.filters == before
+
+
+def _read_all(files, passes: int) -> None:
+    """Read and decode every file ``passes`` times; a rejection is an answer, anything else escapes."""
+    for _ in range(passes):
+        for f in files:
+            try:
+                decode_frame(read_dataset(f), 0)
+            except InputError:
+                pass
+
+
+def _in_threads(targets, timeout: float = 120) -> list[BaseException]:
+    """Run each target in a thread of its own, all at once; what they raised (each must end in time)."""
+    import threading
+
     errors: list[BaseException] = []
 
-    def reader():
-        try:
-            for _ in range(15):
-                for f in files:
-                    try:
-                        decode_frame(read_dataset(f), 0)
-                    except InputError:
-                        pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def guarded(target):
+        def run():
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - returned to the test
+                errors.append(exc)
+        return run
 
-    threads = [threading.Thread(target=reader) for _ in range(6)]
+    threads = [threading.Thread(target=guarded(t)) for t in targets]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
-    out, err = capfd.readouterr()
-    assert not errors and not any(t.is_alive() for t in threads)
-    assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
-    assert warnings.filters == before
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads)
+    return errors
 
 
 def test_stepping_out_of_the_boundary_puts_the_process_state_back_and_keeps_recording():
@@ -1278,34 +1291,14 @@ def test_intake_threads_decode_compressed_frames_at_once_and_the_boundary_holds(
     monkeypatch.setattr(imagecodecs, "dicomrle_decode", both_inside)
     capfd.readouterr()
     shown, before = warnings.showwarning, list(warnings.filters)
-    errors: list[BaseException] = []
     decoded: list[np.ndarray] = []
 
     def decoder():
-        try:
-            for _ in range(5):
-                decoded.append(decode_frame(read_dataset(rle), 0))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(5):
+            decoded.append(decode_frame(read_dataset(rle), 0))
 
-    def reader():
-        try:
-            for _ in range(5):
-                for f in files:
-                    try:
-                        decode_frame(read_dataset(f), 0)
-                    except InputError:
-                        pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=decoder) for _ in range(2)] + [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    assert _in_threads([decoder] * 2 + [lambda: _read_all(files, 5)] * 3) == []
     out, err = capfd.readouterr()
-    assert not errors and not any(t.is_alive() for t in threads)
     assert sorted(met) == [0, 1]  # both decoders were inside imagecodecs at once
     assert len(decoded) == 10 and all(np.array_equal(a, decoded[0]) for a in decoded)
     assert not any(c in out + err for c in CANARIES), (out + err)[-2000:]
