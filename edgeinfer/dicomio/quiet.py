@@ -105,7 +105,9 @@ def _outside_boundary() -> Iterator[None]:
 
     This thread's warning state is put back as the process had it before the boundary is let go,
     and recorded again, into the same lists, once the boundary is held again: whoever holds the
-    boundary has its own state installed, and nobody else's. Outside any boundary this does nothing.
+    boundary has its own state installed, and nobody else's. In between, the thread is outside
+    every boundary (one it entered there would wait its turn like any other thread's). Outside any
+    boundary this does nothing.
     """
     stack = _stack()
     if not stack:
@@ -113,11 +115,13 @@ def _outside_boundary() -> Iterator[None]:
         return
     for entry in reversed(stack):
         entry[0].__exit__(None, None, None)
+    _held.stack = []
     _boundary_lock.release()
     try:
         yield
     finally:
         _boundary_lock.acquire()
+        _held.stack = stack
         for entry in stack:
             entry[0] = _record_into(entry[1])
 

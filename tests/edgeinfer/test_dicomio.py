@@ -1246,7 +1246,7 @@ def _in_threads(targets, timeout: float = 120) -> list[BaseException]:
 def test_stepping_out_of_the_boundary_puts_the_process_state_back_and_keeps_recording():
     """A codec's decode runs outside the boundary (other threads may enter); warnings before and
     after it are still recorded into the same lists, nested boundaries included."""
-    from edgeinfer.dicomio.quiet import _library_quiet, _outside_boundary
+    from edgeinfer.dicomio.quiet import _boundary_lock, _library_quiet, _outside_boundary
 
     shown, filters = warnings.showwarning, list(warnings.filters)
     with _library_quiet() as outer:
@@ -1255,10 +1255,16 @@ def test_stepping_out_of_the_boundary_puts_the_process_state_back_and_keeps_reco
             warnings.warn("inner before")
             with _outside_boundary():
                 assert warnings.showwarning is shown and warnings.filters == filters  # the process's own
+                assert not _boundary_lock.locked()  # another thread may enter now
+                with _library_quiet() as between:  # a boundary entered out here is one of its own
+                    assert _boundary_lock.locked()
+                    warnings.warn("between")
+                assert warnings.showwarning is shown and warnings.filters == filters
             warnings.warn("inner after")
         warnings.warn("outer after")
     assert [str(w.message) for w in outer] == ["outer before", "outer after"]
     assert [str(w.message) for w in inner] == ["inner before", "inner after"]
+    assert [str(w.message) for w in between] == ["between"]
     assert warnings.showwarning is shown and warnings.filters == filters
     with _outside_boundary():  # outside any boundary: nothing to step out of
         pass
