@@ -236,3 +236,24 @@ def test_fuzz_codecs_short_run(tmp_path):
 def codecs_index(ts) -> int:
     """The first byte of a fuzz input that chooses ``ts`` (fuzz_codecs.SYNTAXES order)."""
     return sorted(codecs.DECODER_DEPENDENCIES, key=str).index(ts)
+
+
+def test_without_imagecodecs_pydicom_s_plugins_decode_everything():
+    """imagecodecs missing (a device that did not install it): no plugin, and compressed images still decode."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["imagecodecs"] = None  # as if not installed: find_spec and import both fail
+import numpy as np, pydicom
+from pydicom.pixels import pixel_array
+from edgeinfer.dicomio import codecs, decode_frame, read_dataset
+assert codecs._REGISTERED == frozenset() and codecs.preferred(pydicom.uid.RLELossless) == ""
+for name in ("MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm"):
+    path = {str(CORPUS)!r} + "/" + name
+    assert np.array_equal(decode_frame(read_dataset(path)), pixel_array(pydicom.dcmread(path))), name
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
