@@ -3,18 +3,19 @@
 pydicom's plugins for compressed Pixel Data (pylibjpeg-rle, pylibjpeg-libjpeg,
 pylibjpeg-openjpeg) hold Python's GIL while they decode, so intake threads decoding compressed
 images take turns, and inference waits for them too. imagecodecs wraps the same kinds of
-libraries (OpenJPEG, CharLS, libjpeg-turbo, its own PackBits) and releases the GIL in each decode. Measured on
-the build box (AMD EPYC, 2 cores, one run; a 2048×2048 12-bit image, decode time and the speed-up
-of two threads over one):
+libraries (OpenJPEG, CharLS, libjpeg-turbo, its own PackBits) and releases the GIL in each decode.
+``benchmarks/codec_bench.py`` on the build box (AMD EPYC, 2 cores, one 2816×2304 12-bit phantom,
+one run; ``benchmarks/results/codecs.md``), decode_frame with pydicom's plugins against this one:
 
-======================  ===================  ==================
-transfer syntax         pylibjpeg            imagecodecs
-======================  ===================  ==================
-RLE Lossless (3000²)    23 ms, 0.87x         19 ms, 1.75x
-JPEG lossless (SV1)     121 ms, 0.99x        24 ms, 1.58x
-JPEG-LS lossless        281 ms, 1.00x        59 ms, 1.95x
-JPEG 2000 lossless      423 ms, 0.98x        424 ms, 1.98x
-======================  ===================  ==================
+=====================  ==========================  ==========================
+transfer syntax        pydicom's plugins           this plugin
+                       (1 thread; 2 threads / 1)   (1 thread; 2 threads / 1)
+=====================  ==========================  ==========================
+RLE Lossless           26 ms; 1.00x                29 ms; 1.82x
+JPEG lossless (SV1)    216 ms; 0.96x               40 ms; 1.88x
+JPEG-LS lossless       506 ms; 0.97x               137 ms; 1.82x
+JPEG 2000 lossless     823 ms; 1.01x               416 ms; 1.01x (one image on both cores)
+=====================  ==========================  ==========================
 
 The plugin is added to pydicom's decoders for these transfer syntaxes, under :data:`PLUGIN`,
 when this module is imported; pydicom's own plugins stay as they are and keep their order.
@@ -24,7 +25,6 @@ to the decoding options), so pydicom's own steps after decoding (sign correction
 reshaping) are the same; ``tests/edgeinfer/test_dicomio_codecs.py`` compares the two on every
 such file of pydicom's corpus and on phantoms. A frame the plugin refuses is decoded again by
 pydicom's plugins (:func:`edgeinfer.dicomio.decode_frame`), so no decoder's gap loses an image.
-``benchmarks/codec_bench.py`` measures each syntax on a full-detector phantom.
 
 The plugin is in pydicom's decoders for the whole process, so pydicom may hand it a frame that
 edgeinfer's checks never saw. It checks what the C decoders trust before calling them: an RLE
@@ -43,6 +43,7 @@ from pydicom.pixels.common import PhotometricInterpretation as PI
 
 from .._lazy import module_present
 from ..errors import CorruptDicomError
+from ..sysinfo import usable_cpus
 from .quiet import _outside_boundary
 
 #: the name the plugin has in pydicom's decoders
@@ -210,8 +211,8 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
         runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
         return memoryview(np.ascontiguousarray(arr)).cast("B")
     if ts in _JPEG_2000:
-        with _outside_boundary():
-            arr = imagecodecs.jpeg2k_decode(src)
+        with _outside_boundary():  # OpenJPEG splits one image over the usable cores, as OpenCV's resize does
+            arr = imagecodecs.jpeg2k_decode(src, numthreads=usable_cpus())
         if runner.photometric_interpretation in (PI.YBR_ICT, PI.YBR_RCT):
             runner.set_option("photometric_interpretation", PI.RGB)  # the decoder undid the transform
         runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
