@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._lazy import module_present
 from ..bundle import Artifact
 from ..errors import BackendError, InferenceError, IntegrityError
 
@@ -170,6 +171,10 @@ class Backend(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: the module whose presence says the backend is installed, and how to install it
+    #: (None: only :meth:`available` can tell)
+    module: ClassVar[str | None] = None
+    install_hint: ClassVar[str] = ""
 
     @classmethod
     @abstractmethod
@@ -178,14 +183,18 @@ class Backend(ABC):
 
     @classmethod
     def installed(cls) -> tuple[bool, str]:
-        """:meth:`available`, told without importing the backend's library where the installed
-        packages alone can tell (the default asks :meth:`available` itself).
+        """:meth:`available`, told without importing the backend's library: whether :attr:`module` is
+        installed (a backend without one asks :meth:`available` itself).
 
         Listing what could run (:func:`edgeinfer.autoselect.candidates`) uses this, so that a
         cached choice loads the chosen runtime only; the choice is then checked with
         :meth:`available` before it is returned.
         """
-        return cls.available()
+        if cls.module is None:
+            return cls.available()
+        if module_present(cls.module):
+            return True, ""
+        return False, f"{cls.module} is not installed" + (f" ({cls.install_hint})" if cls.install_hint else "")
 
     @classmethod
     @abstractmethod

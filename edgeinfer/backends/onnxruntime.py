@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import onnxgraph
-from .._lazy import module_present
 from ..bundle import Artifact
 from ..errors import BackendUnavailable, InferenceError
 from . import register
@@ -145,6 +144,7 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime: CPU, or CUDA/TensorRT execution providers with onnxruntime-gpu"
+    module = "onnxruntime"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -153,10 +153,6 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as exc:
             return False, f"onnxruntime is not installed ({exc})"
         return True, ""
-
-    @classmethod
-    def installed(cls) -> tuple[bool, str]:
-        return (True, "") if module_present("onnxruntime") else (False, "onnxruntime is not installed")
 
     @classmethod
     def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import onnxgraph
-from .._lazy import lazy_import, module_present
+from .._lazy import lazy_import
 from ..bundle import Artifact
 from ..errors import BackendUnavailable, InferenceError
 from . import register
@@ -173,6 +173,8 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend(Backend):
     name = "openvino"
     description = "OpenVINO on Intel CPUs: FP32/FP16/INT8 graphs, BF16 runtime precision"
+    module = "openvino"
+    install_hint = "pip install 'edgeinfer[openvino]'"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -181,11 +183,6 @@ class OpenVinoBackend(Backend):
         except Exception as exc:
             return False, str(exc)
         return True, ""
-
-    @classmethod
-    def installed(cls) -> tuple[bool, str]:
-        return (True, "") if module_present("openvino") else (False, "openvino is not installed "
-                                                                   "(pip install 'edgeinfer[openvino]')")
 
     @classmethod
     def accepts(cls, artifact: Artifact, options: RunnerOptions) -> tuple[bool, str]:
