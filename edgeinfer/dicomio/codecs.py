@@ -72,8 +72,13 @@ def preferred(ts: str) -> str:
     return PLUGIN if ts in _REGISTERED else ""
 
 
-def _container_bits(itemsize: int) -> int:
-    return 8 * itemsize
+def _as_frame(arr, runner) -> memoryview:
+    """A decoded array as pydicom takes a frame: its bytes, and Bits Allocated as the array holds them
+    (8 for a precision up to 8 bits, 16 up to 16, as the pylibjpeg plugin sets it)."""
+    import numpy as np
+
+    runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
 
 
 _JP2_SIGNATURE = b"\x00\x00\x00\x0c\x6a\x50\x20\x20"
@@ -161,7 +166,10 @@ def rle_header_problem(frame: bytes, segments: int) -> str | None:
 
 def _frame_header_problem(frame: bytes, runner) -> str | None:
     """Why a JPEG, JPEG-LS or JPEG 2000 frame's own header does not describe the image, or None."""
-    dims = encoded_dimensions(frame)
+    try:
+        dims = encoded_dimensions(frame)
+    except CorruptDicomError as exc:  # a JP2 box structure that cannot be walked
+        return str(exc)
     if dims is None:
         return "the frame has no readable SOF or SIZ header"
     if dims != (runner.rows, runner.columns, runner.samples_per_pixel):
@@ -177,10 +185,7 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
 
     ts = runner.transfer_syntax
     if ts not in _RLE:  # the decoders allocate what the frame's header says: it must be the image's size
-        try:
-            problem = _frame_header_problem(src, runner)
-        except CorruptDicomError as exc:
-            problem = str(exc)
+        problem = _frame_header_problem(src, runner)
         if problem:
             raise ValueError(problem)
     if ts in _RLE:
@@ -202,21 +207,18 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
             raise ValueError(f"{PLUGIN} decodes grey lossless JPEG only")
         with _outside_boundary():
             arr = imagecodecs.jpeg8_decode(src)  # libjpeg-turbo: lossless (SOF3) at 2 to 16 bits
-        runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
-        return memoryview(np.ascontiguousarray(arr)).cast("B")
+        return _as_frame(arr, runner)
     if ts in _JPEG_LS:
         with _outside_boundary():
             arr = imagecodecs.jpegls_decode(src)
         runner.set_option("planar_configuration", 0)
-        runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
-        return memoryview(np.ascontiguousarray(arr)).cast("B")
+        return _as_frame(arr, runner)
     if ts in _JPEG_2000:
         with _outside_boundary():  # OpenJPEG splits one image over the usable cores, as OpenCV's resize does
             arr = imagecodecs.jpeg2k_decode(src, numthreads=usable_cpus())
         if runner.photometric_interpretation in (PI.YBR_ICT, PI.YBR_RCT):
             runner.set_option("photometric_interpretation", PI.RGB)  # the decoder undid the transform
-        runner.set_option("bits_allocated", _container_bits(arr.dtype.itemsize))
-        return memoryview(np.ascontiguousarray(arr)).cast("B")
+        return _as_frame(arr, runner)
     raise ValueError(f"{PLUGIN} does not decode {ts.name}")
 
 
