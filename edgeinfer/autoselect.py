@@ -385,6 +385,10 @@ def _cache_path(bundle: Bundle, threads: int | None, device: str, pairs, shared_
         return None
 
 
+def _listed(reasons: Sequence[str]) -> str:
+    return "\n".join(f"  - {r}" for r in reasons)
+
+
 def _unavailable(mode: Allowed) -> str | None:
     """Why ``mode``'s backend cannot be loaded here, or None (this loads its library)."""
     ok, why = mode.resolved.backend.available()
@@ -402,14 +406,13 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
     options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback, shared_cpu=shared_cpu)
     pairs, rejected = candidates(bundle, backend=backend, precision=precision, force=force, options=options)
     if not pairs:
-        raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + "\n".join(f"  - {r}" for r in rejected))
+        raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + _listed(rejected))
     if len(pairs) == 1:
         only = pairs[0]
         missing = _unavailable(only)
         if missing:
             rejected.append(f"{only.backend} {only.precision}: {missing}")
-            raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n"
-                                     + "\n".join(f"  - {r}" for r in rejected))
+            raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + _listed(rejected))
         return Selection(only.backend, only.precision, only.resolved.artifact.id,
                          reason="the only allowed choice" if (backend or precision) is None else "as pinned",
                          candidates=[ModeTiming(only.backend, only.precision, only.resolved.artifact.id)],
@@ -459,7 +462,7 @@ def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", b
         rejected.append(f"{best.backend} {best.precision}: {missing}")
         cands.remove(best)
         if not cands:
-            raise BackendUnavailable("no allowed mode can be loaded here:\n" + "\n".join(f"  - {r}" for r in rejected))
+            raise BackendUnavailable("no allowed mode can be loaded here:\n" + _listed(rejected))
     ref = next((c for c in cands if c.backend == "onnxruntime" and c.precision == "fp32"), None)
     speedup = f", {ref.p50_ms / best.p50_ms:.1f}x ONNX Runtime fp32" if ref and best is not ref and best.p50_ms > 0 else ""
     reason = f"{why}{speedup}; {'probed now' if probed else 'cached probe, ' + str(path)})"

@@ -142,7 +142,6 @@ def test_the_intake_asks_the_plugin_first(monkeypatch):
 
 
 def _rle_with_segments(ds, frame: bytes) -> pydicom.Dataset:
-    ds = pydicom.dcmread(CORPUS / "MR_small_RLE.dcm") if ds is None else ds
     ds.PixelData = encapsulate([frame])
     return ds
 
