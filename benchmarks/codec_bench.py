@@ -12,6 +12,9 @@ at full detector size) is encoded in every transfer syntax edgeinfer's imagecode
   order (what edgeinfer did before the plugin) and with the plugin first (what it does now);
 - **two threads**: decodes per second with two threads decoding at once, over one thread's. Above 1
   only where the decoder releases the GIL, and at most the number of cores;
+- **decode at the model's size**: the median decode when the intake says how small the frame may come
+  back (:func:`edgeinfer.preprocess.decode_size` for the embedded bundle): JPEG 2000 leaves out whole
+  wavelet levels, and the decoded size is shown; the other syntaxes decode in full;
 - **intake**: read + decode + preprocess (:meth:`edgeinfer.intake.Intake.take` on the file, the
   embedded bundle's preprocessing), the median per image: the pre-model cost of one image.
 
@@ -112,12 +115,14 @@ class _pydicom_order:
 
 def measure(files: dict[str, Path], repeats: int) -> list[dict]:
     import contextlib
+    import functools
 
     import pydicom
 
     from edgeinfer.bundle import default_bundle_path, load_bundle
     from edgeinfer.dicomio import decode_frame, read_dataset
     from edgeinfer.intake import Image, Intake
+    from edgeinfer.preprocess import decode_size
 
     intake = Intake.for_bundle(load_bundle(default_bundle_path()))
     rows = []
@@ -134,6 +139,9 @@ def measure(files: dict[str, Path], repeats: int) -> list[dict]:
                     row["decode_ms"][who] = _median_ms(fn, repeats)
                     # uncompressed pixels are viewed, not decoded: two threads would time thread start-up
                     row["two_threads"][who] = _two_threads(fn, max(2, repeats // 2)) if compressed else None
+            at_least = functools.partial(decode_size, ds=ours, spec=intake.spec)
+            row["model_size"] = {"shape": list(decode_frame(ours, 0, at_least=at_least).shape),
+                                 "decode_ms": _median_ms(lambda: decode_frame(ours, 0, at_least=at_least), repeats)}
         took = [intake.take(path) for _ in range(repeats + 1)][1:]
         if not all(isinstance(t, Image) for t in took):
             raise SystemExit(f"the intake rejected {path}: {took[0]}")
@@ -147,18 +155,23 @@ def render(r: dict) -> str:
     shape = "×".join(str(x) for x in r["rows"][0]["shape"])
     lines = [f"# Pre-model cost by transfer syntax, one {shape} image, {r['machine']}", "",
              "| transfer syntax | file MB | decode, pydicom's plugins | decode, edgeinfer | 2 threads / 1, pydicom's "
-             "| 2 threads / 1, edgeinfer | intake: read + decode + preprocess |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
+             "| 2 threads / 1, edgeinfer | decode at the model's size | intake: read + decode + preprocess |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for row in r["rows"]:
         d, i = row["decode_ms"], row["intake_ms"]
         t = {k: "—" if v is None else f"{v:.2f}x" for k, v in row["two_threads"].items()}
+        m = row.get("model_size")
+        small = "—" if not m or m["shape"] == row["shape"] else \
+            f"{m['decode_ms']:.1f} ms ({'×'.join(str(x) for x in m['shape'])})"
         lines.append(f"| {row['transfer_syntax']} | {row['bytes'] / 1e6:.1f} | {d['pydicom']:.1f} ms | "
-                     f"{d['edgeinfer']:.1f} ms | {t['pydicom']} | {t['edgeinfer']} | "
+                     f"{d['edgeinfer']:.1f} ms | {t['pydicom']} | {t['edgeinfer']} | {small} | "
                      f"{i['total']:.1f} ms ({i['read']:.1f} + {i['decode']:.1f} + {i['preprocess']:.1f}) |")
     lines += ["", f"Medians of {r['repeats']} decodes by `edgeinfer.dicomio.decode_frame` (its checks included), files "
               "in the page cache: with pydicom's plugins in pydicom's order (pylibjpeg first, as before the plugin), "
               "and as it is, with the imagecodecs plugin first. Two threads over one: decodes per second, the same "
-              "work each way. The intake column is `Intake.take` as it is.", ""]
+              "work each way. Decode at the model's size: the frame decoded as small as the embedded bundle's "
+              "preprocessing allows (JPEG 2000 only; — where that is the full size). The intake column is "
+              "`Intake.take` as it is.", ""]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 """Does the fast preprocessing change any decision? The runtime against the test oracle, end to end.
 
     .venv/bin/python benchmarks/preprocess_agreement.py [DATA_DIR] [--n 480] [--seed 4004] [--max-size 1024]
-        [--bundle BUNDLE] [--json OUT] [--report OUT.md]
+        [--syntax jpeg2000-lossless|jpeg2000] [--bundle BUNDLE] [--json OUT] [--report OUT.md]
 
 The oracle is the preprocessing the embedded bundle was trained, calibrated and validated with
 (implementation "1", kept verbatim in ``tests/oracle_preprocess.py``); the runtime preprocesses with
@@ -11,7 +11,9 @@ from those of training, calibration and validation; generated into DATA_DIR unle
 both paths go through the whole triage (:class:`edgeinfer.triage.TriageEngine`, ONNX Runtime FP32) and are
 compared with ``edgeinfer validate``'s own functions: priority agreement study by study, score differences,
 AUC, sensitivity and specificity against the set's labels. Every image's tensor is compared too (max and
-mean |Δ|). A check, not a timing: it runs the slow oracle.
+mean |Δ|). The oracle decodes every frame at full size; the runtime decodes a JPEG 2000 frame at
+reduced resolution when the model's input is much smaller (``--syntax`` re-encodes a generated set
+first, to compare that too). A check, not a timing: it runs the slow oracle.
 """
 from __future__ import annotations
 
@@ -46,11 +48,36 @@ def oracle():
 
 @contextmanager
 def oracle_path():
-    """Every intake in this block preprocesses with the oracle (implementation 1)."""
+    """Every intake in this block decodes frames at full size and preprocesses with the oracle (implementation 1)."""
     import edgeinfer.intake
 
-    with mock.patch.object(edgeinfer.intake, "preprocess_pixels", oracle().preprocess_pixels):
+    with mock.patch.object(edgeinfer.intake, "preprocess_pixels", oracle().preprocess_pixels), \
+            mock.patch.object(edgeinfer.intake, "decode_size", lambda shape, ds, spec: None):
         yield
+
+
+#: --syntax: the transfer syntaxes a generated set may be re-encoded in
+SYNTAXES = {"jpeg2000-lossless": "1.2.840.10008.1.2.4.90", "jpeg2000": "1.2.840.10008.1.2.4.91"}
+
+
+def reencode(folder: Path, syntax: str) -> None:
+    """Re-encode every image of ``folder`` in place in ``syntax`` (a key of :data:`SYNTAXES`)."""
+    import warnings
+
+    from pydicom import dcmread
+    from pydicom.pixels import pixel_array
+
+    from edgeinfer.intake import discover
+    from edgeinfer.phantom.dicom import compress
+
+    for f in (p for p in discover([folder]) if p.suffix == ".dcm"):
+        ds = dcmread(f)
+        if ds.file_meta.TransferSyntaxUID == SYNTAXES[syntax]:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on re-encoding
+            compress(ds, SYNTAXES[syntax], pixel_array(ds))
+        ds.save_as(f)
 
 
 def compare(bundle, files, labels: dict | None = None, threads: int | None = None) -> dict:
@@ -110,9 +137,11 @@ def compare(bundle, files, labels: dict | None = None, threads: int | None = Non
 def render(r: dict, data: str) -> str:
     f = lambda x, d=4: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
     e = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731 - differences can be far below 1e-4
+    syntax = (r.get("data") or {}).get("syntax")
+    syntax = f", re-encoded as {syntax}" if syntax else ""
     return "\n".join([
         f"# Preprocessing implementation {r['runtime_impl']} against the oracle ({r['oracle_impl']})", "",
-        f"Unseen phantom set `{data}`: {r['files']} files, {r['images']} images, {r['studies']} studies; "
+        f"Unseen phantom set `{data}`{syntax}: {r['files']} files, {r['images']} images, {r['studies']} studies; "
         "ONNX Runtime FP32, the whole triage both ways.", "",
         "| | runtime | oracle |", "|---|--:|--:|",
         f"| AUC | {f(r['auc']['runtime'])} | {f(r['auc']['oracle'])} |",
@@ -132,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=4004)
     ap.add_argument("--max-size", type=int, default=1024,
                     help="cap on the larger image side of a generated set; 0: full detector size")
+    ap.add_argument("--syntax", choices=sorted(SYNTAXES), default=None,
+                    help="re-encode the set in this transfer syntax first (JPEG 2000 is decoded at reduced resolution)")
     ap.add_argument("--bundle", default=None, help="default: the embedded phantom bundle")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -142,9 +173,11 @@ def main(argv=None) -> int:
     from edgeinfer.triage import read_study_labels
 
     data = phantom_set(args.data, args.n, args.seed, prefix="unseen-phantoms-", max_size=args.max_size or None)
+    if args.syntax:
+        reencode(data, args.syntax)
     bundle = load_bundle(args.bundle or default_bundle_path())
     r = compare(bundle, discover([data]), read_study_labels(data / "labels.csv"), args.threads)
-    r["data"] = {"path": str(data), "n": args.n, "seed": args.seed, "max_size": args.max_size}
+    r["data"] = {"path": str(data), "n": args.n, "seed": args.seed, "max_size": args.max_size, "syntax": args.syntax}
     publish(r, render(r, str(data)), args.json, args.report)
     return 0 if r["priority_agreement"] == 1.0 else 1
 

@@ -312,7 +312,7 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
 
 
 def preprocessing_versions(manifest: dict) -> dict:
-    """``{"runtime": "3", "validated_with": "1" | "2" | "3" | None}``: the preprocessing implementation this
+    """``{"runtime": "4", "validated_with": "1" | ... | "4" | None}``: the preprocessing implementation this
     runtime runs, and the one the bundle's validation ran with (validations before the field was
     recorded ran with implementation 1; None: never validated)."""
     from .preprocess import PREPROCESS_IMPL

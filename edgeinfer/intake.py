@@ -15,6 +15,7 @@ pool while a runner infers the previous batch.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import multiprocessing
 import os
 import signal
@@ -30,7 +31,7 @@ import numpy as np
 
 from . import dicomio
 from .errors import EdgeInferError, InputError, NotApplicable
-from .preprocess import Prepared, PreprocessSpec, preprocess_pixels, select_frame
+from .preprocess import Prepared, PreprocessSpec, decode_size, preprocess_pixels, select_frame
 from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
 
 #: sidecar files that sit next to studies; listed as skipped, never read as DICOM
@@ -191,9 +192,12 @@ class Intake:
         """Decode the frame the spec selects and preprocess it. Raises InputError."""
         t0 = time.perf_counter()
         frame = select_frame(dicomio.number_of_frames(ds), self.spec)
-        stored = dicomio.decode_frame(ds, frame, self.limits)
+        # a JPEG 2000 frame may come back smaller than the image: what the preprocessing averages it to
+        stored = dicomio.decode_frame(ds, frame, self.limits,
+                                      at_least=functools.partial(decode_size, ds=ds, spec=self.spec))
+        shape = (int(ds.Rows), int(ds.Columns))  # checked by the decode
         t1 = time.perf_counter()
-        prepared = preprocess_pixels(stored, ds, self.spec, frame=frame)
+        prepared = preprocess_pixels(stored, ds, self.spec, frame=frame, shape=shape)
         t2 = time.perf_counter()
         notes = dicomio.pixel_notes(ds, self.limits) + list(prepared.notes)
         return Image(path, ds, prepared, {"read": round(read_ms, 3), "decode": round(_ms(t0, t1), 3),

@@ -25,11 +25,11 @@ FLAGS_OF_INTEREST = FLAGS_X86 + FLAGS_ARM
 #: distributions whose versions a report states (metadata only; nothing is imported)
 LIBRARIES = ("edgeinfer", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12",
              "tensorrt-cu13", "tensorrt-lean-cu13", "tensorrt-dispatch-cu13", "cuda-python", "cuda-bindings",
-             "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "imagecodecs",
+             "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "imagecodecs", "pillow",
              "opencv-python-headless", "onnx", "matplotlib", "pytest-benchmark")
 #: environment variables that change how many threads the libraries use
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "OV_CPU_THREADS_NUM", "ORT_INTRA_OP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
+              "OV_CPU_THREADS_NUM", "ORT_INTRA_OP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM", "OPJ_NUM_THREADS")
 
 
 def _read(path: str) -> str:

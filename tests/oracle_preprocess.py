@@ -269,8 +269,11 @@ def resize(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
-def preprocess_pixels(stored: np.ndarray, ds, spec: PreprocessSpec, *, frame: int = 0) -> Prepared:
+def preprocess_pixels(stored: np.ndarray, ds, spec: PreprocessSpec, *, frame: int = 0,
+                      shape: tuple[int, int] | None = None) -> Prepared:
     """One decoded frame of stored values plus its header -> :class:`Prepared`."""
+    # the runtime's signature; the oracle is always handed the frame at its own size
+    assert shape is None or tuple(shape) == stored.shape[:2], "the oracle preprocesses full-size frames only"
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper()
     if stored.ndim == 3 and stored.shape[-1] in (3, 4):
         raise PreprocessError(f"colour image ({shown_photometric(photometric)}); "

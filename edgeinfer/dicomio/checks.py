@@ -94,6 +94,7 @@ class _Geometry:
     bits_stored: int
     frames: int
     photometric: str
+    signed: bool = False  # Pixel Representation 1
 
     @property
     def pixels(self) -> int:
@@ -185,7 +186,7 @@ def _geometry(ds: Dataset, limits: ReadLimits, *, float_pixels: bool = False) ->
         raise CorruptDicomError(
             f"Samples per Pixel ({samples}) does not match the photometric interpretation"
         )
-    geom = _Geometry(rows, cols, samples, bits_allocated, bits_stored, frames, photometric)
+    geom = _Geometry(rows, cols, samples, bits_allocated, bits_stored, frames, photometric, pixel_rep == 1)
     if geom.pixels > limits.max_pixels:
         raise TooLargeError(
             f"image is {cols} x {rows} x {frames} frame(s) x {samples} sample(s) = {geom.pixels:,} values, "

@@ -32,10 +32,19 @@ header's segment offsets (:func:`rle_header_problem`) and a JPEG or JPEG 2000 fr
 (:func:`encoded_dimensions`) against the image's. ``tests/edgeinfer/fuzz_codecs.py`` feeds it
 damaged frames in every syntax; it found both of those gaps, and a crash in imagecodecs' own
 lossless JPEG decoder, which is why lossless JPEG goes to libjpeg-turbo instead.
+
+JPEG 2000 can also be decoded at reduced resolution, outside pydicom's plugin interface, which has
+no such request: :func:`decode_j2k_reduced` (Pillow's OpenJPEG, the one library here that exposes
+OpenJPEG's "reduce"), when ``edgeinfer.dicomio.decode_frame`` is told how small the frame may come
+back. :func:`j2k_header` and :func:`reduction_levels` decide how many levels may be left out; a
+frame Pillow refuses is decoded in full, which gives the verdict.
 """
 from __future__ import annotations
 
+import io
+import os
 import struct
+from dataclasses import dataclass
 
 from pydicom import uid
 from pydicom.pixels import get_decoder
@@ -56,10 +65,10 @@ _RLE = frozenset({uid.RLELossless})
 _JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
 _JPEG_LS = frozenset(uid.JPEGLSTransferSyntaxes)
 #: JPEG 2000 Part 1 (pydicom has no decoder for Part 2; High-Throughput JPEG 2000 stays with pylibjpeg)
-_JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000})
+JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000})
 
 #: pydicom's plugin interface: what the plugin needs, per transfer syntax
-DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",) for ts in _RLE | _JPEG_LOSSLESS | _JPEG_LS | _JPEG_2000}
+DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",) for ts in _RLE | _JPEG_LOSSLESS | _JPEG_LS | JPEG_2000}
 
 
 def is_available(ts: str) -> bool:
@@ -213,7 +222,7 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
             arr = imagecodecs.jpegls_decode(src)
         runner.set_option("planar_configuration", 0)
         return _as_frame(arr, runner)
-    if ts in _JPEG_2000:
+    if ts in JPEG_2000:
         with _outside_boundary():  # OpenJPEG splits one image over the usable cores, as OpenCV's resize does
             arr = imagecodecs.jpeg2k_decode(src, numthreads=usable_cpus())
         if runner.photometric_interpretation in (PI.YBR_ICT, PI.YBR_RCT):
@@ -243,3 +252,117 @@ def _register() -> frozenset:
 
 
 _REGISTERED = _register()
+
+
+# --- JPEG 2000 at reduced resolution -------------------------------------------------------------
+# A JPEG 2000 codestream is a wavelet pyramid: its lower resolutions are decoded without touching the
+# code-blocks of the higher ones, so an image needed at a quarter of its size decodes in a tenth of the
+# time. imagecodecs and pylibjpeg do not expose OpenJPEG's "reduce"; Pillow does (Jpeg2KImageFile.reduce),
+# with the OpenJPEG it ships. Pillow holds the GIL while it decodes, so OpenJPEG's own threads share the
+# image instead: OpenJPEG reads OPJ_NUM_THREADS when a decoder is created, and Pillow sets no count.
+os.environ.setdefault("OPJ_NUM_THREADS", str(usable_cpus()))
+
+
+@dataclass(frozen=True)
+class J2KHeader:
+    """What a JPEG 2000 main header says about the image (:func:`j2k_header`)."""
+
+    height: int
+    width: int
+    components: int
+    precision: int        # bits of the first component
+    signed: bool          # of the first component
+    subsampled: bool      # the first component is sampled at less than every grid point
+    offset: bool          # the image starts away from the reference grid's origin
+    levels: int | None    # wavelet decomposition levels (COD, and any COC, of the main header)
+
+
+def j2k_header(frame: bytes) -> J2KHeader | None:
+    """The SIZ and COD (and COC) segments of a JPEG 2000 frame's main header, or None without a SIZ (pure).
+
+    Raises CorruptDicomError for a JP2 box structure that cannot be walked."""
+    o = _jp2_codestream_offset(frame) + 2  # at the SIZ marker
+    if frame[o - 2 : o + 2] != b"\xff\x4f\xff\x51" or o + 43 > len(frame):
+        return None
+    lsiz, = struct.unpack(">H", frame[o + 2 : o + 4])
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", frame[o + 6 : o + 22])
+    components, = struct.unpack(">H", frame[o + 38 : o + 40])
+    ssiz, xrsiz, yrsiz = frame[o + 40 : o + 43]
+    levels = None
+    pos, n = o + 2 + lsiz, len(frame)
+    while pos + 4 <= n:  # the main header's marker segments, up to the first tile
+        marker, length = struct.unpack(">HH", frame[pos : pos + 4])
+        if marker in (0xFF90, 0xFFD9) or marker >> 8 != 0xFF or length < 2:
+            break
+        if marker == 0xFF52 and pos + 10 <= n:  # COD: NL follows Scod and SGcod
+            levels = frame[pos + 9] if levels is None else min(levels, frame[pos + 9])
+        elif marker == 0xFF53:  # COC: component index is 1 byte below 257 components, else 2
+            at = pos + (6 if components < 257 else 7)
+            if at < n:
+                levels = frame[at] if levels is None else min(levels, frame[at])
+        pos += 2 + length
+    return J2KHeader(max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), components, (ssiz & 0x7F) + 1,
+                     bool(ssiz & 0x80), (xrsiz, yrsiz) != (1, 1), bool(xosiz or yosiz), levels)
+
+
+def reduced_shape(height: int, width: int, levels: int) -> tuple[int, int]:
+    """The image's size with ``levels`` resolution levels left out, as OpenJPEG decodes it (pure)."""
+    return -(-height >> levels), -(-width >> levels)
+
+
+def reduction_levels(header: J2KHeader | None, rows: int, cols: int, bits_stored: int, signed: bool,
+                     at_least: tuple[int, int]) -> int:
+    """How many resolution levels a JPEG 2000 decode may leave out (pure): the most at which the image
+    stays at least ``at_least`` (height, width) and both sides divide by 2**levels (each reduced pixel
+    then stands for a whole block, and Pillow's size for the reduced image is OpenJPEG's), for a grey
+    image whose codestream describes exactly what the data set does; 0 (decode in full) otherwise."""
+    if (header is None or header.levels is None or header.components != 1 or header.subsampled or header.offset
+            or (header.height, header.width) != (rows, cols) or header.precision != bits_stored
+            or header.signed != signed or header.precision > 16):
+        return 0
+    levels = 0
+    while levels < header.levels:
+        p = 1 << (levels + 1)
+        if rows % p or cols % p or rows // p < at_least[0] or cols // p < at_least[1]:
+            break
+        levels += 1
+    return levels
+
+
+def reduced_decoder_available() -> bool:
+    return module_present("PIL")
+
+
+def decode_j2k_reduced(frame: bytes, levels: int, header: J2KHeader, dtype) -> "np.ndarray":
+    """A grey JPEG 2000 frame decoded with ``levels`` resolution levels left out, as stored values of
+    ``dtype``, each at the centre of the block of 2**levels x 2**levels pixels it stands for.
+
+    Pillow hands back unsigned values scaled to 8 or 16 bits (signed ones offset by half their range);
+    that is undone exactly. A wavelet low-pass sample at level r is centred on pixel 2**r * n, not on
+    the middle of its block as a block mean is, so the image is moved by (2**r - 1) / 2 pixels with
+    linear interpolation (OpenCV's, rounded to integers): at a sharp edge that cuts the difference
+    from block means about four times (``tests/edgeinfer/test_dicomio_codecs.py``). Raises OSError or
+    ValueError when Pillow cannot decode the frame.
+    """
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(frame), formats=("JPEG2000",)) as im:
+        im.reduce = levels
+        im.load()
+        arr = np.asarray(im)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"Pillow decoded the frame to {arr.dtype}; 8- or 16-bit unsigned values were expected")
+    if arr.shape != reduced_shape(header.height, header.width, levels):
+        raise ValueError(f"the reduced image is {arr.shape}, not {reduced_shape(header.height, header.width, levels)}")
+    shift = 8 * arr.dtype.itemsize - header.precision
+    values = arr >> shift if shift else arr
+    # sample at n + (1 - 2**-r) / 2 of the reduced grid: a multiple of 1/32, which OpenCV's integer
+    # interpolation represents exactly; edge pixels are repeated past the image
+    at = (1 - 2.0 ** -levels) / 2
+    moved = cv2.warpAffine(values, np.float32([[1, 0, at], [0, 1, at]]), (values.shape[1], values.shape[0]),
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    if header.signed:
+        return (moved.astype(np.int32) - (1 << (header.precision - 1))).astype(dtype)
+    return moved.astype(dtype, copy=False)

@@ -5,6 +5,7 @@ decoder with plugin failures summarised, and the result checked for shape.
 from __future__ import annotations
 
 import operator
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -58,8 +59,8 @@ def _plugin_failures(exc: BaseException) -> list[tuple[str, str]]:
     return failures
 
 
-def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadLimits) -> None:
-    """Locate the frame and check its codestream header before any decoder allocates."""
+def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadLimits) -> bytes:
+    """Locate the frame and check its codestream header before any decoder allocates; the frame."""
     found = _pixel_element(ds)
     if found is None:
         raise CorruptDicomError("pixel data is missing")
@@ -77,7 +78,7 @@ def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadL
         raise CorruptDicomError(f"frame {index} of the compressed pixel data is empty")
     dims = encoded_dimensions(frame)
     if dims is None:
-        return
+        return frame
     height, width, components = dims
     if height * width * max(components, 1) > limits.max_pixels:
         raise TooLargeError(
@@ -88,6 +89,25 @@ def _check_encoded_frame(ds: Dataset, geom: _Geometry, index: int, limits: ReadL
         raise CorruptDicomError(
             f"compressed frame is {width} x {height} but the header says {geom.cols} x {geom.rows}"
         )
+    return frame
+
+
+def _decode_reduced(frame: bytes, geom: _Geometry, at_least: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG 2000 frame decoded at the lowest resolution level that is still ``at_least`` (height,
+    width), or None: not JPEG 2000 at a size that allows it, or a frame Pillow does not decode (the
+    full decode then decides, and says what is wrong)."""
+    if geom.samples != 1 or geom.bits_allocated not in (8, 16):
+        return None
+    header = codecs.j2k_header(frame)
+    levels = codecs.reduction_levels(header, geom.rows, geom.cols, geom.bits_stored, geom.signed, at_least)
+    if not levels:
+        return None
+    # the itemsize the full decode gives: what the codestream's precision needs (codecs._as_frame)
+    dtype = np.dtype(f"{'i' if geom.signed else 'u'}{1 if header.precision <= 8 else 2}")
+    try:
+        return codecs.decode_j2k_reduced(frame, levels, header, dtype)
+    except Exception:  # noqa: BLE001 - an optional shortcut: the full decode gives the verdict
+        return None
 
 
 def _unused_bits_clear(arr: np.ndarray, bits_stored: int) -> bool:
@@ -106,8 +126,14 @@ def _unused_bits_clear(arr: np.ndarray, bits_stored: int) -> bool:
     return lo <= int(low) and int(high) <= hi
 
 
-def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMITS) -> np.ndarray:
+def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMITS, *,
+                 at_least: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None) -> np.ndarray:
     """Decode one frame's stored values (no rescale / VOI), shape (rows, cols[, samples]).
+
+    ``at_least``: given the image's (rows, columns), the (height, width) the caller needs at the least,
+    or None for the image's own size. A grey JPEG 2000 frame may then come back smaller than the image,
+    with whole wavelet resolution levels left out (each halves both sides; ``codecs.reduction_levels``),
+    never smaller than that; everything else comes back at the image's size.
 
     Colour data in YBR_FULL/YBR_FULL_422 comes back as RGB, as from pydicom's
     ``pixel_array``. The array is in native byte order. Uncompressed little-endian pixel data
@@ -116,7 +142,7 @@ def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMI
     index = operator.index(index)
     try:
         with _library_quiet():
-            return _decode(ds, index, limits)
+            return _decode(ds, index, limits, at_least)
     except InputError as err:
         raise _with_study(err, ds)
     except BaseException as exc:
@@ -125,7 +151,8 @@ def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMI
         raise _with_study(_parse_error(exc, "pixel data could not be decoded"), ds) from _cause(exc)
 
 
-def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
+def _decode(ds: Dataset, index: int, limits: ReadLimits,
+            at_least: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None) -> np.ndarray:
     geom, encapsulated = _check_pixels(ds, limits)
     if not 0 <= index < geom.frames:
         raise CorruptDicomError(f"frame {index} was requested but the image has {geom.frames} frame(s)")
@@ -148,7 +175,12 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits) -> np.ndarray:
             hint="install one of the listed plugins",
         )
     if encapsulated:
-        _check_encoded_frame(ds, geom, index, limits)
+        frame = _check_encoded_frame(ds, geom, index, limits)
+        needed = at_least((geom.rows, geom.cols)) if at_least is not None and ts in codecs.JPEG_2000 else None
+        if needed is not None and codecs.reduced_decoder_available():
+            arr = _decode_reduced(frame, geom, needed)
+            if arr is not None:
+                return arr
     # bits above Bits Stored: pydicom masks them (sign-extends signed data) in a copy of the whole
     # frame. They are almost always clean already, so native data is viewed as it is and copied only
     # when a value lies outside what Bits Stored can hold (_unused_bits_clear)

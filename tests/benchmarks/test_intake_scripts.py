@@ -41,4 +41,6 @@ def test_codec_bench_encodes_every_syntax_the_plugin_decodes_and_runs(phantom_di
         assert all(v > 0 for v in row["decode_ms"].values())
         compressed = row["transfer_syntax"] != "Explicit VR Little Endian"
         assert all((v is not None) == compressed for v in row["two_threads"].values())
+        assert row["model_size"]["decode_ms"] > 0
+        assert row["model_size"]["shape"] == row["shape"] or "JPEG 2000" in row["transfer_syntax"]
     assert "| RLE Lossless |" in mod.render({"machine": "test", "repeats": 1, "rows": rows})

@@ -38,3 +38,26 @@ def test_the_fast_path_gives_the_oracle_s_priorities_on_unseen_studies(agreement
     assert 0 < r["tensor_max_abs_diff"] < 0.5 and r["tensor_mean_abs_diff"] < 0.01
     md = agreement.render(r, str(data))
     assert "priority agreement: 100.0 %" in md
+
+
+@pytest.mark.slow
+def test_jpeg_2000_decoded_smaller_gives_the_oracle_s_priorities(agreement, tmp_path):
+    """Full-detector phantoms re-encoded in JPEG 2000: the runtime decodes them at reduced resolution,
+    the oracle in full; the same priorities (the README reports the same check on 240 files)."""
+    from edgeinfer import phantom
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.dicomio import codecs
+    from edgeinfer.intake import discover
+    from edgeinfer.triage import read_study_labels
+
+    data = tmp_path / "unseen-j2k"
+    phantom.generate(data, 8, seed=4006)
+    agreement.reencode(data, "jpeg2000-lossless")
+    files = discover([data])
+    reduced = []
+    real = codecs.decode_j2k_reduced
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(codecs, "decode_j2k_reduced", lambda *a: reduced.append(a[1]) or real(*a))
+        r = agreement.compare(load_bundle(default_bundle_path()), files, read_study_labels(data / "labels.csv"))
+    assert reduced and r["rejections_that_differ"] == [] and r["priority_agreement"] == 1.0, r["transitions"]
+    assert 0 < r["tensor_max_abs_diff"] < 0.5

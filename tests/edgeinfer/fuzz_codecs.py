@@ -7,7 +7,8 @@ exactly that: the first bytes of an input choose the transfer syntax and the ima
 bits, samples), the rest is the frame, and pydicom decodes it with the plugin alone. Any exception
 is a clean refusal; a crash (a signal: the codecs are C) is the finding. It found that imagecodecs
 reads RLE segments wherever the header's offsets point (``codecs.rle_header_problem`` now checks
-them first).
+them first). JPEG 2000 frames also go through ``decode_frame`` asking for the smallest size, which
+sends them to Pillow's OpenJPEG at reduced resolution first.
 
 Seeds: each syntax's encoding of a small phantom, written by ``--seeds DIR``. Short run:
 ``tests/edgeinfer/test_dicomio_codecs.py::test_fuzz_codecs_short_run``. Long run on demand::
@@ -30,7 +31,7 @@ with atheris.instrument_imports(include=["edgeinfer"]):
     from pydicom.encaps import encapsulate
     from pydicom.pixels import pixel_array
 
-    from edgeinfer.dicomio import codecs
+    from edgeinfer.dicomio import codecs, decode_frame
 
 #: every syntax the plugin decodes, or those whose name contains $FUZZ_CODECS_ONLY (one codec at a time)
 SYNTAXES = [ts for ts in sorted(codecs.DECODER_DEPENDENCIES, key=str) if os.environ.get("FUZZ_CODECS_ONLY", "") in ts.name]
@@ -64,6 +65,11 @@ def test_one_input(data: bytes) -> None:
             pixel_array(dataset(ts, shape, data[2:]), decoding_plugin=codecs.PLUGIN)
         except Exception:  # noqa: BLE001 - a refusal, whatever its kind, is what damaged data should get
             pass
+        if ts in codecs.JPEG_2000:  # and through the intake's decode at reduced resolution (Pillow's OpenJPEG)
+            try:
+                decode_frame(dataset(ts, shape, data[2:]), at_least=lambda size: (1, 1))
+            except Exception:  # noqa: BLE001 - as above
+                pass
 
 
 def write_seeds(folder: str) -> None:

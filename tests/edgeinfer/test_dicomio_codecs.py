@@ -84,9 +84,9 @@ def test_the_plugin_decodes_pydicom_s_corpus_as_pydicom_does(name):
     assert np.array_equal(got, ref)
 
 
-def _phantom(ts, bits: int, signed: bool, samples: int) -> tuple[pydicom.Dataset, np.ndarray]:
+def _phantom(ts, bits: int, signed: bool, samples: int, shape=(67, 90)) -> tuple[pydicom.Dataset, np.ndarray]:
     rng = np.random.default_rng(bits * 10 + signed + samples)
-    rows, cols = 67, 90  # odd: no decoder gets an easy size
+    rows, cols = shape  # by default odd: no decoder gets an easy size
     y, x = np.mgrid[0:rows, 0:cols]
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
     smooth = lo + (hi - lo) * (0.5 + 0.4 * np.sin(x / 9.0) * np.cos(y / 7.0))
@@ -256,3 +256,118 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# --- JPEG 2000 at reduced resolution -------------------------------------------------------------
+def _j2k(arr: np.ndarray, bits: int, level: int = 0, **kw) -> bytes:
+    import imagecodecs
+
+    return imagecodecs.jpeg2k_encode(arr, level=level, codecformat="j2k", bitspersample=bits, **kw)
+
+
+def test_the_main_header_gives_precision_sign_and_wavelet_levels():
+    arr = np.zeros((400, 300), np.int16)
+    h = codecs.j2k_header(_j2k(arr, 12, resolutions=4))
+    assert h == codecs.J2KHeader(400, 300, 1, 12, True, False, False, 3)
+    import imagecodecs
+
+    boxed = imagecodecs.jpeg2k_encode(np.zeros((8, 8), np.uint8), level=0, codecformat="jp2")
+    assert codecs.j2k_header(boxed).levels is not None and codecs.j2k_header(boxed).precision == 8
+    assert codecs.j2k_header(b"\xff\xd8\xff\xc3") is None  # not JPEG 2000
+    cut = _j2k(arr, 12)[:52]  # SIZ whole, COD cut off
+    assert codecs.j2k_header(cut).levels is None
+
+
+GREY_16 = codecs.J2KHeader(2500, 2048, 1, 16, False, False, False, 5)
+
+
+@pytest.mark.parametrize("header,rows,cols,bits,signed,at_least,levels", [
+    (GREY_16, 2500, 2048, 16, False, (1024, 1024), 1),     # 1250 x 1024; 625 x 512 is too small
+    (GREY_16, 2500, 2048, 16, False, (512, 512), 2),       # 3 would not divide 2500
+    (GREY_16, 2500, 2048, 16, False, (2500, 2048), 0),
+    (GREY_16, 2500, 2048, 16, False, (1, 1), 2),
+    (codecs.J2KHeader(4096, 4096, 1, 16, False, False, False, 5), 4096, 4096, 16, False, (1, 1), 5),  # all levels
+    (codecs.J2KHeader(2370, 1950, 1, 16, False, False, False, 5), 2370, 1950, 16, False, (1, 1), 1),
+    (codecs.J2KHeader(2999, 2048, 1, 16, False, False, False, 5), 2999, 2048, 16, False, (1, 1), 0),  # odd
+    (GREY_16, 2500, 2048, 12, False, (1, 1), 0),            # the codestream's precision is not Bits Stored
+    (GREY_16, 2500, 2048, 16, True, (1, 1), 0),             # nor its sign the Pixel Representation
+    (GREY_16, 2048, 2500, 16, False, (1, 1), 0),            # nor its size the image's
+    (codecs.J2KHeader(2500, 2048, 3, 8, False, False, False, 5), 2500, 2048, 8, False, (1, 1), 0),  # colour
+    (codecs.J2KHeader(2500, 2048, 1, 16, False, True, False, 5), 2500, 2048, 16, False, (1, 1), 0),  # subsampled
+    (codecs.J2KHeader(2500, 2048, 1, 16, False, False, True, 5), 2500, 2048, 16, False, (1, 1), 0),  # offset
+    (codecs.J2KHeader(2500, 2048, 1, 16, False, False, False, None), 2500, 2048, 16, False, (1, 1), 0),
+    (None, 2500, 2048, 16, False, (1, 1), 0),
+])
+def test_reduction_levels(header, rows, cols, bits, signed, at_least, levels):
+    assert codecs.reduction_levels(header, rows, cols, bits, signed, at_least) == levels
+
+
+@pytest.mark.parametrize("bits,signed", [(2, False), (8, False), (8, True), (12, False), (12, True), (15, True),
+                                         (16, False), (16, True)])
+@pytest.mark.parametrize("reversible", [True, False], ids=["lossless", "lossy"])
+def test_the_reduced_decoder_undoes_pillow_s_scaling_exactly(bits, signed, reversible):
+    """At level 0 (nothing left out, nothing moved) it gives imagecodecs' full decode, value for value."""
+    import imagecodecs
+
+    rng = np.random.default_rng(bits)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{1 if bits <= 8 else 2}")
+    frame = _j2k(rng.integers(lo, hi + 1, (37, 29)).astype(dtype), bits,
+                 **({} if reversible else {"reversible": False, "level": 20}))
+    got = codecs.decode_j2k_reduced(frame, 0, codecs.j2k_header(frame), dtype)
+    want = imagecodecs.jpeg2k_decode(frame)
+    assert got.dtype == want.dtype == dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_a_reduced_image_stands_on_its_blocks_centres(levels):
+    """A ramp: the wavelet low-pass of a linear image is the image sampled at 2**r * n, which is
+    (2**r - 1) / 2 pixels before the middle of its block; the decoder moves it there, so each pixel
+    is its block's mean (to rounding). Without the move every pixel would be 4 * (2**r - 1) / 2 low."""
+    y, x = np.mgrid[:128, :192]
+    ramp = (1000 + 4 * x + 3 * y).astype(np.uint16)
+    frame = _j2k(ramp, 16)
+    got = codecs.decode_j2k_reduced(frame, levels, codecs.j2k_header(frame), np.uint16)
+    p = 1 << levels
+    means = ramp.reshape(128 // p, p, 192 // p, p).mean(axis=(1, 3))
+    inner = (slice(2, -2), slice(2, -2))  # near the edges the wavelet's mirrored extension bends the ramp
+    assert got.shape == means.shape and np.abs(got[inner] - means[inner]).max() <= 0.5
+
+
+def _j2k_dataset(rows, cols, samples=1):
+    return _phantom(JPEG2000Lossless, 12, False, samples, shape=(rows, cols))
+
+
+def test_decode_frame_leaves_levels_out_only_for_grey_jpeg_2000_and_only_when_asked():
+    ds, arr = _j2k_dataset(512, 384)
+    assert decode_frame(ds, at_least=lambda shape: (100, 90)).shape == (128, 96)   # 64 x 48 is too small
+    assert decode_frame(ds, at_least=lambda shape: (300, 90)).shape == (512, 384)  # half is too small
+    assert np.array_equal(decode_frame(ds), arr)
+    assert np.array_equal(decode_frame(ds, at_least=lambda shape: None), arr)
+    seen = []
+    decode_frame(ds, at_least=lambda shape: seen.append(shape))
+    assert seen == [(512, 384)]
+    for other in (RLELossless, JPEGLSLossless):
+        ds, arr = _phantom(other, 12, False, 1, shape=(512, 384))
+        assert np.array_equal(decode_frame(ds, at_least=lambda shape: (1, 1)), arr)
+    ds, arr = _j2k_dataset(64, 48, samples=3)
+    assert decode_frame(ds, at_least=lambda shape: (1, 1)).shape == (64, 48, 3)
+
+
+def test_without_pillow_jpeg_2000_decodes_in_full(monkeypatch):
+    monkeypatch.setattr(codecs, "reduced_decoder_available", lambda: False)
+    ds, arr = _j2k_dataset(512, 384)
+    assert np.array_equal(decode_frame(ds, at_least=lambda shape: (1, 1)), arr)
+
+
+def test_a_frame_the_reduced_decoder_refuses_gets_the_full_decode_s_verdict():
+    ds, _ = _j2k_dataset(512, 384)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])  # cut short
+    outcomes = []
+    for at_least in (None, lambda shape: (1, 1)):
+        try:
+            outcomes.append(("decoded", decode_frame(ds, at_least=at_least).shape))
+        except CorruptDicomError as exc:
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1], outcomes

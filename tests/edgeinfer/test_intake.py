@@ -185,3 +185,31 @@ def test_workers_that_cannot_run_at_all_raise(intake, phantom_dir, tmp_path):
         shutil.copy(src, files[-1])
     with pytest.raises(EdgeInferError, match="died on 3 files in a row"):
         list(DyingIntake.of(intake).stream(files, workers=2, processes=True))
+
+
+def test_a_large_jpeg_2000_image_is_decoded_smaller_and_prepared_as_the_full_one(tmp_path, monkeypatch):
+    """The intake asks for the size its preprocessing averages to (twice that): a 2400 x 2048 JPEG 2000
+    image for a 256 x 256 model decodes at 1200 x 1024, and its tensor stays within the halving bound of
+    the full decode's (test_preprocess_fast.py holds the bound on more cases)."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from edgeinfer import phantom
+    from edgeinfer.dicomio import codecs
+    from edgeinfer.phantom.dicom import compress
+
+    [case] = phantom._make_study(np.random.default_rng(7), index=0, n_images=1, size=(2400, 2048),
+                                 plan={"compress": False, "modality": "DX", "photometric": "MONOCHROME2",
+                                       "bits": 12, "voi": "window"})
+    ds = case.dataset
+    compress(ds, JPEG2000Lossless, ds.pixel_array)
+    ds.save_as(tmp_path / "j2k.dcm")
+    intake = Intake(PreprocessSpec(target_size=(256, 256), mean=0.5, std=0.25))
+    shapes = []
+    real = codecs.decode_j2k_reduced
+    monkeypatch.setattr(codecs, "decode_j2k_reduced", lambda *a: shapes.append(real(*a).shape) or real(*a))
+    small = intake.take(tmp_path / "j2k.dcm")
+    assert shapes == [(1200, 1024)] and small.prepared.source_shape == (2400, 2048)
+    monkeypatch.setattr(codecs, "reduced_decoder_available", lambda: False)
+    full = intake.take(tmp_path / "j2k.dcm")
+    assert shapes == [(1200, 1024)] and small.prepared.window == full.prepared.window
+    assert np.abs(small.prepared.display - full.prepared.display).max() <= 0.05

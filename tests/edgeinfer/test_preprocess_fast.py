@@ -269,6 +269,77 @@ def test_the_reduction_is_exercised(monkeypatch):
     assert got["halved"] and got["max"] <= HALVED_MAX
 
 
+# --- JPEG 2000 decoded at reduced resolution (version 4) -------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _as_j2k(name: str, variant: str, syntax: str):
+    """A phantom variant encoded in JPEG 2000 (``syntax``: "lossless" or "10:1")."""
+    from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+    from edgeinfer.phantom.dicom import compress
+
+    ds, arr = VARIANTS[variant](*_phantom(name))
+    ds = copy.deepcopy(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compress(ds, JPEG2000Lossless if syntax == "lossless" else JPEG2000, np.ascontiguousarray(arr))
+    return ds
+
+
+J2K_CASES = [("dx 16-bit rescale+window 2500x2048", v, s) for v, s in (
+    ("as is", "lossless"), ("as is", "10:1"), ("VOI LUT", "lossless"), ("signed", "lossless"),
+    ("SIGMOID", "10:1"))] + [("mono1 12-bit 2000x120, narrower than the target", "as is", "lossless")]
+
+
+@pytest.mark.parametrize("name,variant,syntax", J2K_CASES)
+def test_jpeg_2000_decoded_smaller_stays_within_the_halving_bound(name, variant, syntax):
+    """The runtime decodes the frame at reduced resolution (decode_size) and preprocesses that; the
+    oracle preprocesses the full decode. Same window record, display within version 3's halving
+    bounds. The automatic window is never computed from a reduced image."""
+    from edgeinfer.dicomio import decode_frame
+
+    ds = _as_j2k(name, variant, syntax)
+    full = decode_frame(ds)
+    reduced = 0
+    for spec_name, spec in SPECS.items():
+        small = decode_frame(ds, at_least=functools.partial(fast.decode_size, ds=ds, spec=spec))
+        ref = oracle.preprocess_pixels(full, ds, spec, frame=3)
+        new = fast.preprocess_pixels(small, ds, spec, frame=3, shape=full.shape)
+        assert (new.window, new.inverted, new.source_shape) == (ref.window, ref.inverted, ref.source_shape)
+        assert new.tensor.shape == ref.tensor.shape and new.tensor.dtype == np.float32
+        if small.shape == full.shape:
+            continue
+        reduced += 1
+        assert ref.window["source"] != "auto"
+        delta = np.abs(new.display.astype(np.float64) - ref.display)
+        STATS["phantoms"].append((f"{name} / {variant} / {syntax} / {spec_name}", "JPEG 2000 decoded smaller",
+                                  float(delta.max()), float(delta.mean())))
+        assert delta.max() <= HALVED_MAX and delta.mean() <= HALVED_MEAN, (delta.max(), delta.mean())
+    assert reduced >= 1
+
+
+def test_decode_size_reduces_only_what_is_only_averaged():
+    """Twice the size the stored values are averaged to; None (the image's own size) where single pixels
+    matter: the automatic window, a Modality LUT Sequence, padding to exclude, other interpolations."""
+    ds, arr = _phantom("dx 16-bit rescale+window 2500x2048")
+    size = functools.partial(fast.decode_size, arr.shape)
+    assert size(ds, BUNDLE) == (1024, 1024)
+    assert size(ds, SPECS["aspect+3ch"]) == (896, 736)  # fitted 224 x 184, averaged to 448 x 368
+    assert size(ds, PreprocessSpec(target_size=(256, 256), window_sources=("fixed",), window_center=1000,
+                                   window_width=400)) == (1024, 1024)
+    assert size(_voi_lut(ds, arr)[0], BUNDLE) == (1024, 1024)
+    assert size(ds, SPECS["auto only"]) is None
+    no_preset = copy.deepcopy(ds)
+    del no_preset.WindowCenter, no_preset.WindowWidth
+    assert size(no_preset, BUNDLE) is None  # the bundle's sources fall through to auto
+    assert size(_padding(ds, arr)[0], BUNDLE) is None
+    assert size(_padding(ds, arr)[0], PreprocessSpec(target_size=(256, 256), pixel_padding="keep")) == (1024, 1024)
+    table, _ = _modality_lut()()
+    table.WindowCenter, table.WindowWidth = 100, 50
+    assert fast.decode_size((700, 600), table, PreprocessSpec(target_size=(64, 64))) is None
+    assert size(ds, EXACT_SPECS["linear"]) is None
+    assert fast.decode_size((600, 600), ds, BUNDLE) is None  # 512 x 512 is averaged from it: no room
+
+
 def test_comparison_catches_a_wrong_result(monkeypatch):
     """The comparison fails for an implementation that is off: a window 1 % narrower, padding averaged
     in as image, no clipping before the average, or an intermediate size that the target does not divide."""
