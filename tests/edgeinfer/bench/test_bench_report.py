@@ -37,6 +37,7 @@ def test_every_committed_result_is_a_known_kind():
 @pytest.mark.parametrize("name, script", [("intake", "intake_bench"), ("intake-opencv1", "intake_bench"),
                                           ("preprocess-agreement", "preprocess_agreement"),
                                           ("preprocess-agreement-fullsize", "preprocess_agreement"),
+                                          ("preprocess-agreement-j2k", "preprocess_agreement"),
                                           ("intake-scaling-epyc2", "intake_scaling"),
                                           ("intake-scaling-xeon16", "intake_scaling"),
                                           ("codecs", "codec_bench")])
