@@ -36,7 +36,8 @@ with atheris.instrument_imports(include=["edgeinfer"]):
 #: every syntax the plugin decodes, or those whose name contains $FUZZ_CODECS_ONLY (one codec at a time)
 SYNTAXES = [ts for ts in sorted(codecs.DECODER_DEPENDENCIES, key=str) if os.environ.get("FUZZ_CODECS_ONLY", "") in ts.name]
 #: (rows, columns, bits allocated, bits stored, samples): small, so one input stays fast
-SHAPES = ((16, 16, 8, 8, 1), (17, 23, 16, 12, 1), (32, 8, 16, 16, 1), (9, 9, 8, 8, 3), (12, 10, 16, 16, 3))
+SHAPES = ((16, 16, 8, 8, 1), (17, 23, 16, 12, 1), (32, 8, 16, 16, 1), (9, 9, 8, 8, 3), (12, 10, 16, 16, 3),
+          (64, 48, 16, 16, 1))  # the last: JPEG 2000 with a few wavelet levels to leave out
 
 
 def dataset(ts, shape, frame: bytes | None) -> pydicom.Dataset:
@@ -91,12 +92,19 @@ def write_seeds(folder: str) -> None:
             ds = dataset(ts, shape, None)
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    compress(ds, ts, pixels)
+                if ts in codecs.JPEG_2000:  # pydicom's OpenJPEG encoder asks for more levels than 16 pixels hold
+                    import imagecodecs
+
+                    frame = imagecodecs.jpeg2k_encode(pixels, level=0 if ts == pydicom.uid.JPEG2000Lossless else 20,
+                                                      reversible=ts == pydicom.uid.JPEG2000Lossless,
+                                                      codecformat="j2k", bitspersample=stored)
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        compress(ds, ts, pixels)
+                    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
             except Exception:  # noqa: BLE001 - no encoder for this combination (colour lossless JPEG, ...)
                 continue
-            frame = get_frame(ds.PixelData, 0, number_of_frames=1)
             (out / f"seed-{i}-{j}").write_bytes(bytes([i, j]) + frame)
 
 
