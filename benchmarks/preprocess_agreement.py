@@ -24,6 +24,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from pydicom.uid import JPEG2000, JPEG2000Lossless
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -57,7 +58,7 @@ def oracle_path():
 
 
 #: --syntax: the transfer syntaxes a generated set may be re-encoded in
-SYNTAXES = {"jpeg2000-lossless": "1.2.840.10008.1.2.4.90", "jpeg2000": "1.2.840.10008.1.2.4.91"}
+SYNTAXES = {"jpeg2000-lossless": JPEG2000Lossless, "jpeg2000": JPEG2000}
 
 
 def reencode(folder: Path, syntax: str) -> None:
