@@ -53,6 +53,7 @@ def dataset(ts, shape, frame: bytes | None) -> pydicom.Dataset:
     if frame is not None:
         ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True  # encapsulated, as read from a file (decode_frame checks it)
     return ds
 
 

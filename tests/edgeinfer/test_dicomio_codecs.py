@@ -360,14 +360,26 @@ def test_without_pillow_jpeg_2000_decodes_in_full(monkeypatch):
     assert np.array_equal(decode_frame(ds, at_least=lambda shape: (1, 1)), arr)
 
 
-def test_a_frame_the_reduced_decoder_refuses_gets_the_full_decode_s_verdict():
+def test_a_frame_the_reduced_decoder_refuses_gets_the_full_decode_s_verdict(monkeypatch):
     ds, _ = _j2k_dataset(512, 384)
     frame = get_frame(ds.PixelData, 0, number_of_frames=1)
     ds.PixelData = encapsulate([frame[: len(frame) // 3]])  # cut short
+    refused = []
+    real = codecs.decode_j2k_reduced
+
+    def spy(*args):
+        try:
+            return real(*args)
+        except Exception as exc:
+            refused.append(exc)
+            raise
+
+    monkeypatch.setattr(codecs, "decode_j2k_reduced", spy)
     outcomes = []
     for at_least in (None, lambda shape: (1, 1)):
         try:
             outcomes.append(("decoded", decode_frame(ds, at_least=at_least).shape))
         except CorruptDicomError as exc:
             outcomes.append((type(exc), str(exc)))
-    assert outcomes[0] == outcomes[1], outcomes
+    assert len(refused) == 1 and outcomes[0] == outcomes[1], (refused, outcomes)
+    assert "damaged" in outcomes[0][1]
