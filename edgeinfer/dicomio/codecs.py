@@ -45,6 +45,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydicom import uid
 from pydicom.pixels import get_decoder
@@ -55,10 +56,13 @@ from ..errors import CorruptDicomError
 from ..sysinfo import usable_cpus
 from .quiet import _outside_boundary
 
+if TYPE_CHECKING:
+    import numpy as np
+
 #: the name the plugin has in pydicom's decoders
 PLUGIN = "edgeinfer-imagecodecs"
 
-_RLE = frozenset({uid.RLELossless})
+RLE = frozenset({uid.RLELossless})
 #: grey lossless JPEG (process 14, any predictor), by libjpeg-turbo (imagecodecs' own lossless JPEG
 #: decoder, jpegsof3, crashed on a damaged frame in the fuzz run); lossy JPEG stays with pydicom's
 #: plugins, whose IDCT and colour handling differ from libjpeg-turbo's by a grey level or more
@@ -68,7 +72,7 @@ _JPEG_LS = frozenset(uid.JPEGLSTransferSyntaxes)
 JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000})
 
 #: pydicom's plugin interface: what the plugin needs, per transfer syntax
-DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",) for ts in _RLE | _JPEG_LOSSLESS | _JPEG_LS | JPEG_2000}
+DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",) for ts in RLE | _JPEG_LOSSLESS | _JPEG_LS | JPEG_2000}
 
 
 def is_available(ts: str) -> bool:
@@ -190,25 +194,14 @@ def _frame_header_problem(frame: bytes, runner) -> str | None:
 def _decode_frame(src: bytes, runner) -> memoryview | bytes:
     """pydicom's plugin interface: one encoded frame -> its decoded bytes, as the pylibjpeg plugin returns them."""
     import imagecodecs
-    import numpy as np
 
     ts = runner.transfer_syntax
-    if ts not in _RLE:  # the decoders allocate what the frame's header says: it must be the image's size
+    if ts not in RLE:  # the decoders allocate what the frame's header says: it must be the image's size
         problem = _frame_header_problem(src, runner)
         if problem:
             raise ValueError(problem)
-    if ts in _RLE:
-        if runner.bits_allocated % 8:
-            raise ValueError(f"RLE with {runner.bits_allocated} bits allocated is not byte-aligned")
-        dtype = np.dtype(f"<u{runner.bits_allocated // 8}")
-        problem = rle_header_problem(src, runner.samples_per_pixel * dtype.itemsize)
-        if problem:
-            raise ValueError(problem)
-        with _outside_boundary():  # the decode releases the GIL; other intake threads may decode too
-            out = imagecodecs.dicomrle_decode(src, dtype)
-        expected = runner.rows * runner.columns * runner.samples_per_pixel * dtype.itemsize
-        if len(out) != expected:  # imagecodecs returns what the segments hold, even too little
-            raise ValueError(f"the RLE segments decode to {len(out)} bytes; the frame needs {expected}")
+    if ts in RLE:
+        out = _rle(src, runner.rows * runner.columns, runner.samples_per_pixel, runner.bits_allocated)
         runner.set_option("planar_configuration", 1)  # one plane per sample, as the segments are
         return out
     if ts in _JPEG_LOSSLESS:
@@ -229,6 +222,35 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
             runner.set_option("photometric_interpretation", PI.RGB)  # the decoder undid the transform
         return _as_frame(arr, runner)
     raise ValueError(f"{PLUGIN} does not decode {ts.name}")
+
+
+def _rle(src: bytes, pixels: int, samples: int, bits_allocated: int) -> bytes:
+    """An RLE frame's decoded bytes: one plane per sample, each little-endian. Checks the header
+    before imagecodecs reads it, and the length after. Raises ValueError (or imagecodecs' error)."""
+    import imagecodecs
+
+    if bits_allocated % 8:
+        raise ValueError(f"RLE with {bits_allocated} bits allocated is not byte-aligned")
+    itemsize = bits_allocated // 8
+    problem = rle_header_problem(src, samples * itemsize)
+    if problem:
+        raise ValueError(problem)
+    with _outside_boundary():  # the decode releases the GIL; other intake threads may decode too
+        out = imagecodecs.dicomrle_decode(src, f"<u{itemsize}")
+    expected = pixels * samples * itemsize
+    if len(out) != expected:  # imagecodecs returns what the segments hold, even too little
+        raise ValueError(f"the RLE segments decode to {len(out)} bytes; the frame needs {expected}")
+    return out
+
+
+def decode_rle_grey(frame: bytes, rows: int, cols: int, bits_allocated: int, signed: bool) -> "np.ndarray":
+    """A grey RLE frame's stored values, viewed in imagecodecs' output (read-only, no copy): what
+    pydicom's ``pixel_array`` gives with this plugin, without pydicom copying the frame out of the
+    Pixel Data and the result into its own array. Raises where the plugin refuses the frame."""
+    import numpy as np
+
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_allocated // 8}")
+    return np.frombuffer(_rle(frame, rows * cols, 1, bits_allocated), dtype).reshape(rows, cols)
 
 
 def _register() -> frozenset:

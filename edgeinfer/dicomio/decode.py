@@ -110,6 +110,18 @@ def _decode_reduced(frame: bytes, geom: _Geometry, at_least: tuple[int, int]) ->
         return None
 
 
+def _decode_direct(frame: bytes, geom: _Geometry, ts) -> np.ndarray | None:
+    """A grey RLE frame decoded by the plugin's own decoder, without pydicom's copies in between, or
+    None: anything else, or a frame the plugin refuses (pydicom's plugins then decide, as always)."""
+    if ts not in codecs.RLE or codecs.preferred(ts) != codecs.PLUGIN or geom.samples != 1 \
+            or geom.bits_allocated not in (8, 16):
+        return None
+    try:
+        return codecs.decode_rle_grey(frame, geom.rows, geom.cols, geom.bits_allocated, geom.signed)
+    except Exception:  # noqa: BLE001 - as the plugin's refusal: pydicom's plugins give the verdict
+        return None
+
+
 def _unused_bits_clear(arr: np.ndarray, bits_stored: int) -> bool:
     """Is every value of ``arr`` what pydicom's correction of the bits above ``bits_stored`` would leave
     it (masked for unsigned data, sign-extended for signed)? That holds exactly when each value lies in
@@ -137,7 +149,8 @@ def decode_frame(ds: Dataset, index: int = 0, limits: ReadLimits = _DEFAULT_LIMI
 
     Colour data in YBR_FULL/YBR_FULL_422 comes back as RGB, as from pydicom's
     ``pixel_array``. The array is in native byte order. Uncompressed little-endian pixel data
-    comes back as a read-only view of the data set's Pixel Data (no copy): copy it to change it.
+    comes back as a read-only view of the data set's Pixel Data (no copy), and grey RLE as a
+    read-only view of the decoder's output: copy it to change it.
     """
     index = operator.index(index)
     try:
@@ -181,6 +194,9 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits,
             arr = _decode_reduced(frame, geom, needed)
             if arr is not None:
                 return arr
+        arr = _decode_direct(frame, geom, ts)
+        if arr is not None:
+            return arr
     # bits above Bits Stored: pydicom masks them (sign-extends signed data) in a copy of the whole
     # frame. They are almost always clean already, so native data is viewed as it is and copied only
     # when a value lies outside what Bits Stored can hold (_unused_bits_clear)

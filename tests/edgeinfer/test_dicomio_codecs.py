@@ -141,6 +141,23 @@ def test_the_intake_asks_the_plugin_first(monkeypatch):
     assert np.array_equal(decode_frame(ds), pixel_array(ds)) and calls == [1]
 
 
+@pytest.mark.parametrize("bits,signed,samples", [(8, False, 1), (12, False, 1), (12, True, 1), (16, False, 1),
+                                                 (16, True, 1), (8, False, 3)])
+def test_grey_rle_skips_pydicom_s_copies_and_gives_its_array(bits, signed, samples, monkeypatch):
+    """decode_frame decodes a grey RLE frame with the plugin's decoder itself (pydicom would copy the
+    frame out and the result into its own array); colour still goes through pydicom. Same array."""
+    import edgeinfer.dicomio.decode as decode_module
+
+    ds, original = _phantom(RLELossless, bits, signed, samples)
+    want = pixel_array(ds)
+    calls = []
+    real = decode_module._pd_pixel_array
+    monkeypatch.setattr(decode_module, "_pd_pixel_array", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = decode_frame(ds)
+    assert (got.dtype, got.shape) == (want.dtype, want.shape) and np.array_equal(got, want)
+    assert np.array_equal(got, original) and bool(calls) == (samples == 3)
+
+
 def _rle_with_segments(ds, frame: bytes) -> pydicom.Dataset:
     ds.PixelData = encapsulate([frame])
     return ds
