@@ -17,6 +17,7 @@ from . import __version__
 from ._io import atomic_write, check_output_path, emit_json
 from .console import console, progress_bar
 from .errors import EdgeInferError, MissingDependency, UsageError
+from .sysinfo import tune_allocator
 
 log = logging.getLogger("edgeinfer")
 
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     _setup_logging(args.verbose)
+    tune_allocator()  # image-sized buffers are reused, not faulted in again for every image
     try:
         return int(args.func(args) or 0)
     except EdgeInferError as exc:

@@ -32,6 +32,7 @@ import numpy as np
 from . import dicomio
 from .errors import EdgeInferError, InputError, NotApplicable
 from .preprocess import Prepared, PreprocessSpec, decode_size, preprocess_pixels, select_frame
+from .sysinfo import tune_allocator
 from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
 
 #: sidecar files that sit next to studies; listed as skipped, never read as DICOM
@@ -368,6 +369,7 @@ _WORKER: Intake | None = None
 def _init_worker(intake: Intake) -> None:
     global _WORKER
     _WORKER = intake
+    tune_allocator()  # as the parent's CLI does
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 

@@ -115,6 +115,49 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: glibc's allocator settings for image-sized buffers (:func:`tune_allocator`): blocks up to 32 MiB
+#: (the largest this threshold may be) come from the heap instead of their own mmap, and up to 128 MiB
+#: of free heap is kept before it is handed back to the system
+ALLOCATOR = {"mmap_threshold": 32 << 20, "trim_threshold": 128 << 20}
+#: the operator's own allocator settings, which tune_allocator leaves alone
+ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_ALLOCATOR_STATE: dict = {"tuned": False, "why": "not asked"}
+
+
+def tune_allocator() -> dict:
+    """Keep image-sized buffers in the process instead of mapping and unmapping them for every image.
+
+    Every image passes through a few buffers of its own size (the file's bytes, a decoded frame,
+    float work arrays): 10-40 MB for a detector image. glibc gives blocks above its mmap threshold
+    their own mapping and unmaps them on free, and trims free heap above its trim threshold, so the
+    next image faults every page in again (and the kernel zeroes each). glibc raises the threshold
+    after such a free, but only as far as the sizes it has seen, so how much is faulted again depends
+    on the order images come in. With :data:`ALLOCATOR` the blocks stay in the heap and are reused.
+    Only on glibc, once per process, and never over the operator's own ``MALLOC_*`` or
+    ``GLIBC_TUNABLES`` settings. Returns what was done (reports carry it).
+    """
+    if _ALLOCATOR_STATE["why"] != "not asked":
+        return dict(_ALLOCATOR_STATE)
+    own = [k for k in ALLOCATOR_ENV if k in os.environ]
+    if own:
+        _ALLOCATOR_STATE.update(why=f"left to the environment ({', '.join(own)})")
+    elif platform.libc_ver()[0] != "glibc":
+        _ALLOCATOR_STATE.update(why="not glibc")
+    else:
+        import ctypes
+
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            ok = (mallopt(_M_MMAP_THRESHOLD, ALLOCATOR["mmap_threshold"]) == 1
+                  and mallopt(_M_TRIM_THRESHOLD, ALLOCATOR["trim_threshold"]) == 1)
+        except (OSError, AttributeError):
+            ok = False
+        _ALLOCATOR_STATE.update(tuned=ok, why="mallopt" if ok else "mallopt refused the settings",
+                                **(ALLOCATOR if ok else {}))
+    return dict(_ALLOCATOR_STATE)
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -137,6 +180,7 @@ def machine_info() -> dict:
         "os": platform.platform(),
         "libraries": library_versions(),
         "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "allocator": dict(_ALLOCATOR_STATE),
         "load_average_at_start": load_average(),
         "python_executable": sys.executable,
     }
@@ -158,4 +202,4 @@ def openvino_cpu_info() -> dict | None:
 
 
 __all__ = ["machine_info", "parse_cpuinfo", "gpu_info", "library_versions", "usable_cpus", "load_average",
-           "openvino_cpu_info", "FLAGS_OF_INTEREST"]
+           "openvino_cpu_info", "tune_allocator", "FLAGS_OF_INTEREST"]
