@@ -127,3 +127,33 @@ def test_a_study_whose_images_name_two_patients_goes_to_a_human_read_without_an_
     assert "PATIENT" not in found["reason"]
     time.sleep(2)
     assert orthanc.srs(study) == [] and "PATIENT0" not in node.log.read_text()
+
+
+def test_a_full_detector_jpeg_2000_study_is_scored_from_its_reduced_decode(node_factory, orthanc, dcmtk,
+                                                                          tmp_path):
+    """A modality sends a 2500 x 2048 JPEG 2000 lossless image (storescu -xv); the node decodes it at
+    reduced resolution (one wavelet level left out for the 256 x 256 model), scores it, and puts the
+    SR into PACS. The worklist keeps the image's real size."""
+    import numpy as np
+    from pydicom.uid import JPEG2000Lossless
+
+    from edgeinfer import phantom
+    from edgeinfer.phantom.dicom import compress
+
+    [case] = phantom._make_study(np.random.default_rng(5), index=0, n_images=1, size=(2500, 2048),
+                                 plan={"compress": False, "modality": "DX", "photometric": "MONOCHROME2",
+                                       "bits": 12, "voi": "window"})
+    ds = case.dataset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compress(ds, JPEG2000Lossless, ds.pixel_array)
+    path = tmp_path / "j2k.dcm"
+    ds.save_as(path)
+    uid = str(ds.StudyInstanceUID)
+    node = node_factory("--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--quiet-seconds", "1")
+    sent = node.store([path], extra=("-xv",))
+    assert sent.returncode == 0 and peers.parse_store_statuses(sent.stdout + sent.stderr) == [0], sent.stderr[-2000:]
+    assert len(orthanc.wait_for_srs(uid, 1, timeout=60)) == 1
+    _, wl = node.get("/worklist")
+    study = next(s for s in wl["studies"] if s["study_uid"] == uid)
+    assert study["priority"] != "INDETERMINATE" and [i["source_shape"] for i in study["images"]] == [[2500, 2048]]
