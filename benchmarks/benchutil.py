@@ -2,6 +2,7 @@
 scaffolding the benchmark scripts share (their phantom set, the machine line, writing their report)."""
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,19 @@ def batches() -> list[int]:
 
 
 # --- the benchmark scripts ----------------------------------------------------------------------------
+def script_parser(doc: str, *, n: int, seed: int, data_help: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every intake script takes, with its own defaults: a DICOM folder (``data``; else a
+    phantom set of ``--n`` images from ``--seed``, :func:`phantom_set`), and where :func:`publish` writes
+    (``--json``, ``--report``). The script adds its own before parsing."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("data", nargs="?", help=data_help)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--seed", type=int, default=seed)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None)
+    return ap
+
+
 def phantom_set(data: str | None, n: int, seed: int, *, prefix: str, max_size: int | None = None) -> Path:
     """``data`` (DICOM files of one's own, or a phantom set), or a new temporary folder; a phantom set is
     generated there when the folder is absent or empty."""

@@ -22,7 +22,6 @@ Run it on an idle machine: with 2 cores, anything else running makes the figures
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import dicom_files, machine_line, phantom_set, publish  # noqa: E402
+from benchutil import dicom_files, machine_line, phantom_set, publish, script_parser  # noqa: E402
 
 #: the report's format (its JSON says which kind of result it is)
 FORMAT = 1
@@ -176,13 +175,8 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="?")
-    ap.add_argument("--n", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=2027)
+    ap = script_parser(__doc__, n=6, seed=2027)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
     import tempfile
 

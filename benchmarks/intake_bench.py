@@ -14,7 +14,6 @@ ratio. Run it on an idle machine: with 2 cores, anything else running makes the 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import dicom_files, machine_line, phantom_set, publish  # noqa: E402
+from benchutil import dicom_files, machine_line, phantom_set, publish, script_parser  # noqa: E402
 from preprocess_agreement import oracle_path  # noqa: E402  (the oracle, as the agreement check uses it)
 
 STAGES = ("read", "decode", "preprocess")
@@ -94,14 +93,9 @@ def render(r: dict, machine: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="?")
-    ap.add_argument("--n", type=int, default=120)
-    ap.add_argument("--seed", type=int, default=2026)
+    ap = script_parser(__doc__, n=120, seed=2026)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--bundle", default=None)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--report", default=None)
     ap.add_argument("--opencv-threads", type=int, default=None,
                     help="threads OpenCV may use (cv2.setNumThreads; default: its own choice, the usable CPUs)")
     args = ap.parse_args(argv)

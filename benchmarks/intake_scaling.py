@@ -13,7 +13,6 @@ in it. The median of ``--repeats`` passes. Run it on an idle machine.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import dicom_files, machine_line, phantom_set, publish  # noqa: E402
+from benchutil import dicom_files, machine_line, phantom_set, publish, script_parser  # noqa: E402
 
 FORMAT = 1
 
@@ -66,14 +65,9 @@ def render(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="?")
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=2026)
+    ap = script_parser(__doc__, n=40, seed=2026)
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
     from edgeinfer.bundle import default_bundle_path, load_bundle
     from edgeinfer.intake import Intake

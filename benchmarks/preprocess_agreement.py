@@ -17,7 +17,6 @@ first, to compare that too). A check, not a timing: it runs the slow oracle.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchutil import phantom_set, publish  # noqa: E402
+from benchutil import phantom_set, publish, script_parser  # noqa: E402
 #: the report's format (its JSON says which kind of result it is)
 FORMAT = 1
 
@@ -156,18 +155,13 @@ def render(r: dict, data: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="?", help="a phantom set with labels.csv (default: generate one)")
-    ap.add_argument("--n", type=int, default=480)
-    ap.add_argument("--seed", type=int, default=4004)
+    ap = script_parser(__doc__, n=480, seed=4004, data_help="a phantom set with labels.csv (default: generate one)")
     ap.add_argument("--max-size", type=int, default=1024,
                     help="cap on the larger image side of a generated set; 0: full detector size")
     ap.add_argument("--syntax", choices=sorted(SYNTAXES), default=None,
                     help="re-encode the set in this transfer syntax first (JPEG 2000 is decoded at reduced resolution)")
     ap.add_argument("--bundle", default=None, help="default: the embedded phantom bundle")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--report", default=None)
     args = ap.parse_args(argv)
     from edgeinfer.bundle import default_bundle_path, load_bundle
     from edgeinfer.intake import discover
