@@ -242,7 +242,7 @@ def cmd_serve(args) -> int:
     overrides = {k: getattr(args, k) for k in (
         "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
         "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb",
-        "inference_timeout", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
+        "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size")}
     config = load_config(args.config, overrides)
     if args.no_http:
@@ -309,6 +309,9 @@ def _add_serve(sub, fmt) -> None:
     a("--min-free-mb", dest="min_free_mb", type=int, default=None, help="spool free space before 0xA700 (default 512)")
     a("--inference-timeout", dest="inference_timeout", type=float, default=None,
       help="watchdog: seconds before a study's inference is abandoned and the study goes to a human read (default 120)")
+    a("--max-crashes", dest="max_crashes", type=int, default=None,
+      help="restarts that find a study being scored before it goes to a human read without another try: "
+           "a file that crashes the node cannot stop it for good (default 2)")
     a("--send-to", dest="send_to", action="append", default=None, metavar="AET@HOST:PORT",
       help="send each result (DICOM SR) here; repeat for more destinations")
     a("--send-tls-ca", dest="send_tls_ca", default=None,

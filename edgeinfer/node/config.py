@@ -59,6 +59,7 @@ class NodeConfig:
     max_queue: int = 200                        # studies waiting for inference; beyond: 0xA700
     min_free_mb: int = 512                      # spool free space below this: 0xA700
     inference_timeout: float = 120.0            # watchdog
+    max_crashes: int = 2                        # restarts that find a study being scored before it goes to a human read
     send_to: tuple[Destination, ...] = ()
     send_tls_ca: Path | None = None             # given: results go to PACS over TLS, its certificate checked
     send_tls_cert: Path | None = None           # our client certificate, for a PACS that wants mutual TLS
@@ -103,7 +104,7 @@ class NodeConfig:
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 problems.append(f"{name} {p}: no such file")
-        for name in ("max_associations", "max_queue", "send_retries", "batch_size"):
+        for name in ("max_associations", "max_queue", "send_retries", "batch_size", "max_crashes"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in ("acse_timeout", "dimse_timeout", "network_timeout", "inference_timeout", "send_backoff"):

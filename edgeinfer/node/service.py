@@ -43,7 +43,8 @@ class Node:
         self.state = State(self.spool.root / "state.sqlite3")
         resumed = self.state.resume()
         if resumed:
-            log.warning("%d study(ies) were being scored when the node stopped; they are scored again", resumed)
+            log.warning("%d study(ies) were being scored when the node stopped; each is scored again, up to "
+                        "max_crashes (%d) such stops, then it goes to a human read", resumed, config.max_crashes)
         self.metrics = metrics or NodeMetrics(states=("receiving", "queued", "scoring", "scored"))
         self._runner = None
         self._runner_lock = threading.Lock()
@@ -126,6 +127,9 @@ class Node:
         self._closed = True
         self.receiver.stop()
         self.worker.stop()
+        job = self.worker.current
+        if job is not None:  # a clean stop is not a crash: the study is scored after the restart, uncounted
+            self.state.requeue(job)
         self.outbox.stop()
         if self.http is not None:
             self.http.stop()

@@ -5,6 +5,11 @@ resumes from: an acknowledged instance is in ``instances`` before Success is sen
 scored when the node died is scored again (its result is keyed on study and version, so it is
 recorded once); an unsent result stays in the outbox.
 
+A study the node died while scoring may be what killed it (a decoder or a runtime crashing on one of
+its files): ``crashes`` counts, per version, the restarts that found it being scored, and the worker
+sends a version that reached the limit to a human read instead of scoring it again. A clean stop
+puts the study it was scoring back in the queue without counting (:meth:`State.requeue`).
+
 Study states: ``receiving`` (instances arriving; its quiet timer runs) -> ``queued`` (complete,
 waiting for inference; its version was bumped) -> ``scoring`` -> ``scored``. An instance arriving
 for a queued, scoring or scored study puts it back to ``receiving``: it is scored again as a new
@@ -29,7 +34,7 @@ CREATE INDEX IF NOT EXISTS instances_by_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, modality TEXT, urgent INTEGER NOT NULL DEFAULT 0,
     first_received REAL NOT NULL, last_received REAL NOT NULL, state TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0, enqueued REAL);
+    version INTEGER NOT NULL DEFAULT 0, enqueued REAL, crashes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS results (
     study_uid TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL, priority TEXT,
     score REAL, record TEXT NOT NULL, superseded INTEGER NOT NULL DEFAULT 0,
@@ -49,6 +54,7 @@ class Job:
     urgent: bool
     last_received: float
     paths: list[str]
+    crashes: int = 0    # restarts that found this version being scored
 
 
 class State:
@@ -59,6 +65,9 @@ class State:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives a power cut
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
+        if "crashes" not in columns:  # a state written before crashes were counted
+            self._db.execute("ALTER TABLE studies ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -112,8 +121,8 @@ class State:
             for uid, modality, last in db.execute(
                     "SELECT study_uid, modality, last_received FROM studies WHERE state='receiving'").fetchall():
                 if now - last >= quiet_for(modality or ""):
-                    db.execute("UPDATE studies SET state='queued', version=version+1, enqueued=? WHERE study_uid=?",
-                               (now, uid))
+                    db.execute("UPDATE studies SET state='queued', version=version+1, enqueued=?, crashes=0 "
+                               "WHERE study_uid=?", (now, uid))
                     done.append(uid)
         return done
 
@@ -131,19 +140,26 @@ class State:
     def next_job(self) -> Job | None:
         """The next study to score (urgent first, then the oldest), marked ``scoring``."""
         with self._tx() as db:
-            row = db.execute("SELECT study_uid, version, modality, urgent, last_received FROM studies "
+            row = db.execute("SELECT study_uid, version, modality, urgent, last_received, crashes FROM studies "
                              "WHERE state='queued' ORDER BY urgent DESC, enqueued ASC LIMIT 1").fetchone()
             if row is None:
                 return None
             db.execute("UPDATE studies SET state='scoring' WHERE study_uid=?", (row[0],))
             paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? ORDER BY sop_uid",
                                               (row[0],))]
-        return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths)
+        return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths, row[5])
 
     def resume(self) -> int:
-        """After a restart: studies that were being scored are queued again. Returns how many."""
+        """After a restart: studies that were being scored are queued again, each with one more crash
+        counted. Returns how many."""
         with self._tx() as db:
-            return db.execute("UPDATE studies SET state='queued' WHERE state='scoring'").rowcount
+            return db.execute("UPDATE studies SET state='queued', crashes=crashes+1 WHERE state='scoring'").rowcount
+
+    def requeue(self, job: Job) -> None:
+        """A clean stop while ``job`` was being scored: it is queued again, and no crash is counted."""
+        with self._tx() as db:
+            db.execute("UPDATE studies SET state='queued' WHERE study_uid=? AND version=? AND state='scoring'",
+                       (job.study_uid, job.version))
 
     def finish_job(self, job: Job, *, priority: str | None, score: float | None, record: dict,
                    sends: list[tuple[str, str]], now: float | None = None) -> bool:

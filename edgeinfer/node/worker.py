@@ -35,7 +35,10 @@ class Worker(Loop):
         if job is not None:
             self.current = job
             try:
-                self.run(job)
+                if job.crashes >= node.config.max_crashes:
+                    self.give_up(job)
+                else:
+                    self.run(job)
             except Exception as exc:  # noqa: BLE001 - the study must not stay 'scoring' until a restart
                 log.error("study %s: the node failed while scoring it (%s); it goes to a human read",
                           job.study_uid, exc.__class__.__name__)
@@ -47,6 +50,16 @@ class Worker(Loop):
         return job is not None
 
     # -- one study --------------------------------------------------------------------------------
+    def give_up(self, job: Job) -> None:
+        """The node died ``job.crashes`` times while scoring this version: something in it may be what
+        crashes the node (a decoder or the runtime on one of its files). It goes to a human read
+        without another try, so that it cannot stop the node again and hold up every study after it."""
+        log.error("study %s: the node stopped %d times while scoring it; it is not scored again and goes to "
+                  "a human read (look for a crash in the service log, e.g. with journalctl)", job.study_uid,
+                  job.crashes)
+        self._record(job, self._indeterminate(
+            job, f"the node stopped {job.crashes} times while scoring this study, so it was not scored again"))
+
     def run(self, job: Job) -> None:
         node = self.node
         files = [Path(p) for p in job.paths]

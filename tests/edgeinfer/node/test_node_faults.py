@@ -324,6 +324,45 @@ def test_sigterm_after_a_watchdog_abandon_exits_cleanly(no_core_dumps, node_fact
     assert node.proc.returncode == 0, (node.proc.returncode, node.log.read_text()[-600:])
 
 
+# --- 2b. a study the node dies while scoring ---------------------------------------------------------------
+def test_a_study_the_node_keeps_dying_on_goes_to_a_human_read_and_the_node_goes_on(
+        busy_bundle, source_instance, tmp_path, orthanc, dcmtk):
+    """kill -9 while a study is scored, twice, as if one of its files crashed a decoder each time: the next
+    start does not score it a third time (which would crash the node again, for good under a service
+    manager), it sends it to a human read with a result in PACS, and scores the next study as usual."""
+    from edgeinfer.triage import INDETERMINATE
+
+    poison = clone(source_instance, tmp_path / "poison", 1, per_study=2)   # a batch of 2: ~3 s of scoring
+    fine = clone(source_instance, tmp_path / "fine", 1)
+    uid = poison[0]["study"]
+    args = ("--bundle", str(busy_bundle), "--quiet-seconds", "1",
+            "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    port = peers.free_port()
+    node = NodeProcess(tmp_path, *args, port=port)
+    try:
+        assert node.store([tmp_path / "poison"]).returncode == 0
+        for crash in (1, 2):
+            peers.wait_until(lambda: query(node, "SELECT state, crashes FROM studies WHERE study_uid=?", (uid,))
+                             == [("scoring", crash - 1)], 60, 0.02, f"the study to be scored (try {crash})")
+            node.kill()
+            node = NodeProcess(tmp_path, *args, port=port)
+        study = peers.wait_until(lambda: worklist_study(node, uid), 30, 0.1, "the study's result")
+        assert study["priority"] == INDETERMINATE and study["score"] is None and study["version"] == 1
+        assert "stopped 2 times while scoring" in study["reason"] and "human read" in study["reason"], study["reason"]
+        paths = [path for path, in query(node, "SELECT path FROM instances WHERE study_uid=?", (uid,))]
+        assert len(paths) == 2 and sorted(study["failed_images"]) == sorted(paths)
+        peers.wait_until(lambda: orthanc.srs(uid), 30, 0.2, "the human-read result in PACS")
+
+        assert node.store([fine[0]["path"]]).returncode == 0
+        other = peers.wait_until(lambda: worklist_study(node, fine[0]["study"]), 30, 0.1, "the next study's result")
+        assert other["priority"] != INDETERMINATE and len(other["images"]) == 1
+        assert query(node, "SELECT crashes FROM studies WHERE study_uid=?", (fine[0]["study"],)) == [(0,)]
+        log = node.log.read_text()
+        assert "stopped 2 times while scoring it; it is not scored again" in log and "Traceback" not in log
+    finally:
+        node.stop()
+
+
 # --- 3. a failure inside the store handler: 0xC211 ----------------------------------------------------------
 def test_store_failure_inside_the_node_answers_c211_never_success(node_factory, source_instance, tmp_path, dcmtk):
     from edgeinfer.node.spool import Spool

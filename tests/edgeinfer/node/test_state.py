@@ -62,6 +62,46 @@ def test_urgent_first_then_oldest_and_resume_after_a_crash(tmp_path):
     assert sqlite3.connect(tmp_path / "s.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_crashes_are_counted_per_version_and_a_clean_stop_is_not_one(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "7.1", study="7.1", t=0)
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    assert st.next_job().crashes == 0
+    for crashes in (1, 2):                                         # kill -9 while scoring, twice
+        st.close()
+        st = State(tmp_path / "s.db")
+        assert st.resume() == 1
+        job = st.next_job()
+        assert (job.study_uid, job.version, job.crashes) == ("7.1", 1, crashes)
+    st.requeue(job)                                                # a clean stop while scoring: no crash counted
+    st.close()
+    st = State(tmp_path / "s.db")
+    assert st.resume() == 0 and st.next_job().crashes == 2
+    st.close()
+    st = State(tmp_path / "s.db")
+    st.resume()
+    _add(st, "7.2", study="7.1", t=5)                              # a new instance: a new version, counted afresh
+    st.complete_quiet_studies(lambda m: 0, now=6)
+    job = st.next_job()
+    assert (job.version, job.crashes) == (2, 0)
+    st.finish_job(job, priority="ROUTINE", score=0.1, record={}, sends=[], now=7)
+    st.requeue(job)                                                # after the result: nothing to put back
+    assert st.counts_by_state() == {"scored": 1}
+
+
+def test_a_state_from_before_crashes_were_counted_opens(tmp_path):
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript("""CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY, modality TEXT, urgent INTEGER NOT NULL DEFAULT 0,
+        first_received REAL NOT NULL, last_received REAL NOT NULL, state TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0, enqueued REAL);
+        INSERT INTO studies VALUES ('8.1', 'DX', 0, 0, 0, 'scoring', 1, 0);""")
+    db.commit()
+    db.close()
+    st = State(tmp_path / "s.db")
+    assert st.resume() == 1 and st.next_job().crashes == 1
+
+
 def test_instance_arriving_while_scoring_queues_a_new_version(tmp_path):
     st = State(tmp_path / "s.db")
     _add(st, "5.1", study="5.1", t=0)
@@ -93,7 +133,7 @@ def test_config_file_flags_and_clear_errors(tmp_path):
     assert (c.port, c.ae_title, c.allow_calling, c.send_to) == (3000, "NODE", ("A", "B"),
                                                                (Destination("PACS", "127.0.0.1", 4242),))
     assert c.quiet_for("CT") == 1.0 and NodeConfig().quiet_for("CT") == 30.0 and NodeConfig().quiet_for("DX") == 5.0
-    for bad, words in (("port = 70000", "not a TCP port"), ('ae_title = "WAY-TOO-LONG-AE-TITLE"', "not an AE title"),
+    for bad, words in (("port = 70000", "not a TCP port"), ("max_crashes = 0", "max_crashes must be at least 1"), ('ae_title = "WAY-TOO-LONG-AE-TITLE"', "not an AE title"),
                        ('tls_cert = "/nope.pem"', "go together"), ("bogus = 1", "unknown setting"),
                        ('send_tls_cert = "/a.pem"\nsend_tls_key = "/a.key"', "needs send_tls_ca"),
                        ("port = [", "not valid TOML")):
