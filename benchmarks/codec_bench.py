@@ -22,6 +22,7 @@ Run it on an idle machine: with 2 cores, anything else running makes the figures
 """
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
@@ -65,7 +66,7 @@ def encodings(folder: Path, out: Path) -> dict[str, Path]:
     files = {src.file_meta.TransferSyntaxUID.name: out / "uncompressed.dcm"}
     src.save_as(files[src.file_meta.TransferSyntaxUID.name])
     for ts in sorted(DECODER_DEPENDENCIES, key=lambda t: t.name):
-        ds = src.copy()
+        ds = copy.deepcopy(src)  # compress may change the header (lossy JPEG: fewer bits, a new slope)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compress(ds, ts, pixels)

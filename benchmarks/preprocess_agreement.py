@@ -2,7 +2,8 @@
 """Does the fast preprocessing change any decision? The runtime against the test oracle, end to end.
 
     .venv/bin/python benchmarks/preprocess_agreement.py [DATA_DIR] [--n 480] [--seed 4004] [--max-size 1024]
-        [--syntax jpeg2000-lossless|jpeg2000] [--bundle BUNDLE] [--json OUT] [--report OUT.md]
+        [--syntax jpeg2000-lossless|jpeg2000|jpeg-baseline|jpeg-extended] [--bundle BUNDLE] [--json OUT]
+        [--report OUT.md]
 
 The oracle is the preprocessing the embedded bundle was trained, calibrated and validated with
 (implementation "1", kept verbatim in ``tests/oracle_preprocess.py``); the runtime preprocesses with
@@ -11,9 +12,11 @@ from those of training, calibration and validation; generated into DATA_DIR unle
 both paths go through the whole triage (:class:`edgeinfer.triage.TriageEngine`, ONNX Runtime FP32) and are
 compared with ``edgeinfer validate``'s own functions: priority agreement study by study, score differences,
 AUC, sensitivity and specificity against the set's labels. Every image's tensor is compared too (max and
-mean |Δ|). The oracle decodes every frame at full size; the runtime decodes a JPEG 2000 frame at
-reduced resolution when the model's input is much smaller (``--syntax`` re-encodes a generated set
-first, to compare that too). A check, not a timing: it runs the slow oracle.
+mean |Δ|). The oracle decodes every frame at full size with pydicom's own plugins, in pydicom's order;
+the runtime decodes a JPEG 2000 frame at reduced resolution when the model's input is much smaller,
+and grey JPEG with libjpeg-turbo, whose inverse DCT rounds differently from pylibjpeg's libjpeg
+(``--syntax`` re-encodes a generated set first, to compare those too; lossy JPEG keeps 8 or 12 bits,
+``edgeinfer.phantom.dicom.compress``). A check, not a timing: it runs the slow oracle.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from pydicom.uid import JPEG2000, JPEG2000Lossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -48,16 +51,20 @@ def oracle():
 
 @contextmanager
 def oracle_path():
-    """Every intake in this block decodes frames at full size and preprocesses with the oracle (implementation 1)."""
+    """Every intake in this block decodes frames at full size with pydicom's own plugins, in pydicom's
+    order (as before edgeinfer's plugin), and preprocesses with the oracle (implementation 1)."""
     import edgeinfer.intake
+    from edgeinfer.dicomio import codecs
 
     with mock.patch.object(edgeinfer.intake, "preprocess_pixels", oracle().preprocess_pixels), \
-            mock.patch.object(edgeinfer.intake, "decode_size", lambda shape, ds, spec: None):
+            mock.patch.object(edgeinfer.intake, "decode_size", lambda shape, ds, spec: None), \
+            mock.patch.object(codecs, "preferred", lambda ts: ""):
         yield
 
 
 #: --syntax: the transfer syntaxes a generated set may be re-encoded in
-SYNTAXES = {"jpeg2000-lossless": JPEG2000Lossless, "jpeg2000": JPEG2000}
+SYNTAXES = {"jpeg2000-lossless": JPEG2000Lossless, "jpeg2000": JPEG2000, "jpeg-baseline": JPEGBaseline8Bit,
+            "jpeg-extended": JPEGExtended12Bit}
 
 
 def reencode(folder: Path, syntax: str) -> None:

@@ -64,15 +64,21 @@ PLUGIN = "edgeinfer-imagecodecs"
 
 RLE = frozenset({uid.RLELossless})
 #: grey lossless JPEG (process 14, any predictor), by libjpeg-turbo (imagecodecs' own lossless JPEG
-#: decoder, jpegsof3, crashed on a damaged frame in the fuzz run); lossy JPEG stays with pydicom's
-#: plugins, whose IDCT and colour handling differ from libjpeg-turbo's by a grey level or more
+#: decoder, jpegsof3, crashed on a damaged frame in the fuzz run)
 _JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
+#: grey lossy JPEG (8-bit baseline, 12-bit extended), by libjpeg-turbo too: about 4x faster than
+#: pylibjpeg's libjpeg, and its IDCT gives values within a grey level or two of libjpeg's (both are
+#: conformant; JPEG does not fix the inverse DCT's rounding). Colour lossy JPEG stays with pydicom's
+#: plugins, whose colour-space handling (YBR_FULL_422 and the JFIF/Adobe markers) libjpeg-turbo's
+#: own guess would not match
+_JPEG_LOSSY = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit})
 _JPEG_LS = frozenset(uid.JPEGLSTransferSyntaxes)
 #: JPEG 2000 Part 1 (pydicom has no decoder for Part 2; High-Throughput JPEG 2000 stays with pylibjpeg)
 JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000})
 
 #: pydicom's plugin interface: what the plugin needs, per transfer syntax
-DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",) for ts in RLE | _JPEG_LOSSLESS | _JPEG_LS | JPEG_2000}
+DECODER_DEPENDENCIES = {ts: ("imagecodecs>=2024.9.22",)
+                        for ts in RLE | _JPEG_LOSSLESS | _JPEG_LOSSY | _JPEG_LS | JPEG_2000}
 
 
 def is_available(ts: str) -> bool:
@@ -214,11 +220,11 @@ def _decode_frame(src: bytes, runner) -> memoryview | bytes:
         out = _rle(src, runner.rows * runner.columns, runner.samples_per_pixel, runner.bits_allocated)
         runner.set_option("planar_configuration", 1)  # one plane per sample, as the segments are
         return out
-    if ts in _JPEG_LOSSLESS:
+    if ts in _JPEG_LOSSLESS or ts in _JPEG_LOSSY:
         if runner.samples_per_pixel != 1:  # libjpeg-turbo would guess a colour space; pydicom's plugins do not
-            raise ValueError(f"{PLUGIN} decodes grey lossless JPEG only")
+            raise ValueError(f"{PLUGIN} decodes grey JPEG only")
         with _outside_boundary():
-            arr = imagecodecs.jpeg8_decode(src)  # libjpeg-turbo: lossless (SOF3) at 2 to 16 bits
+            arr = imagecodecs.jpeg8_decode(src)  # libjpeg-turbo: lossless (SOF3) at 2 to 16 bits, lossy at 8 and 12
         return _as_frame(arr, runner)
     if ts in _JPEG_LS:
         with _outside_boundary():

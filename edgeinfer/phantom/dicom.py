@@ -197,20 +197,33 @@ def compress(ds: Dataset, ts: str, pixels: np.ndarray, **kw) -> None:
 
     pydicom's encoders where it has one (RLE, JPEG-LS, JPEG 2000; ``kw`` goes to them: the lossy
     variants take ``jls_error``, default 2, and ``j2k_cr`` or ``j2k_psnr``, default a 10:1 ratio);
-    imagecodecs' for lossless JPEG, which
-    pydicom cannot write (grey images only; signed values are stored as their bit patterns).
+    imagecodecs' for lossless and lossy JPEG, which pydicom cannot write (grey images only; signed
+    values are stored as their bit patterns). Lossy JPEG holds 8 bits (baseline) or 12 (extended),
+    quality ``jpeg_quality`` (default 90): stored values with more bits are shifted right, and the
+    Rescale Slope is multiplied to match, so modality values and window presets keep their meaning
+    (what an archive's lossy conversion does; refused with a Modality LUT Sequence or pixel padding).
     """
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000, JPEGLossless, JPEGLosslessSV1, JPEGLSNearLossless
+    from pydicom.uid import (JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+                             JPEGLSNearLossless)
 
-    if ts in (JPEGLossless, JPEGLosslessSV1):
+    if ts in (JPEGLossless, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGExtended12Bit):
         import imagecodecs
 
         if pixels.ndim != 2:
-            raise ValueError("lossless JPEG is written for grey images only")
+            raise ValueError("JPEG is written for grey images only")
+        lossy = ts in (JPEGBaseline8Bit, JPEGExtended12Bit)
+        if lossy:  # extended JPEG holds 8 bits too (process 2)
+            precision = 8 if ts == JPEGBaseline8Bit or int(ds.BitsStored) <= 8 else 12
+            pixels = _to_precision(ds, pixels, precision)
         bits = int(ds.BitsStored)
         patterns = pixels.view(f"u{pixels.dtype.itemsize}") & ((1 << bits) - 1)
-        ds.PixelData = encapsulate([imagecodecs.ljpeg_encode(patterns, bitspersample=bits)])
+        if lossy:
+            frame = imagecodecs.jpeg8_encode(patterns, level=kw.get("jpeg_quality", 90), bitspersample=precision)
+            ds.LossyImageCompression = "01"
+        else:
+            frame = imagecodecs.ljpeg_encode(patterns, bitspersample=bits)
+        ds.PixelData = encapsulate([frame])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = ts
         return
@@ -221,6 +234,23 @@ def compress(ds: Dataset, ts: str, pixels: np.ndarray, **kw) -> None:
     elif ts == JPEG2000 and not {"j2k_cr", "j2k_psnr"} & set(kw):
         kw["j2k_cr"] = [10]           # 10:1, a common lossy setting
     ds.compress(ts, pixels, generate_instance_uid=False, **kw)
+
+
+def _to_precision(ds: Dataset, pixels: np.ndarray, precision: int) -> np.ndarray:
+    """``pixels`` with at most ``precision`` bits stored, ``ds`` described to match (see :func:`compress`)."""
+    shift = int(ds.BitsStored) - precision
+    if shift > 0:
+        if "ModalityLUTSequence" in ds or "PixelPaddingValue" in ds:
+            raise ValueError(f"cannot bring {ds.BitsStored} stored bits to {precision}: the image has a "
+                             "Modality LUT Sequence or pixel padding, whose values would change meaning")
+        slope = float(ds.get("RescaleSlope", 1) or 1) * (1 << shift)
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(float(ds.get("RescaleIntercept", 0) or 0))
+        ds.BitsStored, ds.HighBit = precision, precision - 1
+        pixels = pixels >> shift
+    if precision == 8:  # baseline JPEG: one byte a value
+        ds.BitsAllocated = 8
+        pixels = pixels.astype(np.int8 if ds.PixelRepresentation else np.uint8)
+    return pixels
 
 
 def _rle_plugin() -> str:

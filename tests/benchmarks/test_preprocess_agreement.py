@@ -61,3 +61,33 @@ def test_jpeg_2000_decoded_smaller_gives_the_oracle_s_priorities(agreement, tmp_
         r = agreement.compare(load_bundle(default_bundle_path()), files, read_study_labels(data / "labels.csv"))
     assert reduced and r["rejections_that_differ"] == [] and r["priority_agreement"] == 1.0, r["transitions"]
     assert 0 < r["tensor_max_abs_diff"] < 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("syntax", ["jpeg-baseline", "jpeg-extended"])
+def test_lossy_jpeg_by_libjpeg_turbo_gives_the_oracle_s_priorities(agreement, tmp_path, syntax):
+    """Full-detector phantoms as lossy JPEG (8 or 12 bits): the runtime decodes them with libjpeg-turbo
+    (edgeinfer's plugin), the oracle with pydicom's own plugins (pylibjpeg's libjpeg); their inverse
+    DCTs round differently, and the priorities stay the same (the README reports 240 files)."""
+    import imagecodecs
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from edgeinfer import phantom
+    from edgeinfer.bundle import default_bundle_path, load_bundle
+    from edgeinfer.dicomio import codecs
+    from edgeinfer.intake import discover
+    from edgeinfer.triage import read_study_labels
+
+    data = tmp_path / f"unseen-{syntax}"
+    phantom.generate(data, 6, seed=4007)
+    agreement.reencode(data, syntax)
+    files = discover([data])
+    turbo = []  # for each libjpeg-turbo decode: was it the runtime's (the oracle asks pydicom's plugins)?
+    real = imagecodecs.jpeg8_decode
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(imagecodecs, "jpeg8_decode",
+                  lambda *a, **k: turbo.append(codecs.preferred(JPEGBaseline8Bit) == codecs.PLUGIN) or real(*a, **k))
+        r = agreement.compare(load_bundle(default_bundle_path()), files, read_study_labels(data / "labels.csv"))
+    assert len(turbo) >= len([f for f in files if f.suffix == ".dcm"]) and all(turbo)
+    assert r["rejections_that_differ"] == [] and r["priority_agreement"] == 1.0, r["transitions"]
+    assert 0 < r["tensor_max_abs_diff"] < 0.5

@@ -242,7 +242,9 @@ EXPECTED = {
     "rtplan_truncated.dcm": CorruptDicomError,
     "MR_truncated.dcm": CorruptDicomError,
     "badVR.dcm": CorruptDicomError,
-    "JPEG-lossy.dcm": CorruptDicomError,
+    # its scan header has invalid SOS parameters that pydicom's JPEG plugins refuse; libjpeg-turbo
+    # (edgeinfer's plugin) reads past them to the image of its fixed copy (test below)
+    "JPEG-lossy.dcm": None,
     "JPEG2000-embedded-sequence-delimiter.dcm": TooLargeError,
     "README.txt": NotDicomError,
     "zipMR.gz": NotDicomError,
@@ -279,6 +281,15 @@ def test_corpus_file_reads_or_is_rejected_cleanly(path):
     if path.name in EXPECTED and path.parent == CORPUS_ROOT:
         expected = EXPECTED[path.name]
         assert outcome is expected, f"{path.name}: expected {expected}, got {outcome}"
+
+
+def test_a_lossy_jpeg_with_a_bad_scan_header_decodes_as_its_fixed_copy():
+    """pydicom's corpus: JPEG-lossy.dcm differs from JPGExtended.dcm, its fixed copy, in one byte of the
+    scan header; pydicom's own plugins refuse it, edgeinfer's gives exactly the fixed copy's image."""
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    damaged = decode_frame(read_dataset(root / "JPEG-lossy.dcm"))
+    fixed = decode_frame(read_dataset(root / "JPGExtended.dcm"))
+    assert damaged.shape == (1024, 256) and np.array_equal(damaged, fixed)
 
 
 def test_corpus_sweep_summary_and_timing():
@@ -989,7 +1000,10 @@ def test_all_plugins_fail_with_not_supported(monkeypatch):
     def refuse(src, runner):
         raise ValueError("this plugin does not support the data")
 
-    monkeypatch.setattr(decoder, "_available", {"one": refuse, "two": refuse})
+    from edgeinfer.dicomio import codecs
+
+    # every plugin refuses, edgeinfer's (asked first for grey JPEG) included
+    monkeypatch.setattr(decoder, "_available", {codecs.PLUGIN: refuse, "one": refuse, "two": refuse})
     with pytest.raises(UnsupportedError) as info:
         decode_frame(ds)
     assert "one: this plugin does not support" in info.value.reason
