@@ -38,6 +38,8 @@ def test_every_committed_result_is_a_known_kind():
                                           ("preprocess-agreement", "preprocess_agreement"),
                                           ("preprocess-agreement-fullsize", "preprocess_agreement"),
                                           ("preprocess-agreement-j2k", "preprocess_agreement"),
+                                          ("preprocess-agreement-jpeg-baseline", "preprocess_agreement"),
+                                          ("preprocess-agreement-jpeg-extended", "preprocess_agreement"),
                                           ("intake-scaling-epyc2", "intake_scaling"),
                                           ("intake-scaling-xeon16", "intake_scaling"),
                                           ("codecs", "codec_bench")])
