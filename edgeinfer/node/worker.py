@@ -58,7 +58,8 @@ class Worker(Loop):
                   "a human read (look for a crash in the service log, e.g. with journalctl)", job.study_uid,
                   job.crashes)
         self._record(job, self._indeterminate(
-            job, f"the node stopped {job.crashes} times while scoring this study, so it was not scored again"))
+            job, f"the node stopped {job.crashes} times while scoring this study, so it was not scored again",
+            code="node-stopped"))
 
     def run(self, job: Job) -> None:
         node = self.node
@@ -127,12 +128,12 @@ class Worker(Loop):
             node.result_recorded(job, record)
         node.outbox.wake()
 
-    def _indeterminate(self, job: Job, why: str) -> dict:
+    def _indeterminate(self, job: Job, why: str, code: str = "watchdog") -> dict:
         node = self.node
         study = {"study_uid": job.study_uid, "priority": INDETERMINATE, "score": None, "modality": job.modality,
                  "images": [], "failed_images": list(job.paths), "model": node.model_record(),
                  "reason": f"{why} - needs a human read"}
-        return {"study": study, "skipped": [], "errors": [{"path": p, "code": "watchdog", "reason": why}
+        return {"study": study, "skipped": [], "errors": [{"path": p, "code": code, "reason": why}
                                                           for p in job.paths], "run": node.run_record()}
 
     def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str]]:

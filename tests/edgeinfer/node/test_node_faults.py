@@ -351,6 +351,8 @@ def test_a_study_the_node_keeps_dying_on_goes_to_a_human_read_and_the_node_goes_
         assert "stopped 2 times while scoring" in study["reason"] and "human read" in study["reason"], study["reason"]
         paths = [path for path, in query(node, "SELECT path FROM instances WHERE study_uid=?", (uid,))]
         assert len(paths) == 2 and sorted(study["failed_images"]) == sorted(paths)
+        code, wl = node.get("/worklist")
+        assert {e["code"] for e in wl["errors"] if e["path"] in paths} == {"node-stopped"}, wl["errors"]
         peers.wait_until(lambda: orthanc.srs(uid), 30, 0.2, "the human-read result in PACS")
 
         assert node.store([fine[0]["path"]]).returncode == 0
