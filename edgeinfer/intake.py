@@ -313,9 +313,13 @@ class Pool:
                                    initializer=_init_worker, initargs=(self.intake,))
 
     def submit(self, path):
-        if self.processes:
+        if not self.processes:
+            return self.executor.submit(self.intake.take, path)
+        try:
             return self.executor.submit(_take_in_worker, path)
-        return self.executor.submit(self.intake.take, path)
+        except BrokenProcessPool:  # a worker died while the pool was idle (killed from outside): start afresh
+            self.restart()
+            return self.executor.submit(_take_in_worker, path)
 
     def restart(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -340,11 +344,19 @@ class Pool:
             self.restart()
             outcome = Rejection(Path(path), False, "worker-died",
                                 "the process reading this file died (a decoder crashed on it), so the file was not "
-                                "read; check it with a DICOM validator")
+                                "read; check it with a DICOM validator", self._study_of(path))
         retry = [p for p, _f in pending]
         pending.clear()
         pending.extend((p, self.submit(p)) for p in retry)
         return outcome
+
+    def _study_of(self, path) -> str | None:
+        """The study of a file that killed its reader, from its header (read here: the checked reader is
+        Python, not a decoder), so that its study is not scored as if the file did not exist; None if unreadable."""
+        try:
+            return study_uid(dicomio.read_dataset(path, self.intake.limits))
+        except Exception:  # noqa: BLE001 - the file is already an error of its own; this only attributes it
+            return None
 
     def warm(self) -> None:
         """Start every worker now (a process imports edgeinfer and receives the intake), not on the first files."""

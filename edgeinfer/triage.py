@@ -20,7 +20,7 @@ from . import __version__, dicomio
 from .backends import Runner
 from .bundle import Bundle
 from .errors import EdgeInferError, InferenceError
-from .intake import DEFAULT_IGNORE, Image, Intake
+from .intake import DEFAULT_IGNORE, Image, Intake, Pool
 from .vr import shown_modality, shown_uid
 
 log = logging.getLogger("edgeinfer.triage")
@@ -82,14 +82,17 @@ class Worklist:
 class TriageEngine:
     def __init__(self, bundle: Bundle, runner: Runner, *, batch_size: int = 8,
                  limits: dicomio.ReadLimits | None = None, ignore: Sequence[str] = DEFAULT_IGNORE,
-                 workers: int = 1, processes: bool = False):
+                 workers: int = 1, processes: bool = False, pool: Pool | None = None):
         self.bundle = bundle
         self.runner = runner
-        self.intake = Intake.for_bundle(bundle, limits=limits, ignore=ignore)
+        #: ``pool``: an intake pool kept between runs (the node's worker processes); it brings its own
+        #: intake, workers and kind, and ``limits``, ``ignore``, ``workers``, ``processes`` are not used
+        self.pool = pool
+        self.intake = pool.intake if pool is not None else Intake.for_bundle(bundle, limits=limits, ignore=ignore)
         self.batch_size = max(1, int(batch_size))
         #: intake threads (or, with ``processes``, processes) working ahead of inference (0: none)
-        self.workers = max(0, int(workers))
-        self.processes = bool(processes)
+        self.workers = pool.workers if pool is not None else max(0, int(workers))
+        self.processes = pool.processes if pool is not None else bool(processes)
         self.input_name = bundle.manifest["inputs"][0]["name"]
         self.output_name = bundle.manifest["outputs"][0]["name"]
 
@@ -111,7 +114,7 @@ class TriageEngine:
 
         # the pool prepares the next batch while this thread infers the current one
         for outcome in self.intake.stream(files, workers=self.workers, processes=self.processes,
-                                          ahead=max(2 * self.workers, self.batch_size)):
+                                          ahead=max(2 * self.workers, self.batch_size), pool=self.pool):
             if isinstance(outcome, Image):
                 meta.setdefault(outcome.study_uid, {"modality": shown_modality(outcome.ds.get("Modality", ""),
                                                                                 missing="")})

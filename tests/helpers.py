@@ -130,12 +130,17 @@ def make_slow_bundle(dir: Path, *, size: int = 32, **slow_kwargs) -> Path:
 
 
 
+#: a file holding these bytes (in a header value, say) kills the DyingIntake reading it
+DIE_MARKER = b"DIE-ON-READ"
+
+
 class DyingIntake(Intake):
-    """An Intake whose ``take`` kills its process on files named ``die*``: a decoder that crashes.
-    At module level, so that spawned intake workers can unpickle it."""
+    """An Intake whose ``take`` kills its process on files named ``die*``, or holding :data:`DIE_MARKER`
+    (the node's spool names files by hash): a decoder that crashes. At module level, so that spawned
+    intake workers can unpickle it."""
 
     def take(self, path):
-        if Path(path).name.startswith("die"):
+        if Path(path).name.startswith("die") or DIE_MARKER in Path(path).read_bytes()[:65536]:
             os._exit(3)
         return super().take(path)
 

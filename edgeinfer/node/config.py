@@ -76,6 +76,7 @@ class NodeConfig:
     device: str = "cpu"
     threads: int | None = None
     batch_size: int = 8
+    intake_processes: int = 0                   # 0: read images in a thread; N: in N processes of their own
     extra: dict = field(default_factory=dict)
 
     def quiet_for(self, modality: str) -> float:
@@ -110,6 +111,8 @@ class NodeConfig:
         for name in ("acse_timeout", "dimse_timeout", "network_timeout", "inference_timeout", "send_backoff"):
             if not float(getattr(self, name)) > 0:
                 problems.append(f"{name} must be a positive number of seconds")
+        if int(self.intake_processes) < 0:
+            problems.append("intake_processes must be 0 (a thread) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:
             problems.append("quiet_seconds must be 0 or more")
         if problems:

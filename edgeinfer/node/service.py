@@ -57,6 +57,8 @@ class Node:
         self._closed = False
         #: inference threads the watchdog could not interrupt (a backend without cancellation)
         self.abandoned: list[threading.Thread] = []
+        #: the intake's worker processes (``intake_processes``), started once and kept for every study
+        self.intake_pool = None
 
     # -- the model ----------------------------------------------------------------------------------
     def runner(self):
@@ -99,6 +101,16 @@ class Node:
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "Node":
         self.runner()  # load the model before saying we receive: /readyz tells the truth from the start
+        if self.config.intake_processes:
+            from ..intake import Intake
+
+            self.intake_pool = Intake.for_bundle(self.bundle).pool(self.config.intake_processes, processes=True)
+            try:
+                self.intake_pool.warm()
+            except Exception as exc:  # noqa: BLE001 - a start-up problem of this machine, said as such
+                self.stop()
+                raise UsageError(f"could not start {self.config.intake_processes} intake worker process(es) "
+                                 f"({exc.__class__.__name__}: {exc}); run without --intake-processes") from None
         self.worker.start()
         self.outbox.start()
         c = self.config
@@ -133,6 +145,8 @@ class Node:
         self.outbox.stop()
         if self.http is not None:
             self.http.stop()
+        if self.intake_pool is not None:
+            self.intake_pool.shutdown()
         self.state.close()
         self._stopped.set()
 

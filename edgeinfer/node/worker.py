@@ -69,7 +69,8 @@ class Worker(Loop):
 
         def infer():
             try:
-                box["wl"] = TriageEngine(node.bundle, node.runner(), batch_size=node.config.batch_size).run(files)
+                box["wl"] = TriageEngine(node.bundle, node.runner(), batch_size=node.config.batch_size,
+                                         pool=node.intake_pool).run(files)
             except BaseException as exc:  # noqa: BLE001 - reported below, never lost
                 box["error"] = exc
 

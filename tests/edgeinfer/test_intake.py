@@ -1,4 +1,5 @@
 """The one intake stage: discovery, ignore rules, applicability, and read -> decode -> preprocess."""
+import os
 import shutil
 import threading
 import time
@@ -160,6 +161,27 @@ def test_a_pool_serves_stream_after_stream_and_belongs_to_its_intake(intake, pha
         pool.executor.submit(len, "x")
 
 
+def test_a_pool_whose_worker_was_killed_while_idle_starts_afresh(intake, phantom_dir):
+    """A worker killed between streams (the OOM killer, an operator) breaks the executor; the next stream
+    of a kept pool (the node's) gets a fresh one instead of failing on its first file."""
+    import signal
+
+    files = [f for f in discover([phantom_dir]) if f.suffix == ".dcm"][:3]
+    with intake.pool(1, processes=True) as pool:
+        pool.warm()
+        assert all(isinstance(o, Image) for o in intake.stream(files, pool=pool))
+        broken = pool.executor
+        for pid in list(broken._processes):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not broken._broken and time.monotonic() < deadline:  # the executor notices the death
+            time.sleep(0.02)
+        assert broken._broken
+        got = list(intake.stream(files, pool=pool))
+        assert [o.path for o in got] == files and all(isinstance(o, Image) for o in got)
+        assert pool.executor is not broken
+
+
 def test_a_worker_that_dies_costs_its_file_only(intake, phantom_dir, tmp_path):
     from helpers import DyingIntake
 
@@ -171,6 +193,7 @@ def test_a_worker_that_dies_costs_its_file_only(intake, phantom_dir, tmp_path):
     assert [o.path for o in got] == order
     dead = got[3]
     assert isinstance(dead, Rejection) and dead.code == "worker-died" and "decoder crashed" in dead.reason
+    assert dead.study_uid == str(pydicom.dcmread(die, stop_before_pixels=True).StudyInstanceUID)  # a human read
     assert all(isinstance(o, Image) for i, o in enumerate(got) if i != 3)
 
 

@@ -12,6 +12,7 @@ loopback whatever the node does (the same against Orthanc), so 1,000 instances w
 """
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -361,6 +362,82 @@ def test_a_study_the_node_keeps_dying_on_goes_to_a_human_read_and_the_node_goes_
         assert query(node, "SELECT crashes FROM studies WHERE study_uid=?", (fine[0]["study"],)) == [(0,)]
         log = node.log.read_text()
         assert "stopped 2 times while scoring it; it is not scored again" in log and "Traceback" not in log
+    finally:
+        node.stop()
+
+
+def _intake_workers(pid: int) -> set[int]:
+    """The node's intake worker processes: its children that multiprocessing spawned (not its resource tracker)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                found.add(int(child))
+    return found
+
+
+def test_intake_processes_outlive_a_killed_worker(node_factory, source_instance, tmp_path, dcmtk):
+    """--intake-processes: images are read in a process of the node's own, kept between studies. One killed
+    from outside while idle (the OOM killer, an operator) is replaced at the next study, which is scored."""
+    import signal
+
+    from edgeinfer.triage import INDETERMINATE
+
+    first, second = clone(source_instance, tmp_path / "a", 1), clone(source_instance, tmp_path / "b", 1)
+    node = node_factory("--intake-processes", "1", "--quiet-seconds", "0")
+    workers = _intake_workers(node.proc.pid)
+    assert len(workers) == 1, workers                      # started with the node, before the first study
+    assert node.store([first[0]["path"]]).returncode == 0
+    study = peers.wait_until(lambda: worklist_study(node, first[0]["study"]), 30, 0.1, "the first result")
+    assert study["priority"] != INDETERMINATE and len(study["images"]) == 1
+    assert _intake_workers(node.proc.pid) == workers       # the same process read it
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert node.store([second[0]["path"]]).returncode == 0
+    study = peers.wait_until(lambda: worklist_study(node, second[0]["study"]), 30, 0.1, "the second result")
+    assert study["priority"] != INDETERMINATE and len(study["images"]) == 1, study.get("reason")
+    fresh = _intake_workers(node.proc.pid)
+    assert len(fresh) == 1 and not fresh & workers
+    assert "Traceback" not in node.log.read_text()
+
+
+def test_with_intake_processes_a_file_that_crashes_its_reader_costs_that_file_only(
+        source_instance, tmp_path, monkeypatch, dcmtk):
+    """In the node itself (in this process, so that its intake can be one that dies on a marked file, as a
+    crashing decoder would): the marked image becomes a ``worker-died`` error of its study, which is scored on
+    its other image and, with a file unread, is never ROUTINE; the node goes on. Without processes the crash
+    would take the node down."""
+    from edgeinfer.intake import Intake
+    from edgeinfer.node.config import NodeConfig
+    from edgeinfer.node.service import Node
+    from helpers import DIE_MARKER, DyingIntake
+
+    made = clone(source_instance, tmp_path / "study", 1, per_study=2)
+    poisoned = pydicom.dcmread(made[1]["path"])
+    poisoned.ImageComments = DIE_MARKER.decode()
+    poisoned.save_as(made[1]["path"])
+    real = Intake.for_bundle.__func__
+    monkeypatch.setattr(Intake, "for_bundle", classmethod(lambda cls, b, **kw: DyingIntake.of(real(cls, b, **kw))))
+    config = NodeConfig(spool=tmp_path / "spool", port=peers.free_port(), http_port=None, quiet_seconds=1,
+                        backend="onnxruntime", precision="fp32", threads=1, intake_processes=1).check()
+    node = Node(config).start()
+    try:
+        assert peers.storescu("127.0.0.1", config.port, config.ae_title, [tmp_path / "study"]).returncode == 0
+        uid = made[0]["study"]
+
+        def result():
+            wl = node.worklist()
+            return next(((s, wl["errors"]) for s in wl["studies"] if s["study_uid"] == uid), None)
+        study, errors = peers.wait_until(result, 60, 0.1, "the study's result")
+        assert len(study["images"]) == 1 and study["images"][0]["status"] == "ok" and len(study["failed_images"]) == 1
+        assert study["priority"] != "ROUTINE"
+        assert [(e["code"], e["study_uid"]) for e in errors] == [("worker-died", uid)]
+        assert errors[0]["path"] == study["failed_images"][0]
+        assert node.worker.alive and node.state.counts_by_state() == {"scored": 1}
     finally:
         node.stop()
 
