@@ -25,8 +25,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # runtime only: what goes on the device (no torch)
-# the editable install runs from the source tree: compile it once, so that a start never compiles
-# (where Python may not write bytecode, every start would, at about 29 MB more peak memory)
+# the editable install runs from the source tree: compile it once, so that no start has to
+# (where Python may not write bytecode, PYTHONDONTWRITEBYTECODE=1, every start would compile it again)
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m compileall -q edgeinfer
