@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-size", type=int, default=1024,
                     help="cap on the larger image side of a generated set; 0: full detector size")
     ap.add_argument("--syntax", choices=sorted(SYNTAXES), default=None,
-                    help="re-encode the set in this transfer syntax first (JPEG 2000 is decoded at reduced resolution)")
+                    help="re-encode the set in this transfer syntax first (the runtime decodes JPEG 2000 at reduced "
+                         "resolution, lossy JPEG with libjpeg-turbo)")
     ap.add_argument("--bundle", default=None, help="default: the embedded phantom bundle")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
