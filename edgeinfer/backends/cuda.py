@@ -163,6 +163,55 @@ def import_cudart():
     return lazy_import("cuda.cudart", extra="trt", purpose="the TensorRT backend (cuda-python)")
 
 
+# --- pinned host memory ---------------------------------------------------------------------------
+def pinned_view(ptr: int, nbytes: int):
+    """A uint8 NumPy view over ``nbytes`` of host memory at ``ptr`` (a pinned buffer from cudaMallocHost)."""
+    import ctypes
+
+    import numpy as np
+
+    buf = (ctypes.c_ubyte * nbytes).from_address(ptr)
+    return np.ctypeslib.as_array(buf)
+
+
+class PinnedBuffer:
+    """Page-locked host memory (``cudaMallocHost``) seen as a NumPy array.
+
+    Copies between pinned memory and the device run at the link's full rate, and a
+    ``cudaMemcpy`` from it returns only when the copy is done; pageable memory is first
+    copied by the driver into a staging buffer of its own. :meth:`free` releases it (also
+    from ``__del__``); a freed buffer's array must not be used again.
+    """
+
+    def __init__(self, shape, dtype, cudart=None):
+        import numpy as np
+
+        self.cudart = cudart or import_cudart()
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(d) for d in shape)
+        self.nbytes = max(1, int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize)
+        self.ptr = int(check(self.cudart.cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})", self.cudart))
+        self.array = pinned_view(self.ptr, self.nbytes)[:self.nbytes].view(self.dtype).reshape(self.shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            ptr, self.ptr, self.array = self.ptr, 0, None
+            check(self.cudart.cudaFreeHost(ptr), "cudaFreeHost", self.cudart)
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, driver gone: nothing left to do
+            pass
+
+
+def memcpy(cudart, dst: int, src: int, nbytes: int, kind: str) -> None:
+    """Synchronous ``cudaMemcpy`` of ``nbytes``; ``kind`` is ``"h2d"`` or ``"d2h"``."""
+    k = cudart.cudaMemcpyKind
+    kinds = {"h2d": k.cudaMemcpyHostToDevice, "d2h": k.cudaMemcpyDeviceToHost}
+    check(cudart.cudaMemcpy(dst, src, nbytes, kinds[kind]), f"cudaMemcpy {kind.upper()} ({nbytes} bytes)", cudart)
+
+
 # --- error checking -------------------------------------------------------------------------------
 #: cudaErrorInsufficientDriver: the CUDA runtime (here cuda-python's, linked statically) is newer
 #: than the driver supports
@@ -319,4 +368,4 @@ def device_info(device_id: int = 0, runtime: tuple | None = None) -> dict:
 __all__ = ["RUNTIMES", "LEAN_RUNTIMES", "import_tensorrt", "import_trt_runtime", "import_cudart", "check",
            "make_logger", "device_info", "gpu_count", "platform_tag", "tensorrt_cuda_major", "installed_distributions",
            "cuda_python_version", "driver_mismatch_hint", "INSUFFICIENT_DRIVER", "find_lean_library",
-           "load_lean_runtime"]
+           "load_lean_runtime", "pinned_view", "PinnedBuffer", "memcpy"]

@@ -29,7 +29,6 @@ Runner options (``RunnerOptions.extra``):
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 from dataclasses import dataclass
@@ -103,11 +102,6 @@ def _handle(h):
         return h if int(h) else None
     except (TypeError, ValueError):
         return h
-
-
-def _pinned_view(ptr: int, nbytes: int) -> np.ndarray:
-    buf = (ctypes.c_ubyte * nbytes).from_address(ptr)
-    return np.ctypeslib.as_array(buf)
 
 
 class TrtRunner(Runner):
@@ -219,7 +213,7 @@ class TrtRunner(Runner):
             b = _Binding(name, is_in, dtype, tuple(engine.get_tensor_shape(name)), max_shape, max(nbytes, 1))
             self._bindings.append(b)  # listed first, so a failed allocation below still frees the other buffer
             b.host = cuda.check(cudart.cudaMallocHost(b.nbytes), f"cudaMallocHost({b.nbytes})", cudart)
-            b.host_view = _pinned_view(b.host, b.nbytes)
+            b.host_view = cuda.pinned_view(b.host, b.nbytes)
             b.device = cuda.check(cudart.cudaMalloc(b.nbytes), f"cudaMalloc({b.nbytes})", cudart)
             if not ctx.set_tensor_address(name, b.device):
                 raise BackendUnavailable(f"TensorRT rejected the device buffer for {name!r}")

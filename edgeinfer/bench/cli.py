@@ -50,6 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="inference threads for every backend (default: the CPUs this process may use; 0 = each "
                         "backend's own default)")
     s.add_argument("--device", default="cpu", help="ONNX Runtime device: cpu | cuda | tensorrt (default cpu)")
+    s.add_argument("--cuda-options", default=None, metavar="KEY=VALUE,...",
+                   help="ONNX Runtime CUDA provider settings with --device cuda: iobinding, pinned, graph, tf32, nhwc "
+                        "(on/off), conv (exhaustive/heuristic/default), arena (pow2/exact), gpu (ordinal); default "
+                        "iobinding=on,pinned=on,graph=on,conv=exhaustive,arena=pow2,tf32=off,nhwc=off")
     s.add_argument("--cache-dir", default=None, help="OpenVINO model cache folder (faster cold starts)")
     s.add_argument("--data", default=None, help="DICOM folder: inputs come from it, and end-to-end mode walks it "
                                                 "(default: a few generated phantoms)")
@@ -87,9 +91,14 @@ def settings_from_args(args) -> BenchSettings:
     if args.threads is not None and args.threads < 0:
         raise UsageError("--threads must be >= 0 (0 = each backend's default)")
     threads = usable_cpus() if args.threads is None else (args.threads or None)
+    if args.cuda_options:
+        from ..backends.onnxruntime import CudaSettings
+
+        CudaSettings.parse(args.cuda_options)  # a typo fails here, not after minutes of measuring
     return BenchSettings(backends=tuple(backends), precisions=tuple(precisions), batches=tuple(parse_batches(args.batch)),
                          warmup_s=args.warmup_s, duration_s=None if args.iterations else duration,
                          iterations=args.iterations, blocks=args.blocks, threads=threads, device=args.device,
+                         cuda_options=args.cuda_options,
                          cache_dir=args.cache_dir, images=args.images, data=args.data, e2e=args.e2e,
                          e2e_workers=args.e2e_workers, e2e_processes=args.e2e_processes,
                          e2e_repeats=args.e2e_repeats)

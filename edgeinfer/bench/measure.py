@@ -74,7 +74,9 @@ def measure_case(case: Case, bundle, inputs: Inputs, batch: int, settings: Bench
                            "accuracy": accuracy_for(bundle, case.backend, case.precision, case.artifact)}
     if case.reason:
         return _unavailable(row, case.reason)
-    extra = {"timing": True} if case.backend == "tensorrt" else {}
+    extra = {"timing": True} if case.backend == "tensorrt" or case.device == "cuda" else {}
+    if case.backend == "onnxruntime" and case.device == "cuda" and settings.cuda_options:
+        extra["cuda"] = settings.cuda_options
     options = RunnerOptions(device=case.device, threads=settings.threads, precision_hint=case.hint,
                             cache_dir=settings.cache_dir, extra=extra)
     gc.collect()
@@ -189,7 +191,10 @@ def measure_case(case: Case, bundle, inputs: Inputs, batch: int, settings: Bench
         if device_timings:
             keys = sorted(set().union(*device_timings))
             row["device_timings_ms"] = {k: percentile([t.get(k, 0.0) for t in device_timings], 50) for k in keys}
-            row["device_timings_note"] = "median per call, from CUDA events (TensorRT runner with timing on)"
+            row["device_timings_note"] = ("median per call, from CUDA events (TensorRT runner with timing on)"
+                                          if case.backend == "tensorrt" else
+                                          "median per call, host clock around the synchronous host-to-device copy, "
+                                          "run and device-to-host copy (ONNX Runtime, I/O binding)")
         return row
     finally:
         runner.deactivate()

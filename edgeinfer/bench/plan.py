@@ -48,6 +48,8 @@ class BenchSettings:
     threads: int | None = None
     #: ONNX Runtime execution device (cpu | cuda | tensorrt)
     device: str = "cpu"
+    #: ONNX Runtime's CUDA provider settings (``CudaSettings.parse``: "graph=off,conv=heuristic"); None = defaults
+    cuda_options: str | None = None
     cache_dir: str | None = None
     #: distinct real images the inputs rotate over
     images: int = 8

@@ -107,3 +107,106 @@ def test_resolve_never_changes_the_callers_options(tiny_bundle):
     b16 = resolve(load_bundle(tiny_bundle), "bf16", options, backend="openvino")
     assert b16.options.precision_hint == "bf16" and options.precision_hint is None  # a copy carries the hint
     assert b16.artifact.precision == "fp32"
+
+
+# --- the CUDA provider's settings and the I/O binding path -------------------------------------------
+from edgeinfer.backends.onnxruntime import CudaSettings, output_shape  # noqa: E402
+from edgeinfer.errors import UsageError  # noqa: E402
+
+
+def test_cuda_settings_default_to_the_fast_path_in_strict_fp32():
+    s = CudaSettings()
+    assert s.provider_options() == {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
+                                    "arena_extend_strategy": "kNextPowerOfTwo", "use_tf32": "0",
+                                    "prefer_nhwc": "0", "enable_cuda_graph": "1"}
+    # a graph needs the bound buffers: without I/O binding it is never asked of the provider
+    assert CudaSettings.parse("iobinding=off").provider_options()["enable_cuda_graph"] == "0"
+    assert s.provider_options(cuda_graph=False)["enable_cuda_graph"] == "0"
+
+
+def test_cuda_settings_round_trip_and_name_bad_input():
+    s = CudaSettings.parse("graph=off, conv=heuristic,arena=exact,tf32=on,nhwc=on,pinned=off,gpu=1")
+    assert (s.cuda_graph, s.conv_algo, s.arena, s.tf32, s.nhwc, s.pinned, s.device_id) == (
+        False, "HEURISTIC", "kSameAsRequested", True, True, False, 1)
+    assert CudaSettings.parse(s.spec()) == s and CudaSettings.parse({"graph": "off"}) == CudaSettings(cuda_graph=False)
+    assert CudaSettings.parse(None) == CudaSettings.parse("") == CudaSettings()
+    for bad, says in (("graph", "KEY=VALUE"), ("graph=maybe", "on or off"), ("conv=fast", "exhaustive"),
+                      ("arena=big", "pow2 or exact"), ("gpu=x", "ordinal"), ("speed=max", "options are")):
+        with pytest.raises(UsageError, match=says):
+            CudaSettings.parse(bad)
+
+
+def test_output_shape_takes_the_batch_and_refuses_data_dependent_axes():
+    assert output_shape(["batch", 2], 8) == (8, 2)
+    assert output_shape([None, 2, 256, 256], 3) == (3, 2, 256, 256)
+    assert output_shape(["batch", "n"], 1) is None and output_shape([], 1) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_io_binding_gives_session_runs_answers_at_every_batch_shape(precision):
+    # the bound path (one binding per shape, reused) on the CPU provider, against plain session.run,
+    # with shapes alternating so that a binding reused for the wrong shape would show
+    art = load_bundle(None).artifact(precision=precision)
+    rng = np.random.default_rng(7)
+    with create_runner(art, RunnerOptions(threads=1)) as plain, \
+            create_runner(art, RunnerOptions(threads=1, extra={"io_binding": True, "timing": True})) as bound:
+        name = plain.inputs[0].name
+        for n in (1, 3, 1, 2, 3):
+            x = rng.standard_normal((n, 1, 256, 256)).astype(np.float32)
+            want, got = plain.infer({name: x}), bound.infer({name: x})
+            assert want.keys() == got.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k])
+        assert len(bound._bound) == 3 and bound.report().details["io_binding"] == "on"
+        assert set(bound.last_timings) == {"h2d_ms", "compute_ms", "d2h_ms"}
+        assert all(v >= 0 for v in bound.last_timings.values())
+        np.testing.assert_array_equal(bound.raw_call({name: x})()[next(iter(want))], want[next(iter(want))])
+    assert "cuda" not in plain.report().details  # CPU rows carry no CUDA settings
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_provider(), reason="this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_cuda_graphs_replay_the_right_graph_for_each_batch_shape(precision):
+    # one captured graph per shape (gpu_graph_id): alternating shapes must give session.run's answers
+    art = load_bundle(None).artifact(precision=precision)
+    rng = np.random.default_rng(11)
+    with create_runner(art, RunnerOptions(device="cuda", extra={"cuda": "iobinding=off,graph=off"})) as plain, \
+            create_runner(art, RunnerOptions(device="cuda")) as fast:
+        cuda = fast.report().details["cuda"]
+        assert cuda["io_binding"] == "on" and cuda["pinned"] == "on", cuda
+        name = plain.inputs[0].name
+        for n in (1, 4, 1, 4, 2, 1):
+            x = rng.standard_normal((n, 1, 256, 256)).astype(np.float32)
+            want, got = plain.infer({name: x}), fast.infer({name: x})
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], atol=2e-3 if precision != "fp32" else 1e-5)
+
+
+def test_a_graph_that_fails_at_run_time_leaves_the_runner_on_the_bound_path_without_it():
+    # the provider captures in its first runs; when that fails, the call is answered without a graph
+    art = load_bundle(None).artifact(precision="fp32")
+    x = np.random.default_rng(3).standard_normal((2, 1, 256, 256)).astype(np.float32)
+    with create_runner(art, RunnerOptions(threads=1)) as plain:
+        want = plain.infer({plain.inputs[0].name: x})
+    with create_runner(art, RunnerOptions(threads=1, extra={"io_binding": True})) as r:
+        r._graph_on = True  # as on the CUDA provider with enable_cuda_graph
+
+        def capture_fails(*a, **k):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        r.session.run_with_iobinding = capture_fails
+        got = r.infer({r.inputs[0].name: x})
+        assert not r._graph_on and "capture or replay failed" in r._cuda_status["cuda_graph"]
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+        r._graph_on = False
+        r.session.run_with_iobinding = capture_fails  # without a graph, a failure is the caller's error
+        with pytest.raises(InferenceError, match="stream is capturing"):
+            r.infer({r.inputs[0].name: x})
