@@ -11,6 +11,9 @@ weights are random, which does not change the time). Modes:
 * ``eager-fp32``: FP32 with TF32 off, as edgeinfer's FP32 graph runs on ONNX Runtime's CUDA provider;
 * ``eager-tf32``: PyTorch's defaults (cuDNN convolutions in TF32);
 * ``eager-fp16``: ``model.half()``, the FP32 input cast on the device, as the FP16 graph does;
+* ``graph-fp16`` / ``graph-fp32``: the eager model captured once per batch size into a CUDA graph
+  (``torch.cuda.CUDAGraph``; static input and output buffers, replayed per call): no launch overhead,
+  as edgeinfer's CUDA graphs on ONNX Runtime (GPU only);
 * ``compile-fp16`` / ``compile-fp32``: ``torch.compile`` (Inductor, default mode) of the same, while the
   ``--compile-budget-s`` lasts (a compile that would start after it is listed as not built).
 
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 MODELS = ("phantom-cxr", "densenet121", "unet")
-MODES = ("eager-fp32", "eager-tf32", "eager-fp16", "compile-fp16", "compile-fp32")
+MODES = ("eager-fp32", "eager-tf32", "eager-fp16", "graph-fp32", "graph-fp16", "compile-fp16", "compile-fp32")
 DEFAULT_MODES = ("eager-fp32", "eager-tf32", "eager-fp16", "compile-fp16")
 
 
@@ -79,6 +82,31 @@ def _timed(fn, seconds: float, min_calls: int = 5) -> list[float]:
     return out
 
 
+class Graphed:
+    """``model`` captured into a CUDA graph for one input shape: the input is copied into a static
+    buffer and the graph replayed (PyTorch's ``torch.cuda.graphs`` recipe: warm-up on a side stream,
+    then capture)."""
+
+    def __init__(self, model, example):
+        import torch
+
+        self.static_in = example.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):
+                model(self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self.static_out = model(self.static_in)
+
+    def __call__(self, x):
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out
+
+
 def measure(model, mode: str, batch: int, size: int, device: str, *, images: int, warmup_s: float,
             duration_s: float) -> dict:
     """One (mode, batch): host-to-host and device-only latency, throughput, peak device memory."""
@@ -94,6 +122,10 @@ def measure(model, mode: str, batch: int, size: int, device: str, *, images: int
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    if mode.startswith("graph-"):
+        if not cuda:
+            return {"status": "unavailable", "reason": "CUDA graphs need a CUDA device"}
+        model = Graphed(model, on_dev[0].half() if half else on_dev[0])
     i = [0]
 
     def host_to_host() -> float:

@@ -43,8 +43,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_VARIANT = "default (all on)"
 #: the CUDA settings one at a time, against the default (every one on): name -> (options, precisions)
 VARIANTS = {
+    DEFAULT_VARIANT: ("", ("fp16",)),
     "session.run": ("iobinding=off,graph=off", ("fp16",)),
     "I/O binding, pageable": ("pinned=off,graph=off", ("fp16",)),
     "I/O binding, pinned": ("graph=off", ("fp16",)),
@@ -53,7 +55,6 @@ VARIANTS = {
     "arena exact": ("arena=exact", ("fp16",)),
     "TF32": ("tf32=on", ("fp32",)),
 }
-DEFAULT_VARIANT = "default (all on)"
 
 
 # --- pure: tables from the results ---------------------------------------------------------------
@@ -82,7 +83,10 @@ def torch_best(torch_rows: list[dict], model: str, batch: int, modes) -> dict | 
 
 
 #: the PyTorch modes shown beside each of edgeinfer's precisions (INT8 has no PyTorch GPU counterpart here)
-PEER_MODES = {"fp32": ("eager-fp32",), "fp16": ("eager-fp16", "compile-fp16"), "int8": ()}
+PEER_MODES = {"fp32": ("eager-fp32", "graph-fp32", "compile-fp32"), "fp16": ("eager-fp16", "graph-fp16", "compile-fp16"),
+              "int8": ()}
+#: the PyTorch columns of the main table
+PEER_COLUMNS = ("eager-fp32", "eager-tf32", "eager-fp16", "graph-fp32", "graph-fp16", "compile-fp16")
 
 
 def main_table(benches: dict[str, dict], torch_report: dict | None) -> list[dict]:
@@ -101,7 +105,7 @@ def main_table(benches: dict[str, dict], torch_report: dict | None) -> list[dict
                         "gpu_mem_mb": (r.get("memory") or {}).get("gpu_mem_used_mb"),
                         "copy_share": copy_share(r), "provider": r.get("provider"),
                         "cuda_graph": cuda.get("cuda_graph"), "pinned": cuda.get("pinned")})
-            for mode in ("eager-fp32", "eager-tf32", "eager-fp16", "compile-fp16"):
+            for mode in PEER_COLUMNS:
                 t = torch_best(trows, name, r["batch"], (mode,))
                 row[f"torch_{mode}_p50_ms"] = t["p50_ms"] if t else None
             peer = torch_best(trows, name, r["batch"], PEER_MODES.get(r["precision"], ()))
@@ -113,15 +117,19 @@ def main_table(benches: dict[str, dict], torch_report: dict | None) -> list[dict
 
 
 def ablation_table(ablations: dict[str, dict], benches: dict[str, dict]) -> list[dict]:
-    """Per (bundle, precision, batch): p50 of every variant, and its ratio to the default settings."""
+    """Per (bundle, precision, batch): p50 of every variant, and its ratio to the default settings: the
+    ablation's own default run of the same repeat where there is one (same process, same durations),
+    else the main table's row."""
     out = []
     for name, ab in ablations.items():
-        default = {(r["precision"], r["batch"]): r for r in benches.get(name, {}).get("rows", [])
-                   if r["status"] == "ok"}
+        main = {(r["precision"], r["batch"]): r for r in benches.get(name, {}).get("rows", []) if r["status"] == "ok"}
         for variant, rep in ab.items():
+            repeat = variant.partition(" #")[2]
+            own = ab.get(DEFAULT_VARIANT + (f" #{repeat}" if repeat else ""), {}).get("rows", [])
+            own = {(r["precision"], r["batch"]): r for r in own if r["status"] == "ok"}
             for r in rep.get("rows", []):
                 key = (r["precision"], r["batch"])
-                d = default.get(key)
+                d = own.get(key) or main.get(key)
                 row = {"model": name, "variant": variant, "precision": r["precision"], "batch": r["batch"],
                        "status": r["status"]}
                 if r["status"] == "ok":
@@ -160,28 +168,28 @@ def render_summary(s: dict) -> str:
     lines += ["## edgeinfer (ONNX Runtime, default CUDA settings) beside PyTorch on the same device", "",
               "p50/p99: one call, NumPy in to NumPy out, ms. Copies: share of the call in host-to-device and "
               "device-to-host copies. PyTorch columns: host-to-host p50 of the same network (eager FP32 with TF32 "
-              "off, eager TF32 = PyTorch's default, eager FP16, torch.compile FP16). vs peer: PyTorch's best "
-              "mode of the same precision over edgeinfer's p50.", "",
+              "off, eager TF32 = PyTorch's default, eager FP16, eager captured in a CUDA graph FP32 / FP16, "
+              "torch.compile FP16). vs peer: PyTorch's best mode of the same precision over edgeinfer's p50.", "",
               "| model | precision | batch | p50 ms | p99 ms | images/s | copies | GPU MB | graph | PyTorch fp32 | "
-              "PyTorch tf32 | PyTorch fp16 | compile fp16 | vs peer |",
-              "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|"]
+              "PyTorch tf32 | PyTorch fp16 | graph fp32 | graph fp16 | compile fp16 | vs peer |",
+              "|---|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|"]
     for r in s.get("main", []):
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {r['status']}: "
-                         f"{(r.get('reason') or '')[:80]} | | | | | | | | | | |")
+                         f"{(r.get('reason') or '')[:80]} |" + " |" * 13)
             continue
         share = f"{100 * r['copy_share']:.0f} %" if r.get("copy_share") is not None else "-"
         graph = "on" if r.get("cuda_graph") == "on" else ("off" if r.get("cuda_graph") else "-")
         sp = f"{r['speedup_vs_peer']:.2f}x" if r.get("speedup_vs_peer") else "-"
         lines.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
                      f"{_f(r['throughput'], 0)} | {share} | {_f(r.get('gpu_mem_mb'), 0)} | {graph} | "
-                     f"{_f(r.get('torch_eager-fp32_p50_ms'))} | {_f(r.get('torch_eager-tf32_p50_ms'))} | "
-                     f"{_f(r.get('torch_eager-fp16_p50_ms'))} | {_f(r.get('torch_compile-fp16_p50_ms'))} | {sp} |")
+                     + " | ".join(_f(r.get(f"torch_{m}_p50_ms")) for m in PEER_COLUMNS) + f" | {sp} |")
     if s.get("ablation"):
         lines += ["", "## What each CUDA setting buys", "",
                   "Each variant changes one setting from the default (I/O binding, pinned buffers, CUDA graph, "
                   "EXHAUSTIVE search, power-of-two arena, TF32 off, NCHW); ratio = its p50 over the default's p50 "
-                  "in the main table (above 1: the default is faster).", "",
+                  "measured beside it in the same ablation pass (the main table's where the pass has none; above 1: "
+                  "the default is faster).", "",
                   "| model | variant | precision | batch | p50 ms | default p50 ms | ratio | GPU MB |",
                   "|---|---|---|--:|--:|--:|--:|--:|"]
         for r in s["ablation"]:
@@ -358,7 +366,7 @@ class Run:
         notes = []
         for name, bundle in self.bundles().items():
             js = self.out / f"bench-{name}.json"
-            cmd = self.bench_args(bundle, PRECISIONS, self.args.batches, "--e2e", "none", "--json", js,
+            cmd = self.bench_args(bundle, self.args.precisions, self.args.batches, "--e2e", "none", "--json", js,
                                   "--report", self.out / f"bench-{name}.md")
             r = self.sh(cmd, f"bench {name}", min(self.left() - 5, self.args.step_timeout_s))
             notes.append(f"{name}: " + ("ok" if js.is_file() else f"no report (exit {r.returncode if r else 'timeout'})"))
@@ -370,9 +378,13 @@ class Run:
 
         a = self.args
         results: dict[str, dict] = {}
+        variants = {k: v for k, v in VARIANTS.items() if not a.variants or k in a.variants}
         for name, bundle in self.bundles().items():
             results[name] = {}
-            for variant, (options, precisions) in VARIANTS.items():
+            for repeat, (variant, (options, precisions)) in [(k, v) for k in range(a.ablation_repeats)
+                                                            for v in variants.items()]:
+                if repeat:
+                    variant = f"{variant} #{repeat + 1}"
                 if self.left() < 20:
                     results[name][variant] = {"rows": [], "skipped": "budget"}
                     continue
@@ -464,20 +476,17 @@ class Run:
     def go(self) -> int:
         a = self.args
         self.data_dir = self.out / "data"
-        self.step("machine", self.machine, need_s=0)
-        self.step("data", self.data, need_s=10)
-        self.step("gpu tests", self.gpu_tests, need_s=20)
-        self.step("bench", self.main_bench, need_s=30)
-        self.step("torch eager", lambda: self.torch_peer(0), need_s=20)
-        self.step("fidelity", self.fidelity, need_s=30)
-        self.step("e2e", self.e2e, need_s=20)
-        self.step("ablation", self.ablation, need_s=30)
-        if a.compile_budget_s > 0:
-            self.step("torch compile", lambda: self.torch_peer(max(1.0, min(a.compile_budget_s, self.left() - 40))),
-                      need_s=30)
-        else:
-            self.steps.append({"name": "torch compile", "status": "skipped", "seconds": 0.0,
-                               "note": "--compile-budget-s 0"})
+        steps = [("machine", self.machine, 0), ("data", self.data, 10), ("gpu tests", self.gpu_tests, 20),
+                 ("bench", self.main_bench, 30), ("torch eager", lambda: self.torch_peer(0), 20),
+                 ("fidelity", self.fidelity, 30), ("e2e", self.e2e, 20), ("ablation", self.ablation, 30),
+                 ("torch compile", lambda: self.torch_peer(max(1.0, min(a.compile_budget_s, self.left() - 40))), 30)]
+        for name, fn, need in steps:
+            if a.steps and name not in a.steps:
+                continue
+            if name == "torch compile" and a.compile_budget_s <= 0:
+                self.steps.append({"name": name, "status": "skipped", "seconds": 0.0, "note": "--compile-budget-s 0"})
+                continue
+            self.step(name, fn, need_s=need)
         self.steps.append({"name": "summary", "status": "ok", "seconds": 0.0})
         self.summarize()
         self.pack()
@@ -522,6 +531,7 @@ def main(argv=None) -> int:
     r.add_argument("--bundles", default=None, help="folder of further bundles (densenet121-random/, unet-random/)")
     r.add_argument("--models", default=None, help="comma list of bundle names to run (default: all found)")
     r.add_argument("--batches", default="1,8,32")
+    r.add_argument("--precisions", default=",".join(PRECISIONS), help="of the main table (default fp32,fp16,int8)")
     r.add_argument("--ablation-batches", default="1,32")
     r.add_argument("--warmup-s", type=float, default=0.3)
     r.add_argument("--duration-s", type=float, default=0.6)
@@ -531,7 +541,12 @@ def main(argv=None) -> int:
     r.add_argument("--e2e-repeats", type=int, default=2)
     r.add_argument("--val-n", type=int, default=30, help="phantom images per generated part (default 30)")
     r.add_argument("--val-parts", type=int, default=8, help="parts generated in parallel, one seed each (default 8)")
-    r.add_argument("--torch-modes", default="eager-fp32,eager-tf32,eager-fp16")
+    r.add_argument("--torch-modes", default="eager-fp32,eager-tf32,eager-fp16,graph-fp32,graph-fp16")
+    r.add_argument("--steps", default=None, help="comma list of the steps to run (default: all; machine and data "
+                                                "are needed by the others)")
+    r.add_argument("--variants", default=None, help=f"comma list of ablation variants (default: all: "
+                                                   f"{', '.join(VARIANTS)})")
+    r.add_argument("--ablation-repeats", type=int, default=1, help="runs of the variant list, one after the other")
     r.add_argument("--compile-budget-s", type=float, default=40.0)
     r.add_argument("--budget-s", type=float, default=330.0, help="the whole run's time (default 330)")
     r.add_argument("--step-timeout-s", type=float, default=150.0)
@@ -550,8 +565,11 @@ def main(argv=None) -> int:
         print((out / "summary.md").read_text())
         return 0
     args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.precisions = [x for x in args.precisions.split(",") if x]
     args.ablation_batches = [int(b) for b in args.ablation_batches.split(",") if b]
     args.models = [m for m in args.models.split(",") if m] if args.models else None
+    args.steps = [m.strip() for m in args.steps.split(",") if m.strip()] if args.steps else None
+    args.variants = [m.strip() for m in args.variants.split(",") if m.strip()] if args.variants else None
     return Run(args).go()
 
 

@@ -44,6 +44,7 @@ def test_main_table_puts_pytorchs_best_mode_of_the_same_precision_beside_ours():
     md = gpu_bench.render_summary({"main": rows, "machine": {}, "mode": "cuda"})
     assert "| unet | fp16 | 8 | 2.000 | 3.000 | 4,000 | 50 % | 300 | on |" in md and "1.50x" in md
     assert "| unet | fp32 | 8 | unavailable: no artifact |" in md
+    assert md.count("\n| unet | fp16 | 8 |") == 1
 
 
 def test_ablation_table_is_each_variant_over_the_default_run():
