@@ -17,8 +17,8 @@ weights are random, which does not change the time). Modes:
 * ``compile-fp16`` / ``compile-fp32``: ``torch.compile`` (Inductor, default mode) of the same, while the
   ``--compile-budget-s`` lasts (a compile that would start after it is listed as not built).
 
-``torch.backends.cudnn.benchmark`` is on in every mode (the counterpart of ONNX Runtime's EXHAUSTIVE
-convolution search). Each (model, mode, batch) is timed two ways after a warm-up, over input batches that
+``torch.backends.cudnn.benchmark`` is on in every mode (cuDNN's algorithms timed on the first call of
+each shape). Each (model, mode, batch) is timed two ways after a warm-up, over input batches that
 rotate among ``--images`` distinct random-normal images (never zeros):
 
 * **host to host**: NumPy array in, NumPy array out (copy to the device, run, copy back, synchronised),
@@ -168,7 +168,8 @@ def measure(model, mode: str, batch: int, size: int, device: str, *, images: int
 
 
 def run(models, modes, batches, device: str, *, images: int = 4, warmup_s: float = 0.5, duration_s: float = 1.0,
-        compile_budget_s: float = 60.0, seed: int = 0, log=print) -> dict:
+        compile_budget_s: float = 60.0, seed: int = 0, log=print, save=None) -> dict:
+    """Every (model, mode, batch); ``save(report)`` is called after each row (a run cut short keeps its rows)."""
     import torch
 
     torch.backends.cudnn.benchmark = True
@@ -176,6 +177,20 @@ def run(models, modes, batches, device: str, *, images: int = 4, warmup_s: float
         torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     compile_spent = 0.0
+
+    def report() -> dict:
+        info = {"torch": torch.__version__, "device": device, "cudnn_benchmark": True,
+                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+        if device.startswith("cuda"):
+            info["gpu"] = torch.cuda.get_device_name(0)
+        return {"peer": "pytorch", "info": info,
+                "settings": {"images": images, "warmup_s": warmup_s, "duration_s": duration_s,
+                             "compile_budget_s": compile_budget_s},
+                "method": {"host_to_host": "time.perf_counter around from_numpy -> .to(device) -> model -> "
+                                           ".cpu().numpy()",
+                           "device": "CUDA events around the model call on an input already on the device"},
+                "rows": rows}
+
     for name in models:
         try:
             base, size = build(name, seed)
@@ -212,6 +227,8 @@ def run(models, modes, batches, device: str, *, images: int = 4, warmup_s: float
                 except Exception as exc:  # noqa: BLE001 - reported, the others go on
                     row.update(status="error", reason=f"{exc.__class__.__name__}: {str(exc)[:400]}")
                 rows.append(row)
+                if save:
+                    save(report())
                 log(f"{name} {mode} batch {b}: " + (f"p50 {row['p50_ms']:.3f} ms host to host, "
                                                     f"{row['device_p50_ms']:.3f} ms on the device"
                                                     if row.get("status") == "ok" else row.get("reason", "")))
@@ -219,15 +236,7 @@ def run(models, modes, batches, device: str, *, images: int = 4, warmup_s: float
                     break
             if kind == "compile":
                 torch._dynamo.reset()
-    info = {"torch": torch.__version__, "device": device, "cudnn_benchmark": True,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return {"peer": "pytorch", "info": info, "settings": {"images": images, "warmup_s": warmup_s,
-                                                         "duration_s": duration_s, "compile_budget_s": compile_budget_s},
-            "method": {"host_to_host": "time.perf_counter around from_numpy -> .to(device) -> model -> .cpu().numpy()",
-                       "device": "CUDA events around the model call on an input already on the device"},
-            "rows": rows}
+    return report()
 
 
 def main(argv=None) -> int:
@@ -249,11 +258,16 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown {bad}; models: {', '.join(MODELS)}; modes: {', '.join(MODES)}")
     batches = sorted({int(b) for b in args.batch.split(",") if b})
+    def save(rep: dict) -> None:
+        if args.json:
+            from edgeinfer._io import atomic_write
+
+            atomic_write(args.json, json.dumps(rep, indent=1))
+
     report = run(models, modes, batches, args.device, images=args.images, warmup_s=args.warmup_s,
                  duration_s=args.duration_s, compile_budget_s=args.compile_budget_s,
-                 log=lambda m: print(m, flush=True))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+                 log=lambda m: print(m, flush=True), save=save)
+    save(report)
     return 0 if any(r.get("status") == "ok" for r in report["rows"]) else 1
 
 

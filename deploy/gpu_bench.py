@@ -13,7 +13,7 @@ is left of ``--budget-s`` (a step that would start too late is recorded as skipp
    inputs and the fidelity set.
 3. ``bench-<bundle>.json``/``.md``: ``edgeinfer bench BUNDLE --backend ort --device cuda`` at every
    precision and batch, with the default CUDA settings (I/O binding, pinned buffers, CUDA graphs,
-   EXHAUSTIVE convolution search).
+   HEURISTIC convolution search).
 4. ``torch.json``: ``benchmarks/torch_peer.py``, eager FP32 / TF32 / FP16, then ``torch.compile`` while
    its budget lasts.
 5. ``fidelity.json``: ``edgeinfer triage`` of the fidelity set at each precision on the CPU and on the
@@ -50,7 +50,7 @@ VARIANTS = {
     "session.run": ("iobinding=off,graph=off", ("fp16",)),
     "I/O binding, pageable": ("pinned=off,graph=off", ("fp16",)),
     "I/O binding, pinned": ("graph=off", ("fp16",)),
-    "conv search HEURISTIC": ("conv=heuristic", ("fp16",)),
+    "conv search EXHAUSTIVE": ("conv=exhaustive", ("fp16",)),
     "NHWC": ("nhwc=on", ("fp16",)),
     "arena exact": ("arena=exact", ("fp16",)),
     "TF32": ("tf32=on", ("fp32",)),
@@ -187,7 +187,7 @@ def render_summary(s: dict) -> str:
     if s.get("ablation"):
         lines += ["", "## What each CUDA setting buys", "",
                   "Each variant changes one setting from the default (I/O binding, pinned buffers, CUDA graph, "
-                  "EXHAUSTIVE search, power-of-two arena, TF32 off, NCHW); ratio = its p50 over the default's p50 "
+                  "HEURISTIC search, power-of-two arena, TF32 off, NCHW); ratio = its p50 over the default's p50 "
                   "measured beside it in the same ablation pass (the main table's where the pass has none; above 1: "
                   "the default is faster).", "",
                   "| model | variant | precision | batch | p50 ms | default p50 ms | ratio | GPU MB |",

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--cuda-options", default=None, metavar="KEY=VALUE,...",
                    help="ONNX Runtime CUDA provider settings with --device cuda: iobinding, pinned, graph, tf32, nhwc "
                         "(on/off), conv (exhaustive/heuristic/default), arena (pow2/exact), gpu (ordinal); default "
-                        "iobinding=on,pinned=on,graph=on,conv=exhaustive,arena=pow2,tf32=off,nhwc=off")
+                        "iobinding=on,pinned=on,graph=on,conv=heuristic,arena=pow2,tf32=off,nhwc=off")
     s.add_argument("--cache-dir", default=None, help="OpenVINO model cache folder (faster cold starts)")
     s.add_argument("--data", default=None, help="DICOM folder: inputs come from it, and end-to-end mode walks it "
                                                 "(default: a few generated phantoms)")

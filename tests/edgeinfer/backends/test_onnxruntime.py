@@ -116,7 +116,7 @@ from edgeinfer.errors import UsageError  # noqa: E402
 
 def test_cuda_settings_default_to_the_fast_path_in_strict_fp32():
     s = CudaSettings()
-    assert s.provider_options() == {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
+    assert s.provider_options() == {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC",
                                     "arena_extend_strategy": "kNextPowerOfTwo", "use_tf32": "0",
                                     "prefer_nhwc": "0", "enable_cuda_graph": "1"}
     # a graph needs the bound buffers: without I/O binding it is never asked of the provider
@@ -125,9 +125,9 @@ def test_cuda_settings_default_to_the_fast_path_in_strict_fp32():
 
 
 def test_cuda_settings_round_trip_and_name_bad_input():
-    s = CudaSettings.parse("graph=off, conv=heuristic,arena=exact,tf32=on,nhwc=on,pinned=off,gpu=1")
+    s = CudaSettings.parse("graph=off, conv=exhaustive,arena=exact,tf32=on,nhwc=on,pinned=off,gpu=1")
     assert (s.cuda_graph, s.conv_algo, s.arena, s.tf32, s.nhwc, s.pinned, s.device_id) == (
-        False, "HEURISTIC", "kSameAsRequested", True, True, False, 1)
+        False, "EXHAUSTIVE", "kSameAsRequested", True, True, False, 1)
     assert CudaSettings.parse(s.spec()) == s and CudaSettings.parse({"graph": "off"}) == CudaSettings(cuda_graph=False)
     assert CudaSettings.parse(None) == CudaSettings.parse("") == CudaSettings()
     for bad, says in (("graph", "KEY=VALUE"), ("graph=maybe", "on or off"), ("conv=fast", "exhaustive"),
