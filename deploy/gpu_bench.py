@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from edgeinfer._io import atomic_write  # noqa: E402 - the one writer of files a user reads
+
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_VARIANT = "default (all on)"
 #: the CUDA settings one at a time, against the default (every one on): name -> (options, precisions)
@@ -308,7 +310,7 @@ class Run:
                                "max_sm_clock": parts[3] if len(parts) > 3 else None,
                                "power_limit": parts[4] if len(parts) > 4 else None}
             full = subprocess.run([smi], capture_output=True, text=True, timeout=30)
-            (self.out / "nvidia-smi.txt").write_text(full.stdout + full.stderr)
+            atomic_write(self.out / "nvidia-smi.txt", full.stdout + full.stderr)
         import onnxruntime as ort
 
         info["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers(),
@@ -323,7 +325,7 @@ class Run:
         info.update({k.replace("-", "_"): v for k, v in library_versions(("cuda-bindings", "torch", "numpy")).items()})
         info["cuda_python"] = info.pop("cuda_bindings", None)
         self.machine_info = info
-        (self.out / "machine.json").write_text(json.dumps(info, indent=1))
+        atomic_write(self.out / "machine.json", json.dumps(info, indent=1))
         return f"{info.get('gpu', {}).get('name', 'no GPU')}, onnxruntime {ort.__version__}"
 
     def data(self) -> str:
@@ -398,7 +400,7 @@ class Run:
                 except Exception as exc:  # noqa: BLE001
                     rep = {"rows": [], "error": f"{exc.__class__.__name__}: {exc}"}
                 results[name][variant] = {"options": options, "rows": rep.get("rows", []), "error": rep.get("error")}
-            (self.out / f"ablation-{name}.json").write_text(json.dumps(results[name], indent=1, default=str))
+            atomic_write(self.out / f"ablation-{name}.json", json.dumps(results[name], indent=1, default=str))
         return f"{sum(len(v) for v in results.values())} variants"
 
     def torch_peer(self, compile_budget: float) -> str:
@@ -434,7 +436,7 @@ class Run:
             except Exception as exc:  # noqa: BLE001 - a missing worklist is the result
                 entry = {"error": f"{exc.__class__.__name__}: {exc}"}
             out["precisions"][p] = entry
-        (self.out / "fidelity.json").write_text(json.dumps(out, indent=1))
+        atomic_write(self.out / "fidelity.json", json.dumps(out, indent=1))
         return ", ".join(f"{p} {100 * e['agreement']:.1f} %" if "agreement" in e else f"{p} error"
                          for p, e in out["precisions"].items())
 
@@ -469,8 +471,8 @@ class Run:
     def summarize(self) -> str:
         s = collect(self.out)
         s.update(mode="cpu dry run" if self.args.cpu else "cuda", steps=self.steps, commit=self.args.commit)
-        (self.out / "summary.json").write_text(json.dumps(s, indent=1, default=str))
-        (self.out / "summary.md").write_text(render_summary(s))
+        atomic_write(self.out / "summary.json", json.dumps(s, indent=1, default=str))
+        atomic_write(self.out / "summary.md", render_summary(s))
         return "summary.md"
 
     def go(self) -> int:
@@ -560,8 +562,8 @@ def main(argv=None) -> int:
         prev = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
         summary = collect(out)
         summary.update({k: prev[k] for k in ("mode", "steps", "commit") if k in prev})
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        (out / "summary.md").write_text(render_summary(summary))
+        atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str))
+        atomic_write(out / "summary.md", render_summary(summary))
         print((out / "summary.md").read_text())
         return 0
     args.batches = [int(b) for b in args.batches.split(",") if b]
