@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: outcome of one received instance (C-STORE)
-INSTANCE_OUTCOMES = ("stored", "duplicate", "rejected", "out_of_resources", "failed")
+INSTANCE_OUTCOMES = ("stored", "duplicate", "conflict", "rejected", "out_of_resources", "failed")
 #: outcome of one association request
 ASSOCIATION_OUTCOMES = ("accepted", "rejected")
 

@@ -6,6 +6,12 @@ Status codes the sender can see (C-STORE):
           (backpressure: try again later; nothing was kept)
   0xC210  cannot understand: the data set cannot be parsed, or its Study/SOP Instance UID is malformed
   0xC211  the node failed while storing (an unexpected error; nothing was kept, the sender may retry)
+  0xC212  conflict: an instance with this SOP Instance UID and other content was stored already; the
+          first one is kept as it was and this one is not (send it with a new SOP Instance UID)
+
+The same bytes sent again are a duplicate: Success, and nothing changes. Nothing acknowledged is ever
+overwritten: a file's name carries its content's digest, and the state decides, in one transaction,
+whether an instance is new, a duplicate or a conflict (``State.add_instance``).
 """
 from __future__ import annotations
 
@@ -18,13 +24,14 @@ from typing import Callable
 
 from ..vr import valid_uid
 from .config import NodeConfig
-from .spool import Spool
-from .state import State
+from .spool import Spool, content_digest
+from .state import CONFLICT as CONFLICT_FOUND
+from .state import DUPLICATE, NEW, State
 
 log = logging.getLogger("edgeinfer.node")
 audit = logging.getLogger("edgeinfer.audit")
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, FAILED = 0x0000, 0xA700, 0xC210, 0xC211
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, FAILED, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC211, 0xC212
 _URGENT_PRIORITIES = {"STAT", "HIGH"}
 _HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
                 "RequestedProcedurePriority")
@@ -195,21 +202,38 @@ class Receiver:
             log.warning("answered 0xC210: the SOP Instance or Study Instance UID is malformed (not shown)")
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
+        digest = content_digest(data)
+        known = self.state.known_digest(sop)
+        if known is not None:  # the same SOP Instance UID again: nothing is written, whatever it holds
+            return self._known(sop, study, same=known == digest)
         why = self.busy(study)
         if why:
             log.warning("answered 0xA700 (out of resources): %s", why)
             self._count("instances_total", "out_of_resources")
             return OUT_OF_RESOURCES
-        path = self.spool.store_instance(sop, data)
+        path = self.spool.store_instance(sop, digest, data)
         series = str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00")
         modality = str(ds.get("Modality", "") or "").strip().upper()
         urgent = event.request.Priority == 1 or \
             str(ds.get("RequestedProcedurePriority", "") or "").strip().upper() in _URGENT_PRIORITIES
-        new = self.state.add_instance(sop_uid=sop, study_uid=study, series_uid=series if valid_uid(series) else "",
-                                      path=str(path), modality=modality[:16], urgent=urgent,
-                                      calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
-        self._count("instances_total", "stored" if new else "duplicate")
-        if new:
-            audit.info("received study %s instance %s", study, sop)
+        outcome = self.state.add_instance(sop_uid=sop, study_uid=study,
+                                          series_uid=series if valid_uid(series) else "", path=str(path),
+                                          modality=modality[:16], urgent=urgent, sha256=digest,
+                                          calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
+        if outcome != NEW:  # another association stored this SOP Instance UID meanwhile
+            if outcome == CONFLICT_FOUND:
+                path.unlink(missing_ok=True)  # ours, never acknowledged (the first one has another name)
+            return self._known(sop, study, same=outcome == DUPLICATE)
+        self._count("instances_total", "stored")
+        audit.info("received study %s instance %s", study, sop)
         return SUCCESS
+
+    def _known(self, sop: str, study: str, *, same: bool) -> int:
+        if same:
+            self._count("instances_total", "duplicate")
+            return SUCCESS
+        log.warning("answered 0xC212 (conflict): instance %s (study %s) was stored before with other content; "
+                    "the stored instance is kept, this one is not", sop, study)
+        self._count("instances_total", "conflict")
+        return CONFLICT
 

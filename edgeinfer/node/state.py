@@ -10,6 +10,13 @@ its files): ``crashes`` counts, per version, the restarts that found it being sc
 sends a version that reached the limit to a human read instead of scoring it again. A clean stop
 puts the study it was scoring back in the queue without counting (:meth:`State.requeue`).
 
+An instance is known by its SOP Instance UID *and* the sha256 of its bytes: the same bytes again are
+a duplicate (nothing changes); other bytes under a known SOP Instance UID are a conflict, refused
+without touching the acknowledged instance or its study (:meth:`State.add_instance`).
+
+The schema is versioned (``PRAGMA user_version``): :data:`MIGRATIONS` holds one function per step,
+and opening a state applies those it has not had, each in its own transaction.
+
 Study states: ``receiving`` (instances arriving; its quiet timer runs) -> ``queued`` (complete,
 waiting for inference; its version was bumped) -> ``scoring`` -> ``scored``. An instance arriving
 for a queued, scoring or scored study puts it back to ``receiving``: it is scored again as a new
@@ -18,6 +25,7 @@ version, and the new result supersedes the earlier one.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -46,6 +54,62 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+def _v1_baseline(db: sqlite3.Connection) -> None:
+    """The tables as they were before the schema was versioned (a state from then already has them),
+    with the crash count added where a state predates it."""
+    for statement in filter(str.strip, SCHEMA.split(";")):  # not executescript: it would commit the step
+        db.execute(statement)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(studies)")}
+    if "crashes" not in columns:
+        db.execute("ALTER TABLE studies ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+
+
+def _v2_instance_digest(db: sqlite3.Connection) -> None:
+    """The sha256 of each instance's bytes (NULL for instances stored before: computed from the file
+    the first time the same SOP Instance UID arrives again)."""
+    db.execute("ALTER TABLE instances ADD COLUMN sha256 TEXT")
+
+
+#: schema steps, in order: a state at ``user_version`` N has had the first N
+MIGRATIONS = (_v1_baseline, _v2_instance_digest)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply the steps a state has not had, each in one transaction; returns the version it started at."""
+    start = db.execute("PRAGMA user_version").fetchone()[0]
+    if start > SCHEMA_VERSION:
+        raise RuntimeError(f"the state database is at schema version {start}, newer than this edgeinfer "
+                           f"({SCHEMA_VERSION}): run the edgeinfer that wrote it, or move the database aside")
+    for version in range(start, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version={version + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return start
+
+
+#: what :meth:`State.add_instance` found
+NEW, DUPLICATE, CONFLICT = "new", "duplicate", "conflict"
+
+
+def _file_digest(path: str) -> str | None:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Job:
     study_uid: str
@@ -61,13 +125,12 @@ class State:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.RLock()
+        if not self.path.exists():  # patient data: the node's user only (SQLite gives its -wal and -shm
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))  # files the database's mode)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives a power cut
-        self._db.executescript(SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(studies)")}
-        if "crashes" not in columns:  # a state written before crashes were counted
-            self._db.execute("ALTER TABLE studies ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
+        self.migrated_from = migrate(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -93,24 +156,40 @@ class State:
             return self._db.execute(sql, args).fetchall()
 
     # -- receiving ------------------------------------------------------------------------------
+    def known_digest(self, sop_uid: str) -> str | None:
+        """The sha256 of the instance stored under ``sop_uid`` (computed from its file for an instance
+        stored before digests were kept), or None when the SOP Instance UID is new."""
+        row = self._one("SELECT sha256, path FROM instances WHERE sop_uid=?", (sop_uid,))
+        if row is None:
+            return None
+        return row[0] or _file_digest(row[1]) or "unreadable"
+
     def add_instance(self, *, sop_uid: str, study_uid: str, series_uid: str, path: str, modality: str,
-                     urgent: bool, calling_aet: str, now: float | None = None) -> bool:
-        """Record a stored instance and restart its study's quiet timer. False if it was already known
-        (a resend: the file was replaced by the same bytes' new copy, nothing else changes)."""
+                     urgent: bool, calling_aet: str, sha256: str, now: float | None = None) -> str:
+        """Record a stored instance and restart its study's quiet timer.
+
+        Returns :data:`NEW`; :data:`DUPLICATE` when the same bytes are known under this SOP Instance
+        UID (nothing changes); :data:`CONFLICT` when other bytes are (nothing changes either: the
+        caller refuses the instance and removes the file it wrote, which has another name).
+        """
         now = time.time() if now is None else now
         with self._tx() as db:
-            known = db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
-            if not known:
-                db.execute("INSERT INTO instances VALUES (?,?,?,?,?,?)",
-                           (sop_uid, study_uid, series_uid, path, now, calling_aet))
+            known = db.execute("SELECT sha256, path FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+            if known is not None:
+                digest = known[0] or _file_digest(known[1])
+                if digest and known[0] is None:
+                    db.execute("UPDATE instances SET sha256=? WHERE sop_uid=?", (digest, sop_uid))
+                return DUPLICATE if digest == sha256 else CONFLICT
+            db.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, path, received, calling_aet, sha256) "
+                       "VALUES (?,?,?,?,?,?,?)", (sop_uid, study_uid, series_uid, path, now, calling_aet, sha256))
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO studies (study_uid, modality, urgent, first_received, last_received, state)"
                            " VALUES (?,?,?,?,?, 'receiving')", (study_uid, modality, int(urgent), now, now))
-            elif not known:
+            else:
                 db.execute("UPDATE studies SET last_received=?, state='receiving', urgent=max(urgent, ?) "
                            "WHERE study_uid=?", (now, int(urgent), study_uid))
-        return not known
+        return NEW
 
     # -- scheduling -----------------------------------------------------------------------------
     def complete_quiet_studies(self, quiet_for, now: float | None = None) -> list[str]:

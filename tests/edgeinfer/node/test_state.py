@@ -1,37 +1,78 @@
 """The node's durable parts: config, spool names, SQLite state transitions, outbox backoff."""
 import re
 import sqlite3
+import stat
 
 import pytest
 
 from edgeinfer.errors import UsageError
 from edgeinfer.node.config import Destination, NodeConfig, load_config
 from edgeinfer.node.outbox import MAX_BACKOFF_S, backoff
-from edgeinfer.node.spool import Spool
-from edgeinfer.node.state import State
+from edgeinfer.node.spool import Spool, content_digest
+from edgeinfer.node.state import CONFLICT, DUPLICATE, NEW, State
 
 
-def test_spool_names_are_hashes_never_paths(tmp_path):
+def test_spool_names_are_hashes_never_paths_and_the_spool_is_private(tmp_path):
+    (tmp_path / "spool").mkdir(mode=0o755)                           # a spool made before it was kept private
     spool = Spool(tmp_path / "spool")
+    digest = content_digest(b"data")
     for hostile in ("../../x", "/abs/olute", "1.2.3/../../etc", "ABC^PATIENT", "1.2.840.1"):
-        p = spool.store_instance(hostile, b"data")
+        p = spool.store_instance(hostile, digest, b"data")
         assert p.resolve().is_relative_to((tmp_path / "spool" / "instances").resolve())
-        assert re.fullmatch(r"[0-9a-f]{40}\.dcm", p.name) and re.fullmatch(r"[0-9a-f]{2}", p.parent.name)
+        assert re.fullmatch(r"[0-9a-f]{40}-[0-9a-f]{16}\.dcm", p.name) and re.fullmatch(r"[0-9a-f]{2}", p.parent.name)
         assert p.read_bytes() == b"data"
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
+    # two contents under one SOP Instance UID never share a file
+    assert spool.instance_path("1.2.3", digest) != spool.instance_path("1.2.3", content_digest(b"other"))
+    r = spool.store_result("1.2.3", 1, b"sr")
+    assert stat.S_IMODE(r.stat().st_mode) == 0o600
+    for d in (spool.root, spool.instances, spool.results):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
     (spool.instances / ".x.dcm-abc.tmp").write_bytes(b"half")
     assert spool.remove_temporary() == 1
     assert not list(spool.root.rglob("*.tmp"))
 
 
-def _add(state, sop, study="1.2.3", t=0.0, modality="DX", urgent=False):
+def test_the_state_database_is_private(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "1.1")                                                  # WAL and shared memory files appear
+    for f in tmp_path.glob("s.db*"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+
+
+def _add(state, sop, study="1.2.3", t=0.0, modality="DX", urgent=False, sha="a" * 64):
     return state.add_instance(sop_uid=sop, study_uid=study, series_uid="1.2.3.4", path=f"/s/{sop}", modality=modality,
-                              urgent=urgent, calling_aet="MOD", now=t)
+                              urgent=urgent, calling_aet="MOD", sha256=sha, now=t)
+
+
+def test_a_known_sop_instance_uid_is_a_duplicate_or_a_conflict_and_changes_nothing(tmp_path):
+    st = State(tmp_path / "s.db")
+    assert _add(st, "9.1", study="9.9", t=0, sha="a" * 64) == NEW
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    assert st.counts_by_state() == {"queued": 1}
+    assert _add(st, "9.1", study="9.9", t=2, sha="a" * 64) == DUPLICATE       # the same bytes again
+    assert _add(st, "9.1", study="9.8", t=3, sha="b" * 64) == CONFLICT        # other bytes, naming another study
+    assert _add(st, "9.1", study="9.9", t=4, sha="c" * 64) == CONFLICT        # other pixels, same study
+    assert st.counts_by_state() == {"queued": 1}                               # no study 9.8, 9.9 not reopened
+    assert st.known_digest("9.1") == "a" * 64 and st.known_digest("9.2") is None
+
+
+def test_instances_stored_before_digests_were_kept_are_compared_by_their_files(tmp_path):
+    f = tmp_path / "old.dcm"
+    f.write_bytes(b"old bytes")
+    st = State(tmp_path / "s.db")
+    st._db.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, path, received, calling_aet) "
+                   "VALUES ('7.7', '7', '', ?, 0, 'M')", (str(f),))
+    assert st.known_digest("7.7") == content_digest(b"old bytes")
+    assert _add(st, "7.7", study="7", sha=content_digest(b"old bytes")) == DUPLICATE
+    assert st._one("SELECT sha256 FROM instances WHERE sop_uid='7.7'")[0] == content_digest(b"old bytes")
+    assert _add(st, "7.7", study="7", sha=content_digest(b"new bytes")) == CONFLICT
 
 
 def test_quiet_timer_versions_and_supersede(tmp_path):
     st = State(tmp_path / "s.db")
     quiet = lambda modality: 5.0  # noqa: E731
-    assert _add(st, "1.1", t=0) and _add(st, "1.2", t=3) and not _add(st, "1.2", t=4)  # a resend is not new
+    assert _add(st, "1.1", t=0) == NEW and _add(st, "1.2", t=3) == NEW and _add(st, "1.2", t=4) == DUPLICATE
     assert st.complete_quiet_studies(quiet, now=7) == []          # the timer restarted at t=3
     assert st.complete_quiet_studies(quiet, now=8) == ["1.2.3"]
     job = st.next_job()
@@ -87,6 +128,37 @@ def test_crashes_are_counted_per_version_and_a_clean_stop_is_not_one(tmp_path):
     st.finish_job(job, priority="ROUTINE", score=0.1, record={}, sends=[], now=7)
     st.requeue(job)                                                # after the result: nothing to put back
     assert st.counts_by_state() == {"scored": 1}
+
+
+def test_every_earlier_schema_migrates_to_the_current_one(tmp_path):
+    from edgeinfer.node import state as state_mod
+
+    # a state at each earlier version, holding a study being scored: opening it migrates, keeps the data
+    for version in range(state_mod.SCHEMA_VERSION):
+        path = tmp_path / f"v{version}.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        for step in state_mod.MIGRATIONS[:version]:
+            step(db)
+        if version == 0:  # before versioning: the first tables, without crashes
+            db.execute("""CREATE TABLE studies (
+                study_uid TEXT PRIMARY KEY, modality TEXT, urgent INTEGER NOT NULL DEFAULT 0,
+                first_received REAL NOT NULL, last_received REAL NOT NULL, state TEXT NOT NULL,
+                version INTEGER NOT NULL DEFAULT 0, enqueued REAL);""")
+        db.execute(f"PRAGMA user_version={version}")
+        db.execute("INSERT INTO studies (study_uid, modality, urgent, first_received, last_received, state, version, "
+                   "enqueued) VALUES ('8.1', 'DX', 0, 0, 0, 'scoring', 1, 0)")
+        db.close()
+        st = State(path)
+        assert st.migrated_from == version
+        assert st._one("PRAGMA user_version")[0] == state_mod.SCHEMA_VERSION
+        assert st.resume() == 1 and st.next_job().crashes == 1
+        assert _add(st, "8.1.1", study="8.1") == NEW
+        st.close()
+        assert State(path).migrated_from == state_mod.SCHEMA_VERSION       # nothing to do the second time
+    newer = tmp_path / "newer.db"
+    sqlite3.connect(newer).execute(f"PRAGMA user_version={state_mod.SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer than this edgeinfer"):
+        State(newer)
 
 
 def test_a_state_from_before_crashes_were_counted_opens(tmp_path):

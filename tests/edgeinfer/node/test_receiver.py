@@ -1,0 +1,75 @@
+"""What the receiver acknowledges is never destroyed, and what it keeps is private: a real node, pynetdicom
+as the modality (it sends the exact data sets each case needs)."""
+from __future__ import annotations
+
+import copy
+import stat
+import time
+import warnings
+
+import pydicom
+import pytest
+
+from peers import NODE_AET, wait_until
+
+
+def _send(node, datasets) -> list[int]:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _instances(node) -> list:
+    return sorted((node.spool / "instances").rglob("*.dcm"))
+
+
+def test_a_reused_sop_instance_uid_never_replaces_what_was_acknowledged(node_factory, node_phantoms):
+    node = node_factory("--quiet-seconds", "600")  # nothing is scored meanwhile: only the receiver acts
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    other_study = copy.deepcopy(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other_study.StudyInstanceUID = pydicom.uid.generate_uid()
+    other_pixels = copy.deepcopy(src)
+    arr = other_pixels.pixel_array.copy()
+    arr[:8, :8] = arr.max()
+    other_pixels.PixelData = arr.tobytes()
+
+    assert _send(node, [src]) == [0x0000]
+    (stored,) = _instances(node)
+    acknowledged = stored.read_bytes()
+    # the same SOP Instance UID naming another study, then with other pixels: refused, nothing changes
+    assert _send(node, [other_study, other_pixels]) == [0xC212, 0xC212]
+    assert _instances(node) == [stored] and stored.read_bytes() == acknowledged
+    # the same bytes again: a duplicate, Success, and still one file
+    assert _send(node, [src]) == [0x0000]
+    assert _instances(node) == [stored] and stored.read_bytes() == acknowledged
+    code, wl = node.get("/readyz")
+    assert code == 200
+    _, metrics = node.get("/metrics")
+    assert 'edgeinfer_instances_total{outcome="conflict"} 2.0' in metrics
+    assert 'edgeinfer_instances_total{outcome="duplicate"} 1.0' in metrics
+    assert 'edgeinfer_instances_total{outcome="stored"} 1.0' in metrics
+    assert 'edgeinfer_studies_in_state{state="receiving"} 1.0' in metrics   # study C was never created
+    log = node.log.read_text()
+    assert "0xC212" in log and str(src.SOPInstanceUID) in log
+    assert str(src.PatientName) not in log and str(src.PatientID) not in log
+
+
+def test_the_spool_and_the_state_are_readable_by_the_nodes_user_only(node_factory, node_phantoms):
+    node = node_factory("--quiet-seconds", "600")
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    assert _send(node, [src]) == [0x0000]
+    wait_until(lambda: (node.spool / "state.sqlite3-wal").exists(), 10, 0.1, "the state's WAL file")
+    for p in node.spool.rglob("*"):
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), (p.relative_to(node.spool), oct(mode))
+    assert stat.S_IMODE(node.spool.stat().st_mode) == 0o700
