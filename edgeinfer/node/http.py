@@ -1,7 +1,8 @@
 """The node's HTTP side, for operators and monitoring: health, readiness, metrics and the worklist.
 
 ``GET /healthz``  200 ``{"status": "alive", ...}`` while the process serves at all (liveness);
-``GET /readyz``   200 ``{"status": "ready"}``, or 503 ``{"status": "not ready", "reasons": [...]}``;
+``GET /readyz``   200 ``{"status": "ready"}``, or 503 ``{"status": "not ready", "reasons": [...]}``; either
+                  with ``"notes": [...]`` when start-up repaired something (a rebuilt state database);
 ``GET /metrics``  the Prometheus text exposition of the node's :class:`NodeMetrics`;
 ``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``.
 
@@ -98,9 +99,11 @@ def make_app(view: NodeView) -> Starlette:
     @_guarded
     def readyz(request: Request) -> Response:
         reasons = [str(r) for r in view.readiness()]
+        notes = [str(n) for n in getattr(view, "notes", lambda: [])()]
+        extra = {"notes": notes} if notes else {}
         if reasons:
-            return _json({"status": "not ready", "reasons": reasons}, status=503)
-        return _json({"status": "ready"})
+            return _json({"status": "not ready", "reasons": reasons, **extra}, status=503)
+        return _json({"status": "ready", **extra})
 
     @_guarded
     def metrics(request: Request) -> Response:

@@ -93,6 +93,20 @@ def _header(data: bytes):
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=list(_HEADER_TAGS))
 
 
+def instance_fields(ds, *, sop: str | None = None, urgent_request: bool = False) -> dict | None:
+    """What the state records of an instance, from its header (``sop``: the C-STORE's Affected SOP
+    Instance UID, else the header's); None when its SOP Instance or Study Instance UID is malformed."""
+    sop = (sop if sop is not None else str(ds.get("SOPInstanceUID", "") or "")).strip(" \x00")
+    study = str(ds.get("StudyInstanceUID", "") or "").strip(" \x00")
+    if not (valid_uid(sop) and valid_uid(study)):
+        return None
+    series = str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00")
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    urgent = urgent_request or str(ds.get("RequestedProcedurePriority", "") or "").strip().upper() in _URGENT_PRIORITIES
+    return {"sop_uid": sop, "study_uid": study, "series_uid": series if valid_uid(series) else "",
+            "modality": modality[:16], "urgent": urgent}
+
+
 class Receiver:
     """Starts and stops the SCP; every accepted instance is in the spool and the state before Success."""
 
@@ -196,12 +210,13 @@ class Receiver:
         except Exception:  # noqa: BLE001 - a data set pydicom cannot parse
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
-        sop = str(event.request.AffectedSOPInstanceUID or "").strip(" \x00")
-        study = str(ds.get("StudyInstanceUID", "") or "").strip(" \x00")
-        if not (valid_uid(sop) and valid_uid(study)):
+        fields = instance_fields(ds, sop=str(event.request.AffectedSOPInstanceUID or ""),
+                                 urgent_request=event.request.Priority == 1)
+        if fields is None:
             log.warning("answered 0xC210: the SOP Instance or Study Instance UID is malformed (not shown)")
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
+        sop, study = fields["sop_uid"], fields["study_uid"]
         digest = content_digest(data)
         known = self.state.known_digest(sop)
         if known is not None:  # the same SOP Instance UID again: nothing is written, whatever it holds
@@ -212,13 +227,7 @@ class Receiver:
             self._count("instances_total", "out_of_resources")
             return OUT_OF_RESOURCES
         path = self.spool.store_instance(sop, digest, data)
-        series = str(ds.get("SeriesInstanceUID", "") or "").strip(" \x00")
-        modality = str(ds.get("Modality", "") or "").strip().upper()
-        urgent = event.request.Priority == 1 or \
-            str(ds.get("RequestedProcedurePriority", "") or "").strip().upper() in _URGENT_PRIORITIES
-        outcome = self.state.add_instance(sop_uid=sop, study_uid=study,
-                                          series_uid=series if valid_uid(series) else "", path=str(path),
-                                          modality=modality[:16], urgent=urgent, sha256=digest,
+        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest,
                                           calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
         if outcome != NEW:  # another association stored this SOP Instance UID meanwhile
             if outcome == CONFLICT_FOUND:

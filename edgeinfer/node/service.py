@@ -1,8 +1,9 @@
 """``edgeinfer serve``: receiver -> spool -> state -> worker (intake, runner, SR) -> outbox, plus HTTP.
 
 Each arrow is a file or a table row, so a ``kill -9`` anywhere loses nothing that was acknowledged:
-on start the node removes temporary files, re-queues studies that were being scored, and resumes
-the outbox.
+on start the node removes temporary files, rebuilds an unreadable state database and registers spool
+files the state does not know (``recovery.py``: the spool is the source of truth), re-queues studies
+that were being scored, and resumes the outbox.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from ..errors import UsageError
 from .config import NodeConfig
 from .outbox import Outbox
 from .receiver import Receiver
+from .recovery import open_state, reconcile
 from .spool import Spool
-from .state import State
 from .worker import Worker, worklist_document
 
 log = logging.getLogger("edgeinfer.node")
@@ -40,7 +41,9 @@ class Node:
         removed = self.spool.remove_temporary()
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted write", removed)
-        self.state = State(self.spool.root / "state.sqlite3")
+        self.state, notes = open_state(self.spool)
+        #: what start-up found and repaired (a rebuilt database, re-registered files): the log and /readyz say it
+        self.startup_notes = notes + reconcile(self.spool, self.state)
         resumed = self.state.resume()
         if resumed:
             log.warning("%d study(ies) were being scored when the node stopped; each is scored again, up to "
@@ -220,6 +223,10 @@ class Node:
         if why:
             reasons.append(why)
         return reasons
+
+    def notes(self) -> list[str]:
+        """What an operator should know although the node is ready (what start-up repaired)."""
+        return list(self.startup_notes)
 
     def worklist(self) -> dict:
         return worklist_document(self, self.state.current_results())

@@ -73,3 +73,37 @@ def test_the_spool_and_the_state_are_readable_by_the_nodes_user_only(node_factor
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o700 if p.is_dir() else 0o600), (p.relative_to(node.spool), oct(mode))
     assert stat.S_IMODE(node.spool.stat().st_mode) == 0o700
+
+
+def _three_studies(node_phantoms):
+    files = sorted(node_phantoms.rglob("*.dcm"))
+    studies = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files})
+    return files, studies
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_the_spool_is_the_source_of_truth_when_the_state_database_is_lost(node_factory, orthanc, dcmtk,
+                                                                        node_phantoms, damage):
+    files, studies = _three_studies(node_phantoms)
+    node = node_factory("--quiet-seconds", "600", name="first")    # acknowledged, not scored yet
+    assert node.store(files).returncode == 0
+    node.stop()
+    db = node.spool / "state.sqlite3"
+    for f in node.spool.glob("state.sqlite3*"):
+        f.unlink()
+    if damage == "corrupt":
+        db.write_bytes(b"this is not an SQLite database, " * 64)
+    again = node_factory("--spool", str(node.spool), "--quiet-seconds", "1",
+                         "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", name="second")
+    for uid in studies:                                            # every acknowledged study is scored and reported
+        assert len(orthanc.wait_for_srs(uid, 1, timeout=60)) == 1
+    code, ready = again.get("/readyz")
+    assert code == 200 and ready["status"] == "ready"
+    notes = " ".join(ready["notes"])
+    assert f"{len(files)} instance(s) of {len(studies)} study(ies)" in notes
+    log = again.log.read_text()
+    assert "registered again from their headers" in log
+    if damage == "corrupt":
+        assert "could not be read" in notes and list(node.spool.glob("state.sqlite3.unreadable-*"))
+    _, wl = again.get("/worklist")
+    assert sorted(s["study_uid"] for s in wl["studies"]) == studies
