@@ -242,7 +242,7 @@ def cmd_serve(args) -> int:
     overrides = {k: getattr(args, k) for k in (
         "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
         "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb",
-        "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_retries", "send_backoff", "worklist", "http_host", "http_port",
+        "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size", "intake_processes")}
     config = load_config(args.config, overrides)
     if args.no_http:
@@ -286,7 +286,8 @@ def _add_serve(sub, fmt) -> None:
                            edgeinfer serve --config /etc/edgeinfer/serve.toml
                            edgeinfer serve --port 2762 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem
                        """) + "\n\nC-STORE status: 0x0000 stored durably; 0xA700 out of resources (spool nearly full or "
-                       "queue full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing")
+                       "queue full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing; "
+                       "0xC212 another instance with this SOP Instance UID was stored already (the first is kept)")
     a = s.add_argument
     a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
     a("--spool", default=None, help="folder for received instances, results and the state database (default ./spool)")
@@ -318,8 +319,12 @@ def _add_serve(sub, fmt) -> None:
       help="PEM CA that signed the PACS's certificate: send results over TLS, checking the PACS's certificate")
     a("--send-tls-cert", dest="send_tls_cert", default=None, help="our PEM client certificate, for mutual TLS")
     a("--send-tls-key", dest="send_tls_key", default=None, help="PEM private key for --send-tls-cert")
-    a("--send-retries", dest="send_retries", type=int, default=None, help="attempts before dead-lettering (default 8)")
+    a("--send-horizon", dest="send_horizon", type=float, default=None,
+      help="seconds a result is retried while PACS cannot be reached or is busy, before it is dead-lettered "
+           "(default 604800: 7 days); a PACS that refuses the result itself dead-letters it at once")
     a("--send-backoff", dest="send_backoff", type=float, default=None, help="first retry delay, doubling (default 2 s)")
+    a("--send-backoff-max", dest="send_backoff_max", type=float, default=None,
+      help="longest delay between retries (default 600 s)")
     a("--worklist", default=None, help="also keep the live worklist JSON in this file (written atomically)")
     a("--http-host", dest="http_host", default=None, help="HTTP side address (default 127.0.0.1)")
     a("--http-port", dest="http_port", type=int, default=None, help="HTTP side port (default 8080)")
@@ -438,6 +443,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     add_signing_parsers(sub, formatter_class=fmt)
     _add_serve(sub, fmt)
+
+    from .node.admin import add_parsers as add_outbox_parsers
+
+    add_outbox_parsers(sub, formatter_class=fmt)
 
     from .bench import add_parser as add_bench_parser
 

@@ -64,8 +64,9 @@ class NodeConfig:
     send_tls_ca: Path | None = None             # given: results go to PACS over TLS, its certificate checked
     send_tls_cert: Path | None = None           # our client certificate, for a PACS that wants mutual TLS
     send_tls_key: Path | None = None
-    send_retries: int = 8                       # attempts before an outbox item is dead-lettered
-    send_backoff: float = 2.0                   # first retry delay (s); doubles, capped at 10 minutes
+    send_horizon: float = 7 * 86400.0           # transient send failures retry this long (s) before dead-lettering
+    send_backoff: float = 2.0                   # first retry delay (s); doubles, capped at send_backoff_max
+    send_backoff_max: float = 600.0
     worklist: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int | None = 8080                # None: no HTTP side
@@ -105,10 +106,11 @@ class NodeConfig:
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 problems.append(f"{name} {p}: no such file")
-        for name in ("max_associations", "max_queue", "send_retries", "batch_size", "max_crashes"):
+        for name in ("max_associations", "max_queue", "batch_size", "max_crashes"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be at least 1")
-        for name in ("acse_timeout", "dimse_timeout", "network_timeout", "inference_timeout", "send_backoff"):
+        for name in ("acse_timeout", "dimse_timeout", "network_timeout", "inference_timeout", "send_backoff",
+                     "send_backoff_max", "send_horizon"):
             if not float(getattr(self, name)) > 0:
                 problems.append(f"{name} must be a positive number of seconds")
         if int(self.intake_processes) < 0:
@@ -151,6 +153,10 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
         values = doc.get("serve", doc)
+        if "send_retries" in values:
+            raise UsageError(f"--config {path}: send_retries was replaced by send_horizon (seconds; default 7 days): "
+                             "a transient send failure is retried until then, a PACS's refusal of the result at once "
+                             "goes to the dead letters; remove send_retries")
         known = {f.name for f in dataclasses.fields(NodeConfig)} - {"extra"}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -107,6 +107,9 @@ def make_app(view: NodeView) -> Starlette:
 
     @_guarded
     def metrics(request: Request) -> Response:
+        refresh = getattr(view, "refresh_gauges", None)
+        if refresh is not None:  # counts that live in the state (studies, outbox) are read at each scrape
+            refresh()
         payload, content_type = view.metrics.render()
         return Response(payload, media_type=content_type, headers=_NO_STORE)
 

@@ -70,6 +70,11 @@ class NodeMetrics:
             ["destination"], registry=r)
         self.outbox_pending = Gauge(
             "edgeinfer_outbox_pending", "Results waiting to be delivered", registry=r)
+        self.outbox_items = Gauge(
+            "edgeinfer_outbox_items", "Results in the outbox by state (pending, sent, dead), counted in the state "
+            "database: the counts survive a restart", ["state"], registry=r)
+        for state in ("pending", "sent", "dead"):
+            self.outbox_items.labels(state=state)
 
         for outcome in INSTANCE_OUTCOMES:
             self.instances_total.labels(outcome=outcome)
@@ -93,6 +98,12 @@ class NodeMetrics:
         for state, n in counts.items():
             self.studies_in_state.labels(state=state).set(n)
         self._states.update(counts)
+
+    def set_outbox(self, counts: Mapping[str, int]) -> None:
+        """The outbox gauges from a fresh count per state (the state database's)."""
+        for state in ("pending", "sent", "dead"):
+            self.outbox_items.labels(state=state).set(counts.get(state, 0))
+        self.outbox_pending.set(counts.get("pending", 0))
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this registry: ``(payload, content type)``."""

@@ -1,5 +1,13 @@
-"""The outbox: results go to every destination by C-STORE, with retries and backoff; after the last
-attempt an item is dead-lettered (kept, visible in /metrics and the state, never silently dropped)."""
+"""The outbox: results go to every destination by C-STORE, retried with capped backoff.
+
+A failure that may pass (PACS down or unreachable, an association it rejects, no answer, 0xA7xx "out
+of resources") is retried, the delay doubling from ``send_backoff`` up to ``send_backoff_max``, until
+the item is ``send_horizon`` old (default 7 days), also across restarts: the state holds every item
+with its age. Only a PACS that refuses the result itself (any other failure status: the data set, its
+SOP class or the calling AE is not acceptable) dead-letters it at once, and so does the horizon.
+Dead letters are kept, counted in ``/metrics`` from the state (so the count survives a restart) and
+re-driven by an operator: ``edgeinfer outbox list`` and ``edgeinfer outbox retry``.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,11 +21,27 @@ from .state import State
 log = logging.getLogger("edgeinfer.node")
 audit = logging.getLogger("edgeinfer.audit")
 MAX_BACKOFF_S = 600.0
+#: C-STORE statuses that mean "not now" (out of resources): retried like a PACS that cannot be reached
+_TRANSIENT = range(0xA700, 0xA800)
+_SUCCESS = (0x0000, 0xB000, 0xB007, 0xB006)  # success, or success with warnings
 
 
-def backoff(attempt: int, first: float) -> float:
-    """Delay before retry ``attempt`` (1-based): ``first`` doubling, capped at 10 minutes."""
-    return min(first * 2 ** max(0, attempt - 1), MAX_BACKOFF_S)
+class Refused(str):
+    """A send failure that will not pass by waiting: the PACS refused the result itself."""
+
+
+def backoff(attempt: int, first: float, cap: float = MAX_BACKOFF_S) -> float:
+    """Delay before retry ``attempt`` (1-based): ``first`` doubling, capped at ``cap``."""
+    return min(first * 2 ** max(0, attempt - 1), cap)
+
+
+def store_failure(status: int, dest) -> str | None:
+    """What a C-STORE response status means for the outbox (pure): None (delivered), a transient
+    failure (a str, retried) or a :class:`Refused` one (dead-lettered)."""
+    if status in _SUCCESS:
+        return None
+    why = f"{dest} answered C-STORE status 0x{int(status):04X}"
+    return why + " (out of resources: retried)" if status in _TRANSIENT else Refused(why + " (refused)")
 
 
 def client_tls(config: NodeConfig):
@@ -57,9 +81,7 @@ def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 3
         assoc.release()
     if not status or "Status" not in status:
         return f"{dest} sent no C-STORE response (connection lost or DIMSE timeout)"
-    if status.Status not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with warnings
-        return f"{dest} answered C-STORE status 0x{int(status.Status):04X}"
-    return None
+    return store_failure(int(status.Status), dest)
 
 
 class Outbox(Loop):
@@ -77,12 +99,13 @@ class Outbox(Loop):
     def drain(self) -> int:
         """Send every item that is due now; returns how many were attempted."""
         due = self.state.due_sends()
-        for item_id, study_uid, version, destination, path, attempts in due:
+        c = self.config
+        for item_id, study_uid, version, destination, path, attempts, created in due:
             if self.stopping:
                 break
             dest = Destination.parse(destination)
             try:
-                error = self.send(path, dest, self.config.ae_title, tls=self.tls)
+                error = self.send(path, dest, c.ae_title, tls=self.tls)
             except Exception as exc:  # noqa: BLE001
                 error = f"sending failed ({exc.__class__.__name__})"
             if error is None:
@@ -91,19 +114,21 @@ class Outbox(Loop):
                 self._inc("outbox_sent_total", destination)
                 continue
             attempt = attempts + 1
-            if attempt >= self.config.send_retries:
+            now = time.time()
+            if isinstance(error, Refused) or now - created >= c.send_horizon:
+                why = "refused" if isinstance(error, Refused) else f"not delivered within {c.send_horizon:.0f} s"
                 self.state.mark_failed(item_id, error, retry_at=None)
-                log.error("dead-lettered study %s result v%d for %s after %d attempts: %s",
-                          study_uid, version, dest, attempt, error)
+                log.error("dead-lettered study %s result v%d for %s after %d attempt(s) (%s): %s; "
+                          "edgeinfer outbox retry sends it again", study_uid, version, dest, attempt, why, error)
                 self._inc("outbox_dead_letters_total", destination)
             else:
-                delay = backoff(attempt, self.config.send_backoff)
-                self.state.mark_failed(item_id, error, retry_at=time.time() + delay)
+                delay = backoff(attempt, c.send_backoff, c.send_backoff_max)
+                self.state.mark_failed(item_id, error, retry_at=now + delay)
                 log.warning("sending study %s result v%d to %s failed (%s); retry %d in %.0f s",
                             study_uid, version, dest, error, attempt, delay)
                 self._inc("outbox_retries_total", destination)
         if self.metrics is not None:
-            self.metrics.outbox_pending.set(self.state.outbox_counts().get("pending", 0))
+            self.metrics.set_outbox(self.state.outbox_counts())
         return len(due)
 
     def _inc(self, name: str, destination: str) -> None:

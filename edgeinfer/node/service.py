@@ -206,6 +206,7 @@ class Node:
         counts = self.state.counts_by_state()
         self.metrics.queue_depth.set(counts.get("queued", 0))
         self.metrics.set_study_states(counts)
+        self.metrics.set_outbox(self.state.outbox_counts())
 
     # -- NodeView (the HTTP side) -------------------------------------------------------------------
     def health(self) -> dict:

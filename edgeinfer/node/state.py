@@ -70,8 +70,15 @@ def _v2_instance_digest(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE instances ADD COLUMN sha256 TEXT")
 
 
+def _v3_outbox_created(db: sqlite3.Connection) -> None:
+    """When each outbox item was made (its retry horizon counts from there); older items count from
+    their next attempt."""
+    db.execute("ALTER TABLE outbox ADD COLUMN created REAL")
+    db.execute("UPDATE outbox SET created=next_attempt WHERE created IS NULL")
+
+
 #: schema steps, in order: a state at ``user_version`` N has had the first N
-MIGRATIONS = (_v1_baseline, _v2_instance_digest)
+MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -256,8 +263,8 @@ class State:
                 db.execute("INSERT INTO results VALUES (?,?,?,?,?,?,0)",
                            (job.study_uid, job.version, now, priority, score, json.dumps(record, allow_nan=False)))
                 for destination, path in sends:
-                    db.execute("INSERT OR IGNORE INTO outbox (study_uid, version, destination, path, next_attempt) "
-                               "VALUES (?,?,?,?,?)", (job.study_uid, job.version, destination, path, now))
+                    db.execute("INSERT OR IGNORE INTO outbox (study_uid, version, destination, path, next_attempt, "
+                               "created) VALUES (?,?,?,?,?,?)", (job.study_uid, job.version, destination, path, now, now))
             # instances that arrived while this version was scored make the study receive again
             db.execute("UPDATE studies SET state=CASE WHEN state='scoring' THEN 'scored' ELSE state END "
                        "WHERE study_uid=?", (job.study_uid,))
@@ -275,8 +282,9 @@ class State:
     # -- outbox ---------------------------------------------------------------------------------
     def due_sends(self, now: float | None = None, limit: int = 20) -> list[tuple]:
         now = time.time() if now is None else now
-        return self._all("SELECT id, study_uid, version, destination, path, attempts FROM outbox "
-                         "WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?", (now, limit))
+        return self._all("SELECT id, study_uid, version, destination, path, attempts, coalesce(created, next_attempt) "
+                         "FROM outbox WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?",
+                         (now, limit))
 
     def mark_sent(self, item_id: int) -> None:
         with self._tx() as db:
@@ -294,6 +302,25 @@ class State:
 
     def outbox_counts(self) -> dict[str, int]:
         return dict(self._all("SELECT state, count(*) FROM outbox GROUP BY state"))
+
+    def outbox_items(self, state: str | None = None) -> list[dict]:
+        """Every outbox item (or those in ``state``: pending, sent, dead), oldest first."""
+        rows = self._all("SELECT id, study_uid, version, destination, state, attempts, last_error, "
+                         "coalesce(created, next_attempt), next_attempt FROM outbox"
+                         + (" WHERE state=?" if state else "") + " ORDER BY id", (state,) if state else ())
+        return [{"id": i, "study_uid": s, "version": v, "destination": d, "state": st, "attempts": a,
+                 "last_error": e, "created": c, "next_attempt": n} for i, s, v, d, st, a, e, c, n in rows]
+
+    def retry_dead(self, study_uid: str | None = None, now: float | None = None) -> int:
+        """Dead letters (all, or one study's) back to pending, due now, with a fresh horizon; returns how many."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            sql = "UPDATE outbox SET state='pending', next_attempt=?, created=?, attempts=0 WHERE state='dead'"
+            args: tuple = (now, now)
+            if study_uid is not None:
+                sql += " AND study_uid=?"
+                args += (study_uid,)
+            return db.execute(sql, args).rowcount
 
     def dead_letters(self) -> list[dict]:
         return [{"study_uid": s, "version": v, "destination": d, "attempts": a, "last_error": e}

@@ -390,7 +390,7 @@ def test_results_go_to_a_tls_pacs_with_mutual_authentication(orthanc_factory, no
     for uid in {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in node_phantoms.rglob("*.dcm")}:
         assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
     # without our client certificate the PACS refuses: the item is retried, never marked sent
-    plain = node_factory("--send-to", dest, "--quiet-seconds", "1", "--send-retries", "2",
+    plain = node_factory("--send-to", dest, "--quiet-seconds", "1", "--send-horizon", "2",
                         "--send-backoff", "0.2", "--send-tls-ca", str(tls_material.ca_cert))
     assert plain.store([node_phantoms]).returncode == 0
     db = plain.spool / "state.sqlite3"

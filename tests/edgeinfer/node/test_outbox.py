@@ -1,0 +1,110 @@
+"""The outbox: transient failures retry until the horizon, also across restarts; a refusal dead-letters at once;
+the counts come from the state; an operator re-drives dead letters (``edgeinfer outbox``)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import peers
+from edgeinfer.node.config import Destination, NodeConfig, load_config
+from edgeinfer.node.outbox import Outbox, Refused, backoff, store_failure
+from edgeinfer.node.state import State
+from edgeinfer.errors import UsageError
+
+
+def _scored(st: State, study: str, now: float = 0.0) -> None:
+    st.add_instance(sop_uid=study + ".1", study_uid=study, series_uid="", path="/s", modality="DX", urgent=False,
+                    calling_aet="M", sha256="a" * 64, now=now)
+    st.complete_quiet_studies(lambda m: 0, now=now)
+    st.finish_job(st.next_job(), priority="ROUTINE", score=0.1, record={}, sends=[("PACS@127.0.0.1:1", "/r.dcm")],
+                  now=now)
+
+
+def test_store_statuses_are_delivered_retried_or_refused():
+    assert store_failure(0x0000, "P") is None and store_failure(0xB000, "P") is None
+    busy = store_failure(0xA700, "P")
+    assert busy and not isinstance(busy, Refused) and "0xA700" in busy
+    for status in (0xA900, 0xC000, 0x0122, 0x0124):
+        assert isinstance(store_failure(status, "P"), Refused)
+    assert [backoff(n, 2.0, 10.0) for n in (1, 2, 3, 4, 9)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_transient_failures_retry_until_the_horizon_and_a_refusal_at_once(tmp_path, monkeypatch):
+    st = State(tmp_path / "s.db")
+    _scored(st, "1.1")
+    _scored(st, "2.2")
+    clock = [1000.0]
+    monkeypatch.setattr("edgeinfer.node.outbox.time.time", lambda: clock[0])
+    answers = {"1.1": "association with PACS was not established", "2.2": Refused("PACS answered 0xC000")}
+    sent = []
+    box = Outbox(NodeConfig(send_horizon=3600, send_backoff=1, send_backoff_max=60), st,
+                 send=lambda path, dest, aet, tls=None: sent.append(path) or answers.pop(next(iter(answers))))
+    # created at t=0 (finish_job's now): the horizon runs out at t=3600
+    st._db.execute("UPDATE outbox SET next_attempt=0")
+    assert box.drain() == 2
+    items = {i["study_uid"]: i for i in st.outbox_items()}
+    assert items["2.2"]["state"] == "dead" and items["1.1"]["state"] == "pending"   # refused: dead at once
+    assert items["1.1"]["next_attempt"] == 1001.0                                   # retried after send_backoff
+    answers["1.1"] = "PACS sent no C-STORE response"
+    clock[0] = 3700.0                                                               # past the horizon
+    assert box.drain() == 1
+    assert st.outbox_counts() == {"dead": 2}
+    assert st.retry_dead("1.1", now=4000) == 1 and st.outbox_counts() == {"dead": 1, "pending": 1}
+    assert st.retry_dead(now=4000) == 1 and st.outbox_counts() == {"pending": 2}
+
+
+def test_send_retries_names_its_replacement(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("[serve]\nsend_retries = 8\n")
+    with pytest.raises(UsageError, match="replaced by send_horizon"):
+        load_config(cfg)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgeinfer", "outbox", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_outbox_list_and_retry_from_the_command_line(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    st = State(spool / "state.sqlite3")
+    _scored(st, "3.3")
+    (item_id, *_), = st.due_sends(now=1)
+    st.mark_failed(item_id, "PACS answered C-STORE status 0xC000 (refused)", retry_at=None)
+    st.close()
+    r = _cli("list", "--spool", str(spool))
+    assert r.returncode == 0 and "1 dead" in r.stdout and "3.3" in r.stdout and "0xC000" in r.stdout
+    r = _cli("retry", "--spool", str(spool))
+    assert r.returncode == 1 and "--all, or --study" in r.stderr
+    r = _cli("retry", "--spool", str(spool), "--study", "3.3")
+    assert r.returncode == 0 and r.stdout.startswith("1 result(s) queued again")
+    assert State(spool / "state.sqlite3").outbox_counts() == {"pending": 1}
+    r = _cli("list", "--spool", str(tmp_path / "nowhere"))
+    assert r.returncode != 0 and "no state database" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_pacs_outage_longer_than_the_old_retry_window_loses_no_sr_even_across_a_restart(
+        node_factory, orthanc_factory, dcmtk, node_phantoms):
+    import pydicom
+
+    files = sorted(node_phantoms.rglob("*.dcm"))
+    studies = sorted({str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files})
+    port = peers.free_port()                                   # PACS is down: nothing listens there
+    args = ("--quiet-seconds", "1", "--send-to", f"PACS@127.0.0.1:{port}", "--send-backoff", "0.2",
+            "--send-backoff-max", "1", "--send-horizon", "3600")
+    node = node_factory(*args, name="before")
+    assert node.store(files).returncode == 0
+    # the old defaults gave up after 8 attempts; scaled down, that is a few seconds of retries here
+    peers.wait_until(lambda: "retry 9 in" in node.log.read_text(), 60, 0.2, "ten failed attempts")
+    node.kill()                                                # and the node restarts during the outage
+    again = node_factory(*args, "--spool", str(node.spool), name="after")
+    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="pending"} ' + f"{float(len(studies))}"
+                     in again.get("/metrics")[1], 30, 0.2, "the pending SRs counted after the restart")
+    pacs = orthanc_factory(extra_config={"DicomPort": port})    # PACS is back
+    for uid in studies:
+        assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
+    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="sent"} ' + f"{float(len(studies))}"
+                     in again.get("/metrics")[1], 30, 0.2, "every SR counted as sent")
+    assert 'edgeinfer_outbox_items{state="dead"} 0.0' in again.get("/metrics")[1]
