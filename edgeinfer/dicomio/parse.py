@@ -386,3 +386,35 @@ def _parse(data: bytes, limits: ReadLimits, path: str) -> FileDataset:
                 else ExplicitVRLittleEndian if read_little else ExplicitVRBigEndian
             )
         return fds
+
+
+# --- routing headers of instances received over the network -------------------------------------------
+#: a received deflated data set is inflated only this far to read its routing header
+ROUTING_INFLATE_BYTES = 4 * _MiB
+#: the routing header ends with group 0040 (Requested Procedure Priority is its last element used)
+_ROUTING_LAST_TAG = 0x0040FFFF
+
+
+def routing_header(data: bytes, specific_tags=None, inflate_limit: int = ROUTING_INFLATE_BYTES):
+    """The header elements up to group 0040 of an instance held in memory, for routing it (study, series,
+    SOP Instance UID, modality, priority): no pixel data, and a deflated data set is inflated only as far
+    as ``inflate_limit`` (zlib's output bound), never whole, so a deflate bomb costs megabytes, not
+    gigabytes. Not the hardened reader's checks (that runs when the image is read for inference); this
+    one must not wait for the one-thread-at-a-time library boundary either, so it takes no lock.
+    Raises what pydicom raises on garbage; the caller refuses such an instance.
+    """
+    buf = _TrackedBuffer(data)
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        buf.seek(132)
+    meta = _read_meta(buf)
+    start = buf.tell()
+    implicit, little, ts = _dataset_encoding(meta, data[start : start + 6])
+    if ts == DeflatedExplicitVRLittleEndian:
+        body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(memoryview(data)[start:], inflate_limit)
+    else:
+        body = memoryview(data)[start:]
+    from pydicom.tag import Tag
+
+    tags = [Tag(t) for t in specific_tags] if specific_tags else None  # keywords -> tags, as dcmread does
+    return _pd_read_dataset(io.BytesIO(body), implicit, little, specific_tags=tags,
+                            stop_when=lambda tag, vr, length: tag > _ROUTING_LAST_TAG)

@@ -15,7 +15,6 @@ whether an instance is new, a duplicate or a conflict (``State.add_instance``).
 """
 from __future__ import annotations
 
-import io
 import logging
 import ssl
 import threading
@@ -84,13 +83,13 @@ _no_traceback = _NoTraceback()
 
 
 def _header(data: bytes):
-    """The few header values the node needs, read without touching the pixel data."""
-    import pydicom
-
+    """The few header values the node needs, read without touching the pixel data, and without inflating a
+    deflated data set past a few megabytes (``dicomio.parse.routing_header``)."""
+    from ..dicomio.parse import routing_header
     from ..dicomio.quiet import _logs_quiet  # warnings: ignored for the whole process (Receiver.start)
 
     with _logs_quiet():
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=list(_HEADER_TAGS))
+        return routing_header(data, specific_tags=list(_HEADER_TAGS))
 
 
 def instance_fields(ds, *, sop: str | None = None, urgent_request: bool = False) -> dict | None:

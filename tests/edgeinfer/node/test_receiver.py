@@ -107,3 +107,66 @@ def test_the_spool_is_the_source_of_truth_when_the_state_database_is_lost(node_f
         assert "could not be read" in notes and list(node.spool.glob("state.sqlite3.unreadable-*"))
     _, wl = again.get("/worklist")
     assert sorted(s["study_uid"] for s in wl["studies"]) == studies
+
+
+def _deflate_bomb(src: pydicom.Dataset, path, zeros: int) -> None:
+    """A Part 10 file in Deflated Explicit VR Little Endian whose data set inflates to ``zeros`` bytes of pixel
+    data after its header (about 1 MB on disk per GB inflated)."""
+    import io
+    import struct
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    ds = copy.deepcopy(src)
+    del ds.PixelData
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    body = io.BytesIO()
+    pydicom.filewriter.write_dataset(pydicom.filebase.DicomFileLike(body), ds)  # explicit VR LE (the file's TS)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [comp.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, zeros))]
+    chunk = bytes(1 << 24)
+    for _ in range(zeros // len(chunk)):
+        out.append(comp.compress(chunk))
+    out.append(comp.flush())
+    meta = io.BytesIO()
+    pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(meta), ds.file_meta)
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue() + b"".join(out))
+
+
+def test_deflate_bombs_cost_the_receiver_megabytes_not_gigabytes(node_factory, node_phantoms, tmp_path):
+    import threading
+
+    from pynetdicom import AE
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    node = node_factory("--quiet-seconds", "600")
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    bombs = []
+    for i in range(10):
+        bombs.append(tmp_path / f"bomb{i}.dcm")
+        # 96 MiB of zeros each (pynetdicom, the sender here, inflates and deflates what it sends, so the
+        # bombs stay small enough for this process; ten at once still cost a whole-inflating receiver a GB)
+        _deflate_bomb(src, bombs[-1], zeros=96 << 20)
+    assert all(b.stat().st_size < 1 << 20 for b in bombs)
+    statuses: list = []
+
+    def send(path):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(src.SOPClassUID, DeflatedExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        statuses.append(int(assoc.send_c_store(path).Status) if assoc.is_established else None)
+        assoc.release()
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in bombs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(statuses) == [0x0000] * 10               # their headers are read; their pixels never inflated
+    peak_kb = int(next(line.split()[1] for line in open(f"/proc/{node.proc.pid}/status")
+                       if line.startswith("VmHWM")))
+    assert peak_kb < 600 * 1024, f"the node peaked at {peak_kb // 1024} MB"
+    assert node.get("/healthz")[0] == 200
