@@ -33,7 +33,7 @@ from . import dicomio
 from .errors import EdgeInferError, InputError, NotApplicable
 from .preprocess import Prepared, PreprocessSpec, decode_size, preprocess_pixels, select_frame
 from .sysinfo import tune_allocator
-from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid
+from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid, valid_uid
 
 #: sidecar files that sit next to studies; listed as skipped, never read as DICOM
 DEFAULT_IGNORE = ("*.csv", "*.json", "*.txt", "*.md", "*.png", "*.jpg", ".*")
@@ -88,9 +88,12 @@ def ignored(path: Path, patterns: Sequence[str]) -> str | None:
 
 
 # --- header rules ------------------------------------------------------------------------------
-def applicability(ds, applies_to: dict, name: str) -> str | None:
+def applicability(ds, applies_to: dict, name: str, *, what_it_is_only: bool = False) -> str | None:
     """None if a bundle with these ``applies_to`` rules handles this image, else the reason it does not.
 
+    ``what_it_is_only``: only the rules on what the image shows (modality, body part), not on how its
+    pixels are encoded (photometric interpretation): for an image whose pixels cannot be read, a pixel
+    problem must stay an error (a human read), never become "not for this model".
     Header values in the reason pass through :mod:`edgeinfer.vr`: never echoed as written.
     """
     raw_modality = ds.get("Modality", "")
@@ -106,7 +109,7 @@ def applicability(ds, applies_to: dict, name: str) -> str | None:
             return f"body part is not recorded; {name} needs one of {', '.join(parts)}"
         if body and body not in parts:
             return f"body part {shown_body_part(raw_body)} is not handled by {name} (it reads {', '.join(parts)})"
-    photometric = applies_to.get("photometric")
+    photometric = None if what_it_is_only else applies_to.get("photometric")
     raw_pi = ds.get("PhotometricInterpretation", "")
     pi = str(raw_pi or "").upper().strip()
     if photometric and pi not in photometric:
@@ -181,13 +184,49 @@ class Intake:
 
     def header(self, path: str | os.PathLike):
         """The checked header of ``path`` (pixels present, not decoded). Raises InputError;
-        NotApplicable when the rules say this image is not for this model."""
-        ds = dicomio.read_dataset(path, self.limits)
+        NotApplicable when the rules say this image is not for this model.
+
+        Applicability comes from the header even when the image cannot be read: a file the checked
+        reader refuses (no pixel data, a deflate bomb, damaged pixels) is looked at once more through its
+        routing header; a CT is then not applicable rather than an error of a chest study, and an error
+        of an applicable image carries its study, so that the study goes to a human read."""
+        try:
+            ds = dicomio.read_dataset(path, self.limits)
+        except NotApplicable:
+            raise
+        except InputError as exc:
+            uid, why = self._routing_verdict(path)
+            if why:
+                raise NotApplicable(why) from None
+            if uid and exc.study_uid is None:
+                exc.study_uid = uid
+            raise
         if self.applies_to is not None:
             why = applicability(ds, self.applies_to, self.name)
             if why:
                 raise NotApplicable(why)
         return ds
+
+    def _routing_verdict(self, path) -> tuple[str | None, str | None]:
+        """For a file the checked reader refused: (its study UID, why it is not for this model) from its
+        routing header (``dicomio.parse.routing_header``); (None, None) when it has no real header (junk
+        parses to nothing with a valid Study Instance UID) or names no modality to judge by."""
+        from .dicomio.parse import _read_bytes, routing_header
+        from .dicomio.quiet import _library_quiet
+
+        try:
+            data = _read_bytes(str(path), self.limits)  # the checked file read: no FIFO, device or giant
+            with _library_quiet():  # values are converted here, warnings and all
+                head = routing_header(data, specific_tags=["StudyInstanceUID", "Modality", "BodyPartExamined"])
+                uid = str(head.get("StudyInstanceUID", "") or "").strip(" \x00")
+                if not valid_uid(uid):
+                    return None, None
+                why = None
+                if self.applies_to is not None and str(head.get("Modality", "") or "").strip():
+                    why = applicability(head, self.applies_to, self.name, what_it_is_only=True)
+                return uid, why
+        except Exception:  # noqa: BLE001 - not even a header: the first error stands
+            return None, None
 
     def prepare(self, ds, path: Path | None = None, *, read_ms: float = 0.0) -> Image:
         """Decode the frame the spec selects and preprocess it. Raises InputError."""

@@ -194,7 +194,8 @@ class Node:
             self.metrics.studies_total.labels(priority=study["priority"]).inc()
             self.metrics.arrival_to_result_seconds.observe(max(0.0, time.time() - job.last_received))
         else:
-            audit.info("study %s v%d: no image this model handles", job.study_uid, job.version)
+            audit.info("study %s v%d: not for this model (listed on the worklist as not applicable, no SR)",
+                       job.study_uid, job.version)
         if self.config.worklist is not None:
             try:
                 write_json(self.config.worklist, self.worklist())

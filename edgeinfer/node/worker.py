@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import EdgeInferError, InputError
+from ..errors import EdgeInferError
 from ..triage import INDETERMINATE, TriageEngine, priority_order
 from .loop import Loop
 from .state import Job
@@ -100,9 +100,19 @@ class Worker(Loop):
             wl = box["wl"]
             study = next((s for s in wl.studies if s["study_uid"] == job.study_uid), None)
             others = [s for s in wl.studies if s["study_uid"] != job.study_uid]
-            record = {"study": study, "skipped": wl.skipped, "errors": wl.errors + [
+            errors = wl.errors + [
                 {"path": i["path"], "code": "other-study", "reason": "the file names another study than the one it "
-                 "was received for"} for s in others for i in s["images"]], "run": wl.run}
+                 "was received for"} for s in others for i in s["images"]]
+            record = {"study": study, "skipped": wl.skipped, "errors": errors, "run": wl.run}
+            if study is None and errors:
+                # every file failed before its study could be read from it: it was received for this study
+                codes = sorted({e.get("code", "error") for e in errors})
+                record["study"] = self._human_read_study(
+                    job, f"no image of this study could be read ({', '.join(codes)})", [e["path"] for e in errors])
+            elif study is None:
+                record["not_applicable"] = {
+                    "study_uid": job.study_uid, "modality": job.modality, "files": len(wl.skipped),
+                    "reasons": sorted({s.get("reason", "") for s in wl.skipped}) or ["no image in the study"]}
             if node.metrics is not None:
                 node.metrics.inference_seconds.observe(elapsed)
         self._record(job, record)
@@ -129,34 +139,56 @@ class Worker(Loop):
             node.result_recorded(job, record)
         node.outbox.wake()
 
+    def _human_read_study(self, job: Job, why: str, failed: list[str]) -> dict:
+        """The study record of a version the model did not score: INDETERMINATE, with the reason."""
+        return {"study_uid": job.study_uid, "priority": INDETERMINATE, "score": None, "modality": job.modality,
+                "images": [], "failed_images": list(failed), "model": self.node.model_record(),
+                "reason": f"{why} - needs a human read"}
+
     def _indeterminate(self, job: Job, why: str, code: str = "watchdog") -> dict:
-        node = self.node
-        study = {"study_uid": job.study_uid, "priority": INDETERMINATE, "score": None, "modality": job.modality,
-                 "images": [], "failed_images": list(job.paths), "model": node.model_record(),
-                 "reason": f"{why} - needs a human read"}
+        study = self._human_read_study(job, why, job.paths)
         return {"study": study, "skipped": [], "errors": [{"path": p, "code": code, "reason": why}
-                                                          for p in job.paths], "run": node.run_record()}
+                                                          for p in job.paths], "run": self.node.run_record()}
 
     def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str]]:
         """Write the SR for this study version into the spool; one outbox item per destination."""
         node = self.node
         if not node.config.send_to:
             return []
-        from .. import dicomio
-        from .sr import build_sr, sr_bytes
+        from .sr import SRError, build_sr, sr_bytes
 
-        sources = []
-        for p in job.paths:
-            try:
-                sources.append(dicomio.read_dataset(p))
-            except InputError:
-                continue
+        sources = [ds for ds in map(source_header, job.paths) if ds is not None]
         if not sources:
-            log.warning("study %s: no readable source header, so no SR can be made; see the worklist", job.study_uid)
-            return []
-        ds = build_sr(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
+            raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
+        try:
+            ds = build_sr(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
+        except SRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a header value highdicom refuses; its message may quote it
+            raise SRError(f"the SR could not be built from the sources' headers ({exc.__class__.__name__})") from None
         path = node.spool.store_result(job.study_uid, job.version, sr_bytes(ds))
         return [(str(d), str(path)) for d in node.config.send_to]
+
+
+#: an SR source's header is read from the first bytes of its spool file (groups up to 0040)
+_SOURCE_HEAD_BYTES = 8 << 20
+
+
+def source_header(path: str):
+    """The patient, study and image header (up to group 0040) of a received instance, from its spool file,
+    without its pixel data: what an SR copies and references. Read for every instance of the study, so that
+    the SR names every image, the ones the model could not read included. None when unreadable."""
+    from ..dicomio.parse import routing_header
+    from ..dicomio.quiet import _library_quiet
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SOURCE_HEAD_BYTES)
+        with _library_quiet():
+            ds = routing_header(data)
+            return ds if str(ds.get("SOPInstanceUID", "") or "").strip() else None
+    except Exception:  # noqa: BLE001 - counted by the caller; no value is shown
+        return None
 
 
 def worklist_document(node, results: list[dict]) -> dict:
@@ -170,13 +202,16 @@ def worklist_document(node, results: list[dict]) -> dict:
     studies.sort(key=lambda s: (order.get(s["priority"], len(order)),
                                 -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
     skipped = [x for r in results for x in r.get("skipped", [])]
+    not_applicable = sorted((r["not_applicable"] for r in results if r.get("not_applicable")),
+                            key=lambda n: n["study_uid"])
     errors = [x for r in results for x in r.get("errors", [])]
     counts = {p: 0 for p in order}
     for s in studies:
         counts[s["priority"]] = counts.get(s["priority"], 0) + 1
     n_img = sum(len(s["images"]) for s in studies)
     return {"edgeinfer": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "bundle": node.bundle.summary(), "run": node.run_record(), "studies": studies, "skipped": skipped,
-            "errors": errors, "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img,
-                                          "studies": len(studies), "by_priority": counts, "skipped": len(skipped),
-                                          "errors": len(errors)}}
+            "bundle": node.bundle.summary(), "run": node.run_record(), "studies": studies,
+            "not_applicable": not_applicable, "skipped": skipped, "errors": errors,
+            "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img, "studies": len(studies),
+                        "by_priority": counts, "not_applicable": len(not_applicable), "skipped": len(skipped),
+                        "errors": len(errors)}}

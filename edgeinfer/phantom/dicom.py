@@ -90,7 +90,7 @@ def _window_values(pixels: np.ndarray, dev: dict, img: dict) -> list[tuple[float
 
 def _dataset(*, dev, img, pixels, rows, cols, spacing, sex, age, birth, index, study_date, study_time, when,
              accession, body_part, institution, both_spacings, study_uid, series_uid, sop_uid, series_number,
-             instance, repeat, token) -> Dataset:
+             instance, repeat, token, series_when=None) -> Dataset:
     prof: _Profile = dev["profile"]
     modality = dev["modality"]
     sop_class = DX_SOP_CLASS if modality == "DX" else CR_SOP_CLASS
@@ -110,11 +110,12 @@ def _dataset(*, dev, img, pixels, rows, cols, spacing, sex, age, birth, index, s
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = study_date.strftime("%Y%m%d")
-    ds.SeriesDate = when.strftime("%Y%m%d")
+    series_when = series_when or when  # series attributes are the same for every image of a series (dcentvfy)
+    ds.SeriesDate = series_when.strftime("%Y%m%d")
     ds.AcquisitionDate = when.strftime("%Y%m%d")
     ds.ContentDate = when.strftime("%Y%m%d")
     ds.StudyTime = study_time.strftime("%H%M%S")
-    ds.SeriesTime = when.strftime("%H%M%S")
+    ds.SeriesTime = series_when.strftime("%H%M%S")
     ds.AcquisitionTime = when.strftime("%H%M%S")
     ds.ContentTime = when.strftime("%H%M%S")
     ds.AccessionNumber = accession

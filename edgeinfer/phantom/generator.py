@@ -234,7 +234,8 @@ def _make_study(rng: np.random.Generator, *, index: int, n_images: int, plan: di
             birth=birth, index=index, study_date=study_date, study_time=study_time, when=when,
             accession=accession, body_part=body_part, institution=institution, both_spacings=both_spacings,
             study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, series_number=series_number,
-            instance=instance, repeat=k > 0, token=token)
+            instance=instance, repeat=k > 0 and not same_series, series_when=when if not same_series else
+            (_dt.datetime.combine(study_date, study_time) + _dt.timedelta(minutes=2)), token=token)
         relpath = f"study{index:04d}/series{series_number:02d}/img{k + 1:03d}.dcm"
         cases.append(PhantomCase(ds, "normal" if finding == "none" else "urgent", finding, study_uid, relpath,
                                  details))

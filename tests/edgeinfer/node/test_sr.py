@@ -231,6 +231,34 @@ def test_dcmtk_dsrdump_accepts_the_document(two_image, tmp_path, kind):
     assert "Imaging Measurement Report" in out.stdout
 
 
+@pytest.mark.parametrize("kind", ["scored", "indeterminate"])
+def test_dicom3tools_dciodvfy_finds_no_error_in_the_document(two_image, tmp_path, kind):
+    # an independent validator of the IOD (dicom3tools): errors fail, warnings are allowed
+    dciodvfy = peers.require_binary("dciodvfy")  # skips when dicom3tools is missing, fails under CI
+    case = indeterminate(two_image) if kind == "indeterminate" else two_image
+    path, _ = written(make(case), tmp_path)
+    out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    errors = [line for line in text.splitlines() if line.startswith("Error")]
+    assert not errors, text
+    assert "ComprehensiveSR" in text or "Comprehensive SR" in text, text
+
+
+def test_dicom3tools_dcentvfy_finds_no_error_in_phantom_studies(tmp_path):
+    # series-level attributes are the same across a series (a repeat view used to name itself in one)
+    from edgeinfer import phantom
+
+    dcentvfy = peers.require_binary("dcentvfy")
+    phantom.generate(tmp_path / "set", 30, seed=7, max_size=128)
+    multi = [d for d in sorted((tmp_path / "set").iterdir()) if d.is_dir() and len(list(d.rglob("*.dcm"))) > 1]
+    assert multi, "the set should hold studies of several images"
+    for d in multi:
+        out = subprocess.run([dcentvfy, *map(str, sorted(d.rglob("*.dcm")))], capture_output=True, text=True,
+                             timeout=60)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, (d.name, out.stdout + out.stderr)
+
+
 # --- sources -----------------------------------------------------------------------------------
 def test_other_studies_and_non_images_are_left_out(two_image, triaged, caplog):
     wl, headers = triaged

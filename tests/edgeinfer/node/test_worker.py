@@ -1,0 +1,88 @@
+"""Every study the node acknowledges reaches a person: an SR in PACS for each result (human reads included),
+naming every image, or a not-applicable row on the worklist. A real node, Orthanc as PACS, pynetdicom sending."""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from peers import NODE_AET
+from test_receiver import _deflate_bomb
+
+
+def _variant(src, study, *, modality=None, pixels=True, series=None):
+    ds = copy.deepcopy(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
+        ds.SeriesInstanceUID = series or generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if modality:
+        ds.Modality = modality
+    if not pixels:
+        del ds.PixelData
+    return ds
+
+
+def _send(node, items) -> list[int]:
+    from pynetdicom import AE
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ae = AE(ae_title="MODALITY")
+    for cls in {str((pydicom.dcmread(i, stop_before_pixels=True) if not isinstance(i, pydicom.Dataset) else i)
+                    .SOPClassUID) for i in items}:
+        ae.add_requested_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(i).Status) for i in items]
+    finally:
+        assoc.release()
+
+
+def _referenced(sr: pydicom.Dataset) -> set[str]:
+    out = set()
+    for elem in sr.iterall():
+        if elem.keyword == "ReferencedSOPInstanceUID":
+            out.add(str(elem.value))
+    return out
+
+
+def test_every_acknowledged_study_reaches_a_person(node_factory, orthanc, dcmtk, node_phantoms, tmp_path):
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    one_unread, no_pixels, ct, ct_no_pixels = (generate_uid() for _ in range(4))
+    series = generate_uid()
+    good = _variant(src, one_unread, series=series)
+    bad = _variant(src, one_unread, pixels=False, series=series)
+    lone = _variant(src, no_pixels, pixels=False)
+    bomb = tmp_path / "bomb.dcm"
+    _deflate_bomb(src, bomb, zeros=80 << 20)                              # a study of its own: its pixels are zeros
+    bomb_ds = pydicom.dcmread(bomb, stop_before_pixels=True)
+    bomb_study = str(bomb_ds.StudyInstanceUID)
+    node = node_factory("--quiet-seconds", "1", "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    sent = _send(node, [good, bad, lone, _variant(src, ct, modality="CT"),
+                        _variant(src, ct_no_pixels, modality="CT", pixels=False), bomb])
+    assert sent == [0x0000] * 6
+
+    # a study with one unreadable image: scored on the other, and its SR names both
+    (sr_id,) = [s["OrthancId"] for s in orthanc.wait_for_srs(one_unread, 1, timeout=60)]
+    sr = pydicom.dcmread(io.BytesIO(orthanc.instance_file(sr_id)))
+    assert {str(good.SOPInstanceUID), str(bad.SOPInstanceUID)} <= _referenced(sr)
+    # a study none of whose images can be read, and one whose only image is a deflate bomb: human reads, with SRs
+    for uid in (no_pixels, bomb_study):
+        assert len(orthanc.wait_for_srs(uid, 1, timeout=60)) == 1
+    _, wl = node.get("/worklist")
+    studies = {s["study_uid"]: s for s in wl["studies"]}
+    assert studies[no_pixels]["priority"] == "INDETERMINATE" and studies[bomb_study]["priority"] == "INDETERMINATE"
+    assert studies[one_unread]["priority"] != "INDETERMINATE" or "reason" in studies[one_unread]
+    # CT, with and without pixel data: not for this chest model, listed as such, never a chest read, no SR
+    na = {n["study_uid"]: n for n in wl["not_applicable"]}
+    assert set(na) == {ct, ct_no_pixels} and ct not in studies and ct_no_pixels not in studies
+    assert all("modality" in r for n in na.values() for r in n["reasons"])
+    assert orthanc.srs(ct) == [] and orthanc.srs(ct_no_pixels) == []
+    assert wl["summary"]["not_applicable"] == 2
+    assert str(bomb_ds.PatientName) not in node.log.read_text()
