@@ -13,16 +13,23 @@ import pytest
 from peers import NODE_AET, wait_until
 
 
-def _send(node, datasets) -> list[int]:
+def _send(node, items) -> list[int]:
+    """C-STORE each data set or Part 10 file over one association (pynetdicom as the modality); the statuses."""
     from pynetdicom import AE
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     ae = AE(ae_title="MODALITY")
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    contexts: dict[str, set] = {}
+    for i in items:
+        ds = i if isinstance(i, pydicom.Dataset) else pydicom.dcmread(i, stop_before_pixels=True)
+        contexts.setdefault(str(ds.SOPClassUID), {ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                                  DeflatedExplicitVRLittleEndian}).add(str(ds.file_meta.TransferSyntaxUID))
+    for cls, syntaxes in contexts.items():
+        ae.add_requested_context(cls, sorted(syntaxes))
     assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
     assert assoc.is_established
     try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+        return [int(assoc.send_c_store(i).Status) for i in items]
     finally:
         assoc.release()
 

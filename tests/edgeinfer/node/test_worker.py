@@ -10,8 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from peers import NODE_AET
-from test_receiver import _deflate_bomb
+from test_receiver import _deflate_bomb, _send
 
 
 def _variant(src, study, *, modality=None, pixels=True, series=None):
@@ -26,22 +25,6 @@ def _variant(src, study, *, modality=None, pixels=True, series=None):
     if not pixels:
         del ds.PixelData
     return ds
-
-
-def _send(node, items) -> list[int]:
-    from pynetdicom import AE
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    ae = AE(ae_title="MODALITY")
-    for cls in {str((pydicom.dcmread(i, stop_before_pixels=True) if not isinstance(i, pydicom.Dataset) else i)
-                    .SOPClassUID) for i in items}:
-        ae.add_requested_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(i).Status) for i in items]
-    finally:
-        assoc.release()
 
 
 def _referenced(sr: pydicom.Dataset) -> set[str]:
