@@ -187,12 +187,31 @@ class Receiver:
                 return real_recv(n)
             sock.recv = recv
 
+    @staticmethod
+    def _peer(event) -> tuple[str, str, str]:
+        """(calling AE title, called AE title, peer address): what an admin matches against the modality's
+        configuration (AE titles are configuration, not patient data)."""
+        req = event.assoc.requestor
+        rq = getattr(req, "primitive", None)  # the A-ASSOCIATE-RQ: the called AE title the peer asked for
+        called = str(getattr(rq, "called_ae_title", "") or getattr(event.assoc.acceptor, "ae_title", "") or "")
+        return str(req.ae_title or "").strip(), called.strip(), f"{req.address}:{req.port}"
+
     def _on_accepted(self, event) -> None:
         self._count("associations_total", "accepted")
+        calling, called, peer = self._peer(event)
+        audit.info("association accepted: %s -> %s from %s", calling, called, peer)
 
     def _on_rejected(self, event) -> None:
         self._count("associations_total", "rejected")
-        audit.info("association rejected (calling or called AE title not accepted, or the association limit reached)")
+        calling, called, peer = self._peer(event)
+        c = self.config
+        if c.allow_calling and calling not in c.allow_calling:
+            why = "the calling AE title is not in allow_calling"
+        elif called and called != c.ae_title:
+            why = f"the called AE title is not this node's ({c.ae_title})"
+        else:
+            why = f"the association limit ({c.max_associations}) was reached"
+        audit.info("association rejected: %s -> %s from %s: %s", calling, called, peer, why)
 
     def _on_store(self, event) -> int:
         try:
@@ -212,7 +231,10 @@ class Receiver:
         fields = instance_fields(ds, sop=str(event.request.AffectedSOPInstanceUID or ""),
                                  urgent_request=event.request.Priority == 1)
         if fields is None:
-            log.warning("answered 0xC210: the SOP Instance or Study Instance UID is malformed (not shown)")
+            missing = [k for k, v in (("SOP Instance UID", event.request.AffectedSOPInstanceUID),
+                                      ("Study Instance UID", ds.get("StudyInstanceUID", ""))) if not str(v or "").strip()]
+            log.warning("answered 0xC210: %s", f"the {' and the '.join(missing)} is missing" if missing else
+                        "the SOP Instance or Study Instance UID is malformed (not shown)")
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
         sop, study = fields["sop_uid"], fields["study_uid"]

@@ -375,6 +375,11 @@ def test_a_wrong_called_ae_title_is_rejected_at_association(node_factory, dcmtk)
     assert echo_ok(node)                                     # the right title still works
     peers.wait_until(lambda: "association rejected" in node.log.read_text(errors="replace"), 5, 0.1,
                      "the audit line for the rejected association")
+    log = node.log.read_text(errors="replace")
+    # an admin can match the line to the modality: AE titles, peer address and the reason
+    assert "association rejected: MODALITY -> OTHER from 127.0.0.1:" in log, log[-2000:]
+    assert "the called AE title is not this node's (EDGEINFER)" in log
+    assert "association accepted: " in log and f"-> {NODE_AET} from 127.0.0.1:" in log
     assert_healthy(node)
 
 
