@@ -314,8 +314,7 @@ class Run:
         import onnxruntime as ort
 
         info["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers(),
-                               "build": getattr(ort, "get_build_info", lambda: None)(),
-                               "cuda_version": getattr(getattr(ort, "capi", None), "__dict__", {}).get("cuda_version")}
+                               "build": getattr(ort, "get_build_info", lambda: None)(), "cuda_version": None}
         try:
             from onnxruntime.capi import onnxruntime_validation as v
 

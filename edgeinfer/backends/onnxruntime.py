@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -53,8 +53,6 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 log = logging.getLogger("edgeinfer.onnxruntime")
-_NP_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
-             "int64": np.int64, "int32": np.int32}
 
 
 @dataclass(frozen=True)
@@ -135,9 +133,6 @@ class CudaSettings:
                 "arena_extend_strategy": self.arena, "use_tf32": "1" if self.tf32 else "0",
                 "prefer_nhwc": "1" if self.nhwc else "0", "enable_cuda_graph": "1" if graph else "0"}
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def output_shape(declared, batch: int) -> tuple[int, ...] | None:
     """An output's shape for ``batch`` from the graph's declared shape (pure): the first axis is
@@ -164,13 +159,13 @@ class _Bound:
         batch = next(iter(shapes.values()))[0]
         cudart = runner._cudart
         for meta in sess.get_inputs():
-            dtype = _NP_TYPES[_ORT_TYPES[meta.type]]
+            dtype = np.dtype(_ORT_TYPES[meta.type])
             val = ort.OrtValue.ortvalue_from_shape_and_type(shapes[meta.name], dtype, dev, runner._device_id)
             self.binding.bind_ortvalue_input(meta.name, val)
             host = self._pin(cudart, shapes[meta.name], dtype)
             self.inputs.append((meta.name, val, host))
         for meta in sess.get_outputs():
-            dtype = _NP_TYPES[_ORT_TYPES[meta.type]]
+            dtype = np.dtype(_ORT_TYPES[meta.type])
             shape = output_shape(meta.shape, batch)
             val = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, dev, runner._device_id)
             self.binding.bind_ortvalue_output(meta.name, val)

@@ -26,8 +26,8 @@ def open_state(spool: Spool, name: str = "state.sqlite3") -> tuple[State, list[s
     path = spool.root / name
     try:
         state = State(path)
-        bad = state._one("PRAGMA quick_check")[0]
-        if bad != "ok":
+        bad = state.integrity_problem()
+        if bad:
             state.close()
             raise sqlite3.DatabaseError(f"quick_check: {bad}")
         return state, []
@@ -45,7 +45,7 @@ def open_state(spool: Spool, name: str = "state.sqlite3") -> tuple[State, list[s
 
 def reconcile(spool: Spool, state: State) -> list[str]:
     """Register every spool instance the state does not know; notes on what was found (empty: nothing)."""
-    known = {Path(row[0]).name for row in state._all("SELECT path FROM instances")}  # names: the spool may move
+    known = state.instance_file_names()
     registered, studies, unreadable, conflicts = 0, set(), 0, 0
     for path in sorted(spool.instances.glob("*/*.dcm")):
         if path.name in known:

@@ -163,6 +163,15 @@ class State:
             return self._db.execute(sql, args).fetchall()
 
     # -- receiving ------------------------------------------------------------------------------
+    def integrity_problem(self) -> str | None:
+        """What SQLite's ``quick_check`` finds wrong with the database, or None."""
+        result = self._one("PRAGMA quick_check")[0]
+        return None if result == "ok" else str(result)
+
+    def instance_file_names(self) -> set[str]:
+        """The file names (not paths: the spool may have moved) of every instance the state knows."""
+        return {Path(row[0]).name for row in self._all("SELECT path FROM instances")}
+
     def known_digest(self, sop_uid: str) -> str | None:
         """The sha256 of the instance stored under ``sop_uid`` (computed from its file for an instance
         stored before digests were kept), or None when the SOP Instance UID is new."""
