@@ -2,7 +2,7 @@
 """Benchmark of ``edgeinfer serve`` (the DICOM node) against real peers: a benchmark, not a test.
 
     .venv/bin/python benchmarks/node_bench.py [--studies N] [--images-per-study K] [--intervals 0.5,0]
-        [--burst 1000] [--quiet-seconds Q] [--max-size 512] [--max-queue M] [--threads T] [--pacs-nagle]
+        [--burst 1000] [--quiet-seconds Q] [--max-size 512] [--threads T] [--pacs-nagle]
         [--serve-arg=ARG ...] [--poll S] [--json OUT] [--report OUT.md] [--keep]
 
 Starts Orthanc (the PACS, AET ``PACS``) and ``edgeinfer serve --send-to PACS@127.0.0.1:PORT --quiet-seconds Q
@@ -21,7 +21,7 @@ then ~5 ms an SR, not ~50.
   time (summed over the calls: process start, association, C-STOREs, release). Latency per study = time its
   SR is seen in Orthanc - time its storescu call returned (its last instance's Success) - Q.
 * **burst**: ``--burst`` single-image studies cloned from one phantom, in *one* storescu call (``-nh``: go on
-  after a refusal), with the node's ``--max-queue`` (default 200): how many got 0xA700, ingest = instances
+  after a refusal): how many got 0xA700 (none should: only disk space refuses), ingest = instances
   answered / storescu wall time, and for each accepted study: SR seen - its instance's arrival (the node's own
   ``received`` timestamp, from its state database; same clock) - Q.
 
@@ -284,8 +284,6 @@ class Node:
         self.cmd = [sys.executable, "-m", "edgeinfer", "serve", "--spool", str(self.spool), "--port", str(self.port),
                     "--http-port", str(self.http_port), "--send-to", f"{PACS_AET}@127.0.0.1:{pacs.dicom_port}",
                     "--quiet-seconds", f"{args.quiet_seconds:g}", "--backend", "onnxruntime", "--precision", "fp32"]
-        if args.max_queue is not None:
-            self.cmd += ["--max-queue", str(args.max_queue)]
         if args.threads is not None:
             self.cmd += ["--threads", str(args.threads)]
         self.cmd += args.serve_arg
@@ -632,7 +630,6 @@ def run(args) -> dict:
         "settings": {"studies": args.studies, "images_per_study": args.images_per_study, "burst": args.burst,
                      "quiet_seconds": q, "max_size": args.max_size, "seed": args.seed,
                      "steady_intervals_s": args.intervals, "pacs_tcp_nodelay": not args.pacs_nagle,
-                     "max_queue": args.max_queue if args.max_queue is not None else "node default (200)",
                      "threads": args.threads if args.threads is not None else "node default",
                      "serve_args": args.serve_arg,
                      "backend": "onnxruntime", "precision": "fp32", "poll_s": args.poll,
@@ -749,7 +746,6 @@ def main(argv=None) -> int:
                         "default: TCP_NODELAY=1 in its environment, so the PACS's own stall is not counted")
     p.add_argument("--pool", type=int, default=8, help="distinct phantom images to clone from (default 8)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--max-queue", type=int, default=None, help="the node's --max-queue (default: the node's, 200)")
     p.add_argument("--threads", type=int, default=None, help="the node's --threads (default: the node's)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="one more argument for edgeinfer serve, e.g. --serve-arg=--max-pdu=65536 (repeatable)")

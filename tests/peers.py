@@ -617,3 +617,10 @@ class NodeProcess:
     def store(self, paths, **kw):
         kw.setdefault("extra", ("-xr",))  # propose RLE too: phantom sets hold RLE-compressed images
         return storescu("127.0.0.1", self.port, NODE_AET, paths, **kw)
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from a Prometheus text exposition, e.g. ``metric(text, "x_total", '{outcome="ok"}')``."""
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert m, f"{name}{labels} not in /metrics"
+    return float(m.group(1))

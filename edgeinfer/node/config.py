@@ -56,7 +56,6 @@ class NodeConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None                  # given: mutual TLS, clients need a certificate from this CA
     quiet_seconds: float | None = None          # None: per modality (DEFAULT_QUIET)
-    max_queue: int = 200                        # studies waiting for inference; beyond: 0xA700
     min_free_mb: int = 512                      # spool free space below this: 0xA700
     inference_timeout: float = 120.0            # watchdog
     max_crashes: int = 2                        # restarts that find a study being scored before it goes to a human read
@@ -106,7 +105,7 @@ class NodeConfig:
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 problems.append(f"{name} {p}: no such file")
-        for name in ("max_associations", "max_queue", "batch_size", "max_crashes"):
+        for name in ("max_associations", "batch_size", "max_crashes"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in ("acse_timeout", "dimse_timeout", "network_timeout", "inference_timeout", "send_backoff",
@@ -121,6 +120,15 @@ class NodeConfig:
             raise UsageError("edgeinfer serve settings are not usable:\n" + "\n".join(f"  - {p}" for p in problems))
         return self
 
+
+#: settings that were removed, and what took their place
+REMOVED = {
+    "send_retries": "send_retries was replaced by send_horizon (seconds; default 7 days): a transient send failure "
+                    "is retried until then, a PACS's refusal of the result at once goes to the dead letters",
+    "max_queue": "max_queue was removed: a backlog of studies no longer refuses instances (0xA700 made technologists "
+                 "resend by hand); the spool takes them while there is disk space (min_free_mb), and /metrics "
+                 "(edgeinfer_queue_depth, edgeinfer_backlog_oldest_seconds) and /readyz report the backlog",
+}
 
 _PATHS = {"spool", "tls_cert", "tls_key", "tls_ca", "send_tls_ca", "send_tls_cert", "send_tls_key", "worklist"}
 
@@ -153,14 +161,15 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"--config {path}: not valid TOML ({exc})") from None
         values = doc.get("serve", doc)
-        if "send_retries" in values:
-            raise UsageError(f"--config {path}: send_retries was replaced by send_horizon (seconds; default 7 days): "
-                             "a transient send failure is retried until then, a PACS's refusal of the result at once "
-                             "goes to the dead letters; remove send_retries")
+        for name in REMOVED.keys() & values.keys():
+            raise UsageError(f"--config {path}: {REMOVED[name]}; remove {name}")
         known = {f.name for f in dataclasses.fields(NodeConfig)} - {"extra"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-    values = {**values, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name in REMOVED.keys() & flags.keys():
+        raise UsageError(f"--{name.replace('_', '-')}: {REMOVED[name]}; leave it out")
+    values = {**values, **flags}
     return NodeConfig(**{k: _coerce(k, v) for k, v in values.items()}).check()

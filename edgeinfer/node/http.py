@@ -2,7 +2,8 @@
 
 ``GET /healthz``  200 ``{"status": "alive", ...}`` while the process serves at all (liveness);
 ``GET /readyz``   200 ``{"status": "ready"}``, or 503 ``{"status": "not ready", "reasons": [...]}``; either
-                  with ``"notes": [...]`` when start-up repaired something (a rebuilt state database);
+                  with the view's ``details()`` when it has any (the node: ``"notes"`` when start-up repaired
+                  something, ``"backlog"`` while studies wait for inference);
 ``GET /metrics``  the Prometheus text exposition of the node's :class:`NodeMetrics`;
 ``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``.
 
@@ -99,8 +100,7 @@ def make_app(view: NodeView) -> Starlette:
     @_guarded
     def readyz(request: Request) -> Response:
         reasons = [str(r) for r in view.readiness()]
-        notes = [str(n) for n in getattr(view, "notes", lambda: [])()]
-        extra = {"notes": notes} if notes else {}
+        extra = dict(getattr(view, "details", dict)())
         if reasons:
             return _json({"status": "not ready", "reasons": reasons, **extra}, status=503)
         return _json({"status": "ready", **extra})

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 #: outcome of one received instance (C-STORE)
 INSTANCE_OUTCOMES = ("stored", "duplicate", "conflict", "rejected", "out_of_resources", "failed")
 #: outcome of one association request
-ASSOCIATION_OUTCOMES = ("accepted", "rejected")
+ASSOCIATION_OUTCOMES = ("accepted", "rejected", "incomplete")
 
 #: from a study's last received instance to its result: seconds to an hour (a backed-up queue)
 ARRIVAL_TO_RESULT_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
@@ -48,9 +48,13 @@ class NodeMetrics:
         self.instances_total = Counter(
             "edgeinfer_instances", "DICOM instances received, by outcome", ["outcome"], registry=r)
         self.associations_total = Counter(
-            "edgeinfer_associations", "DICOM association requests, by outcome", ["outcome"], registry=r)
+            "edgeinfer_associations", "DICOM association requests, by outcome (incomplete: "
+            "the connection never sent a whole A-ASSOCIATE-RQ)", ["outcome"], registry=r)
         self.queue_depth = Gauge(
             "edgeinfer_queue_depth", "Studies waiting for analysis", registry=r)
+        self.backlog_oldest_seconds = Gauge(
+            "edgeinfer_backlog_oldest_seconds", "How long the oldest study waiting for analysis has waited "
+            "(0: none waits)", registry=r)
         self.studies_total = Counter(
             "edgeinfer_studies", "Studies triaged, by priority", ["priority"], registry=r)
         self.studies_in_state = Gauge(

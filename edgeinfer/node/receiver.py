@@ -2,8 +2,9 @@
 
 Status codes the sender can see (C-STORE):
   0x0000  stored durably (spool file fsync'd and renamed, state committed)
-  0xA700  out of resources: the spool's free space is below its threshold, or the study queue is full
-          (backpressure: try again later; nothing was kept)
+  0xA700  out of resources: the spool's free space is below its threshold (try again later; nothing was
+          kept). A backlog of studies waiting for inference never refuses: the spool is durable, and a
+          refusal makes a technologist resend by hand; /metrics and /readyz report the backlog instead.
   0xC210  cannot understand: the data set cannot be parsed, or its Study/SOP Instance UID is malformed
   0xC211  the node failed while storing (an unexpected error; nothing was kept, the sender may retry)
   0xC212  conflict: an instance with this SOP Instance UID and other content was stored already; the
@@ -12,12 +13,19 @@ Status codes the sender can see (C-STORE):
 The same bytes sent again are a duplicate: Success, and nothing changes. Nothing acknowledged is ever
 overwritten: a file's name carries its content's digest, and the state decides, in one transaction,
 whether an instance is new, a duplicate or a conflict (``State.add_instance``).
+
+Association slots: ``max_associations`` counts established associations only. A connection that has
+not sent its whole A-ASSOCIATE-RQ holds no slot: it has ``acse_timeout`` seconds from accept to send it
+(one deadline, not one per byte), and when ``HANDSHAKE_SLOTS`` connections wait in that state the oldest
+is closed, so peers that drip bytes cannot keep a modality out (a real request arrives in milliseconds).
 """
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
+import time
 import warnings
 from typing import Callable
 
@@ -32,6 +40,10 @@ audit = logging.getLogger("edgeinfer.audit")
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, FAILED, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC211, 0xC212
 _URGENT_PRIORITIES = {"STAT", "HIGH"}
+#: connections allowed to wait for their A-ASSOCIATE-RQ at once; beyond, the oldest one is closed
+HANDSHAKE_SLOTS = 32
+#: connections the kernel queues for the node to accept
+LISTEN_BACKLOG = 128
 _HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
                 "RequestedProcedurePriority")
 
@@ -65,8 +77,6 @@ def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
 
 def nodelay(sock) -> None:
     """Turn off Nagle's algorithm: with the peer's delayed ACK it costs ~40 ms per DIMSE exchange."""
-    import socket
-
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
@@ -116,6 +126,10 @@ class Receiver:
         self._server = None
         self._thread: threading.Thread | None = None
         self.started = threading.Event()
+        self._slots = threading.Lock()
+        self._handshaking: dict = {}     # association -> when its connection was accepted (monotonic)
+        self._established: set = set()   # associations admitted to a slot
+        self._stopping = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,18 +150,25 @@ class Receiver:
         ae.add_supported_context(Verification)
         ae.require_called_aet = True
         ae.require_calling_aet = list(c.allow_calling)
-        ae.maximum_associations = c.max_associations
+        # pynetdicom counts every connection, handshakes included: its limit leaves room for them, and
+        # the slots of established associations are counted here (_on_requested)
+        ae.maximum_associations = c.max_associations + 2 * HANDSHAKE_SLOTS
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout, c.dimse_timeout, c.network_timeout
         ae.maximum_pdu_size = c.max_pdu
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
                     (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
-                    (evt.EVT_CONN_OPEN, self._on_connection)]
+                    (evt.EVT_CONN_OPEN, self._on_connection), (evt.EVT_REQUESTED, self._on_requested),
+                    (evt.EVT_CONN_CLOSE, self._on_closed)]
         before = set(threading.enumerate())
         self._server = ae.start_server((c.host, c.port), block=False, evt_handlers=handlers,
                                        ssl_context=tls_context(c))
+        # socketserver listens with a backlog of 5: connections beyond it (modalities starting at once, a flood)
+        # are reset by the kernel before the node sees them. Listening again sets a deeper queue.
+        self._server.socket.listen(LISTEN_BACKLOG)
         # pynetdicom keeps no handle on the thread that accepts connections: find it, for /readyz
         self._thread = next((t for t in threading.enumerate() if t not in before
                              and t.name.startswith("AcceptorServer")), None)
+        threading.Thread(target=self._close_overdue_handshakes, name="handshake-deadline", daemon=True).start()
         self.started.set()
         log.info("receiving as %s on %s:%d%s", c.ae_title, c.host, self.port,
                  " (TLS" + (", mutual" if c.tls_ca else "") + ")" if c.tls_cert else "")
@@ -162,6 +183,7 @@ class Receiver:
         return self._server is not None and self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -173,8 +195,16 @@ class Receiver:
 
     def _on_connection(self, event) -> None:
         """Bound what one peer can hold: a read timeout on its socket (a peer that stalls inside a PDU
-        cannot keep an association slot), and a PDU size limit checked before the body is read."""
+        cannot keep an association slot), a deadline for its association request, and a PDU size limit
+        checked before the body is read."""
         sock = event.assoc.dul.socket
+        with self._slots:
+            self._handshaking[event.assoc] = time.monotonic()
+            oldest = (min(self._handshaking, key=self._handshaking.get)
+                      if len(self._handshaking) > HANDSHAKE_SLOTS else None)
+        if oldest is not None:
+            self._close_handshake(oldest, f"{HANDSHAKE_SLOTS} connections were waiting for their association "
+                                          "request; the oldest is closed")
         sock.socket.settimeout(self.config.network_timeout)
         nodelay(sock.socket)  # small DIMSE responses go out at once, not after the peer's delayed ACK
         if self.config.max_pdu:
@@ -187,6 +217,61 @@ class Receiver:
                 return real_recv(n)
             sock.recv = recv
 
+    def _close_handshake(self, assoc, why: str) -> None:
+        """Close a connection that has not sent its whole A-ASSOCIATE-RQ: its thread, blocked reading
+        the request, sees the end of the stream and ends (the socket is shut down, not closed, so the
+        thread that owns it closes it; pynetdicom then closes it without an event, so it is audited here)."""
+        with self._slots:
+            if self._handshaking.pop(assoc, None) is None:
+                return  # it sent its request meanwhile, or is gone
+        self._audit_incomplete(assoc, why)
+        try:
+            socket.socket.shutdown(assoc.dul.socket.socket, socket.SHUT_RDWR)  # the plain socket's, never TLS state
+        except (OSError, AttributeError, TypeError):
+            pass
+
+    def _audit_incomplete(self, assoc, why: str) -> None:
+        self._count("associations_total", "incomplete")
+        req = assoc.requestor
+        audit.info("association request not completed: connection from %s:%s closed (%s)", req.address, req.port, why)
+
+    def _close_overdue_handshakes(self) -> None:
+        limit = self.config.acse_timeout
+        while not self._stopping.wait(min(0.5, limit / 4)):
+            now = time.monotonic()
+            with self._slots:
+                overdue = [a for a, t in self._handshaking.items() if now - t > limit]
+            for assoc in overdue:
+                self._close_handshake(assoc, self._deadline_passed)
+
+    @property
+    def _deadline_passed(self) -> str:
+        return f"no complete A-ASSOCIATE-RQ within {self.config.acse_timeout:g} s (--acse-timeout)"
+
+    def _on_requested(self, event) -> None:
+        """The whole A-ASSOCIATE-RQ is in: a slot if one is free, else A-ASSOCIATE-RJ (transient, local limit
+        exceeded), before pynetdicom's own checks (AE titles, contexts)."""
+        with self._slots:
+            self._handshaking.pop(event.assoc, None)
+            self._established = {a for a in self._established if a.is_alive()}  # in case a close went unseen
+            full = len(self._established) >= self.config.max_associations
+            if not full:
+                self._established.add(event.assoc)
+        if full:
+            self._audit_rejected(event, f"the association limit ({self.config.max_associations}) was reached")
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+            event.assoc.kill()  # as pynetdicom does after its own rejections: the RJ goes out, then the DUL stops
+
+    def _on_closed(self, event) -> None:
+        """A connection ended. One that never sent its whole A-ASSOCIATE-RQ and that the node did not close
+        itself (pynetdicom's ARTIM timer did, or the peer) is counted and audited here."""
+        with self._slots:
+            accepted_at = self._handshaking.pop(event.assoc, None)
+            self._established.discard(event.assoc)
+        if accepted_at is not None:
+            self._audit_incomplete(event.assoc, self._deadline_passed if time.monotonic() - accepted_at
+                                   >= self.config.acse_timeout - 0.1 else "the peer closed it")
+
     @staticmethod
     def _peer(event) -> tuple[str, str, str]:
         """(calling AE title, called AE title, peer address): what an admin matches against the modality's
@@ -194,7 +279,8 @@ class Receiver:
         req = event.assoc.requestor
         rq = getattr(req, "primitive", None)  # the A-ASSOCIATE-RQ: the called AE title the peer asked for
         called = str(getattr(rq, "called_ae_title", "") or getattr(event.assoc.acceptor, "ae_title", "") or "")
-        return str(req.ae_title or "").strip(), called.strip(), f"{req.address}:{req.port}"
+        calling = str(req.ae_title or getattr(rq, "calling_ae_title", "") or "")  # before negotiation: the request's
+        return calling.strip(), called.strip(), f"{req.address}:{req.port}"
 
     def _on_accepted(self, event) -> None:
         self._count("associations_total", "accepted")
@@ -202,15 +288,20 @@ class Receiver:
         audit.info("association accepted: %s -> %s from %s", calling, called, peer)
 
     def _on_rejected(self, event) -> None:
-        self._count("associations_total", "rejected")
-        calling, called, peer = self._peer(event)
+        """pynetdicom's own rejections (AE titles; its connection limit, which handshakes count toward)."""
+        calling, called, _ = self._peer(event)
         c = self.config
         if c.allow_calling and calling not in c.allow_calling:
             why = "the calling AE title is not in allow_calling"
         elif called and called != c.ae_title:
             why = f"the called AE title is not this node's ({c.ae_title})"
         else:
-            why = f"the association limit ({c.max_associations}) was reached"
+            why = f"the connection limit ({c.max_associations} associations + {2 * HANDSHAKE_SLOTS} handshakes) was reached"
+        self._audit_rejected(event, why)
+
+    def _audit_rejected(self, event, why: str) -> None:
+        self._count("associations_total", "rejected")
+        calling, called, peer = self._peer(event)
         audit.info("association rejected: %s -> %s from %s: %s", calling, called, peer, why)
 
     def _on_store(self, event) -> int:

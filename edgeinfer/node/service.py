@@ -175,16 +175,12 @@ class Node:
     def busy(self, study_uid: str | None = None) -> str | None:
         """Why the node cannot take an instance now (the sender gets 0xA700), or None.
 
-        The queue limit counts every study not yet scored (receiving or queued). An instance of a
-        study that is already receiving is still taken, so a study is never split by backpressure."""
+        Only disk space refuses: the spool is durable, so a backlog of studies waiting for inference
+        costs nothing to accept, while a refusal makes a technologist resend by hand (many modalities
+        do not retry 0xA700). The backlog is reported instead (``details``, ``refresh_gauges``)."""
         free = self.spool.free_mb()
         if free < self.config.min_free_mb:
             return f"the spool has {free:.0f} MB free, below the {self.config.min_free_mb} MB threshold"
-        if study_uid is not None and self.state.study_state(study_uid) == "receiving":
-            return None
-        waiting = self.state.waiting_count()
-        if waiting >= self.config.max_queue:
-            return f"{waiting} studies wait for inference (the limit is {self.config.max_queue})"
         return None
 
     def result_recorded(self, job, record: dict) -> None:
@@ -206,6 +202,7 @@ class Node:
     def refresh_gauges(self) -> None:
         counts = self.state.counts_by_state()
         self.metrics.queue_depth.set(counts.get("queued", 0))
+        self.metrics.backlog_oldest_seconds.set(self.state.backlog()[1])
         self.metrics.set_study_states(counts)
         self.metrics.set_outbox(self.state.outbox_counts())
 
@@ -226,9 +223,12 @@ class Node:
             reasons.append(why)
         return reasons
 
-    def notes(self) -> list[str]:
-        """What an operator should know although the node is ready (what start-up repaired)."""
-        return list(self.startup_notes)
+    def details(self) -> dict:
+        """What an operator should know although the node may be ready: what start-up repaired
+        (``notes``), and the studies waiting for inference (``backlog``), each only when there is any."""
+        waiting, oldest = self.state.backlog()
+        return ({"notes": list(self.startup_notes)} if self.startup_notes else {}) | (
+            {"backlog": {"studies": waiting, "oldest_waiting_s": round(oldest, 1)}} if waiting else {})
 
     def worklist(self) -> dict:
         return worklist_document(self, self.state.current_results())

@@ -221,9 +221,11 @@ class State:
                     done.append(uid)
         return done
 
-    def waiting_count(self) -> int:
-        """Studies not scored yet and not being scored: still receiving, or complete and queued."""
-        return self._one("SELECT count(*) FROM studies WHERE state IN ('receiving', 'queued')")[0]
+    def backlog(self, now: float | None = None) -> tuple[int, float]:
+        """Studies complete and waiting for inference, and how long (s) the oldest of them has waited."""
+        now = time.time() if now is None else now
+        n, oldest = self._one("SELECT count(*), min(enqueued) FROM studies WHERE state='queued'")
+        return n, (max(0.0, now - oldest) if n and oldest is not None else 0.0)
 
     def study_state(self, study_uid: str) -> str | None:
         row = self._one("SELECT state FROM studies WHERE study_uid=?", (study_uid,))

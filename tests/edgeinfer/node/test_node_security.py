@@ -350,6 +350,70 @@ def test_peers_that_stall_inside_a_pdu_cannot_hold_every_association_slot(node_f
     assert_healthy(node)
 
 
+def test_slowloris_peers_dripping_an_association_request_never_keep_a_modality_out(node_factory, dcmtk):
+    """40 peers (more than the node's 32 handshake places) each drip an A-ASSOCIATE-RQ one byte every
+    0.4 s, so no read ever waits long enough for --network-timeout (60 s). The request has one deadline
+    from accept (--acse-timeout), handshakes hold no association slot (--max-associations 2), and when
+    the handshake places are full the oldest is closed: every C-ECHO of the legitimate modality succeeds.
+    (Accepting 40 connections takes the node a few seconds on 2 cores: pynetdicom polls in every
+    connection's thread. The deadline counts from accept.)"""
+    from edgeinfer.node.receiver import HANDSHAKE_SLOTS
+
+    node = node_factory("--max-associations", "2", "--acse-timeout", "6", "--network-timeout", "60")
+    request = associate_rq()
+    drippers = [socket.create_connection((HOST, node.port), timeout=10) for _ in range(HANDSHAKE_SLOTS + 8)]
+    opened = time.monotonic()
+    closed_at: dict[int, float] = {}
+    echoes: list[bool] = []
+    try:
+        for i in range(int(14 / 0.4)):                       # 14 s of dripping, a C-ECHO every ~1.2 s
+            for n, s in enumerate(drippers):
+                if n in closed_at:
+                    continue
+                try:
+                    s.sendall(request[i:i + 1])
+                except OSError:                              # reset or broken pipe: the node closed it
+                    closed_at[n] = time.monotonic() - opened
+            if i % 3 == 0:
+                echoes.append(echo_ok(node, timeout=10))
+            time.sleep(0.4)
+        for n, s in enumerate(drippers):
+            if n not in closed_at and closed_by_peer(s):
+                closed_at[n] = time.monotonic() - opened
+    finally:
+        for s in drippers:
+            s.close()
+    assert echoes and all(echoes), echoes
+    assert len(closed_at) == len(drippers), f"{len(drippers) - len(closed_at)} drippers still connected after 14 s"
+    assert request[:len(request) // 3] and len(request) > 14 / 0.4   # none could have completed its request
+    peers.wait_until(lambda: peers.metric(node.get("/metrics")[1], "edgeinfer_associations_total",
+                                          '{outcome="incomplete"}') == len(drippers), 10, 0.2,
+                     "every dripping connection counted as an incomplete association request")
+    log = node.log.read_text(errors="replace")
+    assert "association request not completed: connection from 127.0.0.1:" in log
+    assert "(no complete A-ASSOCIATE-RQ within 6 s (--acse-timeout))" in log
+    assert f"({HANDSHAKE_SLOTS} connections were waiting for their association request; the oldest is closed)" in log
+    assert_healthy(node)
+
+
+def test_the_association_limit_counts_established_associations(node_factory, dcmtk):
+    """--max-associations 1: with one association held open, the next is rejected (transient, local limit
+    exceeded) with an audit line; once it is released, the next is accepted."""
+    node = node_factory("--max-associations", "1")
+    s, _ = associate(node)
+    try:
+        r = echo(node)
+        assert r.returncode != 0 and "Association Rejected" in r.stderr, r.stderr[-2000:]
+        assert "Local Limit Exceeded" in r.stderr, r.stderr[-2000:]
+    finally:
+        s.close()
+    peers.wait_until(lambda: echo_ok(node), 10, 0.2, "a C-ECHO once the held association is gone")
+    log = node.log.read_text(errors="replace")
+    assert "association rejected: MODALITY -> EDGEINFER from 127.0.0.1:" in log
+    assert "the association limit (1) was reached" in log
+    assert_healthy(node)
+
+
 def test_values_in_a_hostile_command_set_never_reach_the_log(node_factory, dcmtk):
     node = node_factory()
     secret = b"DOE^JANE^SECRET"

@@ -62,6 +62,15 @@ def test_send_retries_names_its_replacement(tmp_path):
         load_config(cfg)
 
 
+def test_max_queue_says_a_backlog_no_longer_refuses(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("[serve]\nmax_queue = 200\n")
+    with pytest.raises(UsageError, match=r"max_queue was removed: a backlog .* /readyz report the backlog; remove max_queue"):
+        load_config(cfg)
+    with pytest.raises(UsageError, match=r"^--max-queue: max_queue was removed.*leave it out$"):
+        load_config(None, {"max_queue": 2})
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "edgeinfer", "outbox", *args], capture_output=True, text=True, timeout=60)
 
