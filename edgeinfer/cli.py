@@ -241,7 +241,7 @@ def cmd_serve(args) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
-        "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb",
+        "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb", "retain_hours",
         "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size", "intake_processes")}
     config = load_config(args.config, overrides)
@@ -285,8 +285,8 @@ def _add_serve(sub, fmt) -> None:
                            edgeinfer serve --spool /var/lib/edgeinfer --send-to PACS@10.0.0.5:104
                            edgeinfer serve --config /etc/edgeinfer/serve.toml
                            edgeinfer serve --port 2762 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem
-                       """) + "\n\nC-STORE status: 0x0000 stored durably; 0xA700 out of resources (spool nearly full or "
-                       "queue full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing; "
+                       """) + "\n\nC-STORE status: 0x0000 stored durably; 0xA700 out of resources (the spool's disk nearly "
+                       "full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing; "
                        "0xC212 another instance with this SOP Instance UID was stored already (the first is kept)")
     a = s.add_argument
     a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
@@ -306,8 +306,13 @@ def _add_serve(sub, fmt) -> None:
     a("--tls-ca", dest="tls_ca", default=None, help="PEM CA: require client certificates it signed (mutual TLS)")
     a("--quiet-seconds", dest="quiet_seconds", type=float, default=None,
       help="a study is complete this long after its last instance (default: 5 for DX/CR, 30 for CT/MR, 10 others)")
-    a("--max-queue", dest="max_queue", type=int, default=None, help="studies waiting for inference before 0xA700 (default 200)")
-    a("--min-free-mb", dest="min_free_mb", type=int, default=None, help="spool free space before 0xA700 (default 512)")
+    a("--max-queue", dest="max_queue", type=int, default=None, help=argparse.SUPPRESS)  # removed: says why
+    a("--min-free-mb", dest="min_free_mb", type=int, default=None,
+      help="spool free space (MB) below which instances are answered 0xA700 (default 512); a backlog of studies "
+           "never refuses: /metrics and /readyz report it")
+    a("--retain-hours", dest="retain_hours", type=float, default=None,
+      help="hours a study's instances stay in the spool once its result is delivered (default 24; 0: delete once "
+           "delivered); under disk pressure delivered studies go oldest first; never one unscored or unsent")
     a("--inference-timeout", dest="inference_timeout", type=float, default=None,
       help="watchdog: seconds before a study's inference is abandoned and the study goes to a human read (default 120)")
     a("--max-crashes", dest="max_crashes", type=int, default=None,

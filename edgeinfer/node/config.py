@@ -57,6 +57,7 @@ class NodeConfig:
     tls_ca: Path | None = None                  # given: mutual TLS, clients need a certificate from this CA
     quiet_seconds: float | None = None          # None: per modality (DEFAULT_QUIET)
     min_free_mb: int = 512                      # spool free space below this: 0xA700
+    retain_hours: float = 24.0                  # a delivered study's instances leave the spool after this long
     inference_timeout: float = 120.0            # watchdog
     max_crashes: int = 2                        # restarts that find a study being scored before it goes to a human read
     send_to: tuple[Destination, ...] = ()
@@ -114,6 +115,8 @@ class NodeConfig:
                 problems.append(f"{name} must be a positive number of seconds")
         if int(self.intake_processes) < 0:
             problems.append("intake_processes must be 0 (a thread) or more")
+        if not float(self.retain_hours) >= 0:
+            problems.append("retain_hours must be 0 (delete once delivered) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:
             problems.append("quiet_seconds must be 0 or more")
         if problems:

@@ -52,6 +52,13 @@ class NodeMetrics:
             "the connection never sent a whole A-ASSOCIATE-RQ)", ["outcome"], registry=r)
         self.queue_depth = Gauge(
             "edgeinfer_queue_depth", "Studies waiting for analysis", registry=r)
+        self.spool_bytes = Gauge(
+            "edgeinfer_spool_bytes", "Bytes of received instances in the spool", registry=r)
+        self.spool_free_bytes = Gauge(
+            "edgeinfer_spool_free_bytes", "Free space on the spool's file system", registry=r)
+        self.spool_purged_total = Counter(
+            "edgeinfer_spool_purged_instances", "Instances deleted from the spool by retention (result delivered)",
+            registry=r)
         self.backlog_oldest_seconds = Gauge(
             "edgeinfer_backlog_oldest_seconds", "How long the oldest study waiting for analysis has waited "
             "(0: none waits)", registry=r)

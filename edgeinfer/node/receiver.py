@@ -339,7 +339,7 @@ class Receiver:
             self._count("instances_total", "out_of_resources")
             return OUT_OF_RESOURCES
         path = self.spool.store_instance(sop, digest, data)
-        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest,
+        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest, nbytes=len(data),
                                           calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
         if outcome != NEW:  # another association stored this SOP Instance UID meanwhile
             if outcome == CONFLICT_FOUND:

@@ -59,7 +59,7 @@ def reconcile(spool: Spool, state: State) -> list[str]:
             unreadable += 1
             log.error("spool file %s is not in the state and its header cannot be read; it is kept", path.name)
             continue
-        outcome = state.add_instance(**fields, path=str(path), sha256=content_digest(data),
+        outcome = state.add_instance(**fields, path=str(path), sha256=content_digest(data), nbytes=len(data),
                                      calling_aet="(recovered)", now=path.stat().st_mtime)
         if outcome == NEW:
             registered += 1

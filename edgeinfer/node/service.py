@@ -21,6 +21,7 @@ from .config import NodeConfig
 from .outbox import Outbox
 from .receiver import Receiver
 from .recovery import open_state, reconcile
+from .retention import Retention
 from .spool import Spool
 from .worker import Worker, worklist_document
 
@@ -55,6 +56,10 @@ class Node:
         self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy)
         self.worker = Worker(self)
         self.outbox = Outbox(config, self.state, self.metrics)
+        self.retention = Retention(config, self.state, self.spool, self.metrics)
+        left = self.retention.remove_leftovers()
+        if left:
+            log.info("deleted %d spool file(s) whose deletion a stop interrupted", left)
         self.http = None
         self._stopped = threading.Event()
         self._closed = False
@@ -116,6 +121,7 @@ class Node:
                                  f"({exc.__class__.__name__}: {exc}); run without --intake-processes") from None
         self.worker.start()
         self.outbox.start()
+        self.retention.start()
         c = self.config
         try:
             self.receiver.start()
@@ -146,6 +152,7 @@ class Node:
         if job is not None:  # a clean stop is not a crash: the study is scored after the restart, uncounted
             self.state.requeue(job)
         self.outbox.stop()
+        self.retention.stop()
         if self.http is not None:
             self.http.stop()
         if self.intake_pool is not None:
@@ -180,6 +187,7 @@ class Node:
         do not retry 0xA700). The backlog is reported instead (``details``, ``refresh_gauges``)."""
         free = self.spool.free_mb()
         if free < self.config.min_free_mb:
+            self.retention.wake()  # delivered studies go now, whatever their age
             return f"the spool has {free:.0f} MB free, below the {self.config.min_free_mb} MB threshold"
         return None
 
@@ -199,10 +207,14 @@ class Node:
                 log.error("could not write the worklist %s (%s); /worklist still has it",
                           self.config.worklist, exc.strerror or exc)
 
-    def refresh_gauges(self) -> None:
+    def refresh_gauges(self, *, spool: bool = True) -> None:
+        """The gauges counted in the state (at each scrape; the worker refreshes the cheap ones as it goes)."""
         counts = self.state.counts_by_state()
         self.metrics.queue_depth.set(counts.get("queued", 0))
         self.metrics.backlog_oldest_seconds.set(self.state.backlog()[1])
+        if spool:
+            self.metrics.spool_bytes.set(self.state.spool_bytes())
+            self.metrics.spool_free_bytes.set(self.spool.free_mb() * 2**20)
         self.metrics.set_study_states(counts)
         self.metrics.set_outbox(self.state.outbox_counts())
 
@@ -218,6 +230,8 @@ class Node:
             reasons.append("the DICOM receiver is not running")
         if not self.worker.alive:
             reasons.append("the inference worker is not running")
+        if not self.retention.alive:
+            reasons.append("the spool retention is not running")
         why = self.busy()
         if why:
             reasons.append(why)

@@ -77,8 +77,20 @@ def _v3_outbox_created(db: sqlite3.Connection) -> None:
     db.execute("UPDATE outbox SET created=next_attempt WHERE created IS NULL")
 
 
+def _v4_instance_bytes_and_purge(db: sqlite3.Connection) -> None:
+    """Each instance's size (what the spool holds, for /metrics) and when retention deleted its file
+    (NULL: on disk). Sizes of instances stored before are read from their files."""
+    db.execute("ALTER TABLE instances ADD COLUMN bytes INTEGER")
+    db.execute("ALTER TABLE instances ADD COLUMN purged REAL")
+    for sop, path in db.execute("SELECT sop_uid, path FROM instances").fetchall():
+        try:
+            db.execute("UPDATE instances SET bytes=? WHERE sop_uid=?", (os.stat(path).st_size, sop))
+        except OSError:
+            pass
+
+
 #: schema steps, in order: a state at ``user_version`` N has had the first N
-MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created)
+MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created, _v4_instance_bytes_and_purge)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -181,7 +193,8 @@ class State:
         return row[0] or _file_digest(row[1]) or "unreadable"
 
     def add_instance(self, *, sop_uid: str, study_uid: str, series_uid: str, path: str, modality: str,
-                     urgent: bool, calling_aet: str, sha256: str, now: float | None = None) -> str:
+                     urgent: bool, calling_aet: str, sha256: str, nbytes: int | None = None,
+                     now: float | None = None) -> str:
         """Record a stored instance and restart its study's quiet timer.
 
         Returns :data:`NEW`; :data:`DUPLICATE` when the same bytes are known under this SOP Instance
@@ -196,8 +209,9 @@ class State:
                 if digest and known[0] is None:
                     db.execute("UPDATE instances SET sha256=? WHERE sop_uid=?", (digest, sop_uid))
                 return DUPLICATE if digest == sha256 else CONFLICT
-            db.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, path, received, calling_aet, sha256) "
-                       "VALUES (?,?,?,?,?,?,?)", (sop_uid, study_uid, series_uid, path, now, calling_aet, sha256))
+            db.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, path, received, calling_aet, sha256, "
+                       "bytes) VALUES (?,?,?,?,?,?,?,?)",
+                       (sop_uid, study_uid, series_uid, path, now, calling_aet, sha256, nbytes))
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO studies (study_uid, modality, urgent, first_received, last_received, state)"
@@ -242,8 +256,8 @@ class State:
             if row is None:
                 return None
             db.execute("UPDATE studies SET state='scoring' WHERE study_uid=?", (row[0],))
-            paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? ORDER BY sop_uid",
-                                              (row[0],))]
+            paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? AND purged IS NULL "
+                                              "ORDER BY sop_uid", (row[0],))]
         return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths, row[5])
 
     def resume(self) -> int:
@@ -289,6 +303,39 @@ class State:
         return [{"version": v, "priority": p, "score": s, "superseded": bool(x), "created": c}
                 for v, p, s, x, c in self._all("SELECT version, priority, score, superseded, created FROM results "
                                                 "WHERE study_uid=? ORDER BY version", (study_uid,))]
+
+    # -- retention ------------------------------------------------------------------------------
+    def purgeable(self, *, result_before: float, limit: int = 50) -> list[str]:
+        """Studies whose instances may leave the spool, oldest result first: scored (not receiving, queued
+        or being scored), with a current result made before ``result_before``, every outbox item of every
+        version sent (none pending, none dead-lettered), and instances still on disk."""
+        return [r[0] for r in self._all(
+            "SELECT s.study_uid FROM studies s JOIN results r ON r.study_uid=s.study_uid AND r.superseded=0 "
+            "WHERE s.state='scored' AND r.created<? "
+            "AND EXISTS (SELECT 1 FROM instances i WHERE i.study_uid=s.study_uid AND i.purged IS NULL) "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid=s.study_uid AND o.state!='sent') "
+            "ORDER BY r.created LIMIT ?", (result_before, limit))]
+
+    def mark_purged(self, study_uid: str, now: float | None = None) -> list[str]:
+        """Mark a study's instances as gone from the spool, if it is still purgeable (an instance may have
+        arrived since, making it receive again); returns the paths whose files the caller deletes. The
+        rows stay: the same instance sent again is still a duplicate, and a new one starts a new version."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            if db.execute("SELECT state FROM studies WHERE study_uid=?", (study_uid,)).fetchone() != ("scored",):
+                return []
+            paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? AND purged IS NULL",
+                                              (study_uid,))]
+            db.execute("UPDATE instances SET purged=? WHERE study_uid=? AND purged IS NULL", (now, study_uid))
+        return paths
+
+    def purged_paths(self) -> list[str]:
+        """Paths of every instance marked purged (start-up deletes any file a crash left behind)."""
+        return [r[0] for r in self._all("SELECT path FROM instances WHERE purged IS NOT NULL")]
+
+    def spool_bytes(self) -> int:
+        """Bytes of the instances in the spool (as received; sizes unknown to an older state count 0)."""
+        return self._one("SELECT coalesce(sum(bytes), 0) FROM instances WHERE purged IS NULL")[0]
 
     # -- outbox ---------------------------------------------------------------------------------
     def due_sends(self, now: float | None = None, limit: int = 20) -> list[tuple]:

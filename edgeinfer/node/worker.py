@@ -46,7 +46,7 @@ class Worker(Loop):
                                                            f"({exc.__class__.__name__})"))
             finally:
                 self.current = None
-        node.refresh_gauges()
+        node.refresh_gauges(spool=False)
         return job is not None
 
     # -- one study --------------------------------------------------------------------------------
