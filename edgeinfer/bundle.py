@@ -4,7 +4,8 @@ Loading reads the manifest strictly (size- and depth-capped, no NaN/Infinity), c
 against its JSON schema, then every artifact's size and sha256, and refuses a bundle with a
 changed, missing or unknown file. With a trust folder (``trust=`` or ``EDGEINFER_TRUST``) it
 then requires a trusted Ed25519 signature over the bundle digest (see :mod:`edgeinfer.signing`).
-Nothing in a bundle is handed to a backend before those checks have passed.
+Nothing in a bundle is handed to a backend before those checks have passed. Signing
+(:func:`sign_bundle`) runs the same integrity check first.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any, Iterable
 
 from ._io import atomic_write, non_finite_at, read_json
 from .errors import ArtifactNotFound, IntegrityError, JsonFileError, ManifestError
-from .signing import SIGNATURES, resolve_trust, unverified_status, verify_bundle_signature
+from .signing import (SIGNATURES, load_private_key, resolve_trust, unverified_status, verify_bundle_signature,
+                      write_signature)
 
 MANIFEST = "manifest.json"
 #: a manifest is tens of kB; anything past this is not one edgeinfer wrote
@@ -283,6 +285,18 @@ def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True,
 
 def default_bundle_path() -> Path:
     return Path(str(resources.files("edgeinfer").joinpath("models", DEFAULT_BUNDLE_NAME)))
+
+
+def sign_bundle(bundle_dir: str | os.PathLike, key_path: str | os.PathLike) -> dict:
+    """Sign a bundle that passes its integrity check; write or update its ``signatures.json``.
+
+    The key's earlier entry is replaced; other keys' entries are kept only if they signed the
+    same digest (otherwise they are dropped and listed under ``dropped``). No trust folder is
+    consulted (:func:`edgeinfer.signing.write_signature` writes the entry).
+    """
+    key = load_private_key(key_path)
+    bundle = load_bundle(bundle_dir, verify=True, trust=False)
+    return write_signature(bundle.path, bundle.digest, key)
 
 
 # --- writing (workstation side: export, calibrate, build) ----------------------------------

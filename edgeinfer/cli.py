@@ -257,6 +257,33 @@ def cmd_serve(args) -> int:
     return 0
 
 
+# --- sign, keygen --------------------------------------------------------------------------------
+def cmd_sign(args) -> int:
+    from .bundle import sign_bundle
+
+    r = sign_bundle(args.bundle, args.key)
+    print(f"signed bundle {r['bundle']}")
+    print(f"  digest  {r['digest']}")
+    print(f"  key id  {r['key_id']} ({args.key})")
+    print(f"  wrote   {r['signatures']}" + (f" (also signed by {', '.join(r['kept'])})" if r["kept"] else ""))
+    if r["dropped"]:
+        print(f"note: dropped signatures by {', '.join(r['dropped'])}: they signed an earlier state of the bundle; "
+              "ask those signers to sign it again")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from .signing import TRUST_ENV, generate_keypair, key_id, load_public_key
+
+    key_path, pub_path = generate_keypair(args.stem)
+    kid = key_id(load_public_key(pub_path))
+    print(f"wrote private key {key_path} (mode 0600: keep it secret, off the devices)")
+    print(f"wrote public key  {pub_path} (key id {kid})")
+    print(f"copy {pub_path.name} into the trust folder ({TRUST_ENV} or --trust) of every device that should "
+          "accept bundles signed with this key")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -277,6 +304,37 @@ WORKSTATION_COMMANDS = {
     "calibrate": ("edgeinfer_calibration.cli", "FP16 and INT8 graphs calibrated on DICOM studies (needs the 'export' extra)"),
     "validate": ("edgeinfer_calibration.cli", "each precision against FP32 on labelled studies, and the accuracy gate"),
 }
+
+
+def _add_signing(sub, fmt) -> None:
+    """``sign`` and ``keygen``."""
+    from .signing import SIGNATURES, TRUST_ENV
+
+    s = sub.add_parser(
+        "sign", help="sign a bundle with an Ed25519 key (writes BUNDLE/signatures.json)",
+        formatter_class=fmt,
+        description="Check the bundle's integrity, compute its digest (manifest + every artifact's sha256) and "
+                    f"add this key's Ed25519 signature to BUNDLE/{SIGNATURES}. Devices with a trust folder "
+                    f"(--trust DIR or {TRUST_ENV}) load only bundles signed by a key in it.",
+        epilog="examples:\n"
+               "  edgeinfer keygen release            # once: release.key (secret) + release.pub\n"
+               "  edgeinfer sign my-bundle/ --key release.key\n"
+               "  edgeinfer inspect my-bundle/ --trust trusted-keys/")
+    s.add_argument("bundle", help="bundle folder to sign")
+    s.add_argument("--key", required=True, help="Ed25519 private key (PEM, PKCS#8), e.g. from `edgeinfer keygen`")
+    s.set_defaults(func=cmd_sign)
+
+    s = sub.add_parser(
+        "keygen", help="write a new Ed25519 key pair for signing bundles (STEM.key, STEM.pub)",
+        formatter_class=fmt,
+        description="Write STEM.key (private, mode 0600) and STEM.pub (public). Existing files are never "
+                    "overwritten. Put STEM.pub in the devices' trust folder; keep STEM.key on the signing machine.",
+        epilog="examples:\n"
+               "  edgeinfer keygen release\n"
+               "  mkdir -p trusted-keys && cp release.pub trusted-keys/\n"
+               "  edgeinfer sign my-bundle/ --key release.key")
+    s.add_argument("stem", help="path without extension: writes STEM.key and STEM.pub")
+    s.set_defaults(func=cmd_keygen)
 
 
 def _add_serve(sub, fmt) -> None:
@@ -444,9 +502,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_triage)
 
-    from .signing import add_parsers as add_signing_parsers
-
-    add_signing_parsers(sub, formatter_class=fmt)
+    _add_signing(sub, fmt)
     _add_serve(sub, fmt)
 
     from .node.admin import add_parsers as add_outbox_parsers

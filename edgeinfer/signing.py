@@ -11,11 +11,16 @@ signature file itself is not part of it. A trust folder holds ``*.pub`` files (P
 keys); when one is configured (``--trust DIR`` or ``EDGEINFER_TRUST``) a bundle loads only if a
 key from it signed the bundle's current digest.
 
+This module works on a bundle folder and a digest and never loads a bundle: signing one
+(:func:`edgeinfer.bundle.sign_bundle`, which checks the bundle's integrity first and then calls
+:func:`write_signature`) and checking one (:func:`edgeinfer.bundle.load_bundle`, which calls
+:func:`verify_bundle_signature`) belong to :mod:`edgeinfer.bundle`; the ``sign`` and ``keygen``
+commands are in :mod:`edgeinfer.cli`.
+
 Crypto is the ``cryptography`` package's Ed25519, imported only when a key is used.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -317,85 +322,32 @@ def verify_bundle_signature(bundle_dir: str | os.PathLike, digest: str,
           "bundle from its source.")
 
 
-def sign_bundle(bundle_dir: str | os.PathLike, key_path: str | os.PathLike) -> dict:
-    """Sign a bundle that passes its integrity check; write or update its ``signatures.json``.
+def write_signature(bundle_dir: str | os.PathLike, digest: str, key) -> dict:
+    """Add ``key``'s (an Ed25519 private key) signature over ``digest`` to ``bundle_dir``'s
+    ``signatures.json``, writing or updating it.
 
-    The key's earlier entry is replaced; other keys' entries are kept only if they signed the
-    same digest (otherwise they are dropped and listed under ``dropped``).
+    ``digest`` is the bundle's actual digest, of a bundle that passed its integrity check
+    (:func:`edgeinfer.bundle.sign_bundle` loads it first). The key's earlier entry is replaced;
+    other keys' entries are kept only if they signed the same digest (otherwise they are dropped
+    and listed under ``dropped``).
     """
-    from .bundle import load_bundle
-
-    key = load_private_key(key_path)
-    bundle = load_bundle(bundle_dir, verify=True, trust=False)
-    digest = bundle.digest
+    bundle_dir = Path(bundle_dir)
     kid = key_id(key.public_key())
     entry = {"key_id": kid, "algorithm": ALGORITHM,
              "signature": base64.b64encode(key.sign(_message(digest))).decode("ascii")}
-    old = read_signatures(bundle.path)
+    old = read_signatures(bundle_dir)
     kept, dropped = [], []
     for e in (old or {}).get("signatures", []):
         if e["key_id"] == kid:
             continue
         (kept if old["digest"] == digest else dropped).append(e)
-    path = write_json(bundle.path / SIGNATURES, {"format": FORMAT, "digest": digest, "signatures": kept + [entry]})
-    return {"bundle": str(bundle.path), "digest": digest, "key_id": kid, "signatures": str(path),
+    path = write_json(bundle_dir / SIGNATURES, {"format": FORMAT, "digest": digest, "signatures": kept + [entry]})
+    return {"bundle": str(bundle_dir), "digest": digest, "key_id": kid, "signatures": str(path),
             "kept": [e["key_id"] for e in kept], "dropped": [e["key_id"] for e in dropped]}
-
-
-# --- command line ----------------------------------------------------------------------------
-def cmd_sign(args) -> int:
-    r = sign_bundle(args.bundle, args.key)
-    print(f"signed bundle {r['bundle']}")
-    print(f"  digest  {r['digest']}")
-    print(f"  key id  {r['key_id']} ({args.key})")
-    print(f"  wrote   {r['signatures']}" + (f" (also signed by {', '.join(r['kept'])})" if r["kept"] else ""))
-    if r["dropped"]:
-        print(f"note: dropped signatures by {', '.join(r['dropped'])}: they signed an earlier state of the bundle; "
-              "ask those signers to sign it again")
-    return 0
-
-
-def cmd_keygen(args) -> int:
-    key_path, pub_path = generate_keypair(args.stem)
-    kid = key_id(load_public_key(pub_path))
-    print(f"wrote private key {key_path} (mode 0600: keep it secret, off the devices)")
-    print(f"wrote public key  {pub_path} (key id {kid})")
-    print(f"copy {pub_path.name} into the trust folder ({TRUST_ENV} or --trust) of every device that should "
-          "accept bundles signed with this key")
-    return 0
-
-
-def add_parsers(sub, formatter_class=argparse.RawDescriptionHelpFormatter) -> None:
-    """Add ``sign`` and ``keygen`` to ``edgeinfer``'s subparsers."""
-    s = sub.add_parser(
-        "sign", help="sign a bundle with an Ed25519 key (writes BUNDLE/signatures.json)",
-        formatter_class=formatter_class,
-        description="Check the bundle's integrity, compute its digest (manifest + every artifact's sha256) and "
-                    f"add this key's Ed25519 signature to BUNDLE/{SIGNATURES}. Devices with a trust folder "
-                    f"(--trust DIR or {TRUST_ENV}) load only bundles signed by a key in it.",
-        epilog="examples:\n"
-               "  edgeinfer keygen release            # once: release.key (secret) + release.pub\n"
-               "  edgeinfer sign my-bundle/ --key release.key\n"
-               "  edgeinfer inspect my-bundle/ --trust trusted-keys/")
-    s.add_argument("bundle", help="bundle folder to sign")
-    s.add_argument("--key", required=True, help="Ed25519 private key (PEM, PKCS#8), e.g. from `edgeinfer keygen`")
-    s.set_defaults(func=cmd_sign)
-
-    s = sub.add_parser(
-        "keygen", help="write a new Ed25519 key pair for signing bundles (STEM.key, STEM.pub)",
-        formatter_class=formatter_class,
-        description="Write STEM.key (private, mode 0600) and STEM.pub (public). Existing files are never "
-                    "overwritten. Put STEM.pub in the devices' trust folder; keep STEM.key on the signing machine.",
-        epilog="examples:\n"
-               "  edgeinfer keygen release\n"
-               "  mkdir -p trusted-keys && cp release.pub trusted-keys/\n"
-               "  edgeinfer sign my-bundle/ --key release.key")
-    s.add_argument("stem", help="path without extension: writes STEM.key and STEM.pub")
-    s.set_defaults(func=cmd_keygen)
 
 
 __all__ = [
     "SIGNATURES", "FORMAT", "ALGORITHM", "TRUST_ENV", "MESSAGE_PREFIX", "NO_TRUST_NOTE", "key_id",
     "load_private_key", "load_public_key", "generate_keypair", "resolve_trust", "load_trust", "read_signatures",
-    "unverified_status", "verify_bundle_signature", "sign_bundle", "add_parsers", "cmd_sign", "cmd_keygen",
+    "unverified_status", "verify_bundle_signature", "write_signature",
 ]

@@ -1,20 +1,21 @@
 """Bundle signatures: keygen, sign, and the trust folder that load_bundle checks them against."""
-import argparse
+import ast
 import base64
 import json
 import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from edgeinfer import signing
-from edgeinfer.bundle import MANIFEST, default_bundle_path, describe, load_bundle, write_manifest
+from edgeinfer.bundle import MANIFEST, default_bundle_path, describe, load_bundle, sign_bundle, write_manifest
+from edgeinfer.cli import build_parser
 from edgeinfer.errors import BundleError, IntegrityError, SignatureError, UsageError
-from edgeinfer.signing import (NO_TRUST_NOTE, SIGNATURES, TRUST_ENV, add_parsers, generate_keypair, key_id,
-                               load_public_key, load_trust, read_signatures, sign_bundle,
-                               verify_bundle_signature)
+from edgeinfer.signing import (NO_TRUST_NOTE, SIGNATURES, TRUST_ENV, generate_keypair, key_id, load_public_key,
+                               load_trust, read_signatures, verify_bundle_signature)
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +50,7 @@ def _edit_threshold(bundle_dir, value=0.45):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="edgeinfer")
-    sub = p.add_subparsers(dest="command")
-    add_parsers(sub, argparse.RawDescriptionHelpFormatter)
-    return p
+    return build_parser(["sign"])  # the sign and keygen commands as edgeinfer registers them
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -332,3 +330,13 @@ def test_sign_command_requires_bundle_and_key_and_has_examples(capsys):
         with pytest.raises(SystemExit):
             p.parse_args([cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+# --- one way: edgeinfer.bundle uses edgeinfer.signing ----------------------------------------------
+def test_signing_never_imports_the_bundle_module():
+    """Signing works on a folder and a digest; loading and signing a bundle are edgeinfer.bundle's, which
+    imports this module, so nothing here may import edgeinfer.bundle back (not even inside a function)."""
+    tree = ast.parse(Path(signing.__file__).read_text())
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in modules if "bundle" in m.split(".")], modules

@@ -289,16 +289,6 @@ def test_phantoms_keep_their_own_window_and_voi_lut(phantom_dir):
     assert seen == {"MONOCHROME1", "MONOCHROME2"}
 
 
-def test_contrast_check_samples_a_bounded_number_of_pixels(monkeypatch):
-    """Cost is bounded by construction (about 512 x 512 values, whatever the detector), not by a timer."""
-    seen = []
-    real = np.percentile
-    monkeypatch.setattr(np, "percentile", lambda a, q, *args, **kw: seen.append(np.size(a)) or real(a, q, *args, **kw))
-    for shape in ((3000, 3000), (4320, 4320), (600, 64)):
-        contrast(np.random.default_rng(0).random(shape, dtype=np.float32), None)
-    assert max(seen) <= 512 * 512 and 0 < seen[-1] <= 600 * 64
-
-
 # --- numpy overflow never reaches stderr -----------------------------------------------------------
 def _rescaled(slope, intercept=0.0, bits=16):
     ds, arr = _synthetic(bits=bits)

@@ -25,6 +25,7 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -34,7 +35,8 @@ import oracle_preprocess as oracle
 from edgeinfer import phantom
 from edgeinfer import preprocess as fast
 from edgeinfer.errors import InputError, PreprocessError
-from edgeinfer.preprocess import PreprocessSpec
+from edgeinfer.preprocess import PreprocessSpec, geometry, pipeline
+from edgeinfer.preprocess import window as windowing
 from helpers import synthetic_image
 
 #: |display - display_v1| allowed for linear windows where the image was not halved first: float32
@@ -95,8 +97,8 @@ def compare(stored, ds, spec) -> dict:
                                rtol=1e-6, atol=1e-6)
     delta = np.abs(new.display.astype(np.float64) - ref.display)
     tensor_delta = np.abs(new.tensor.astype(np.float64) - ref.tensor)
-    reduced = fast._reduced_size(stored.shape, fast._fitted(stored.shape, spec), spec)
-    halved = reduced != stored.shape[:2] and fast._halvings(stored.shape, reduced) > 0
+    reduced = geometry._reduced_size(stored.shape, geometry._fitted(stored.shape, spec), spec)
+    halved = reduced != stored.shape[:2] and geometry._halvings(stored.shape, reduced) > 0
     return {"max": float(delta.max()), "mean": float(delta.mean()), "tensor_max": float(tensor_delta.max()),
             "delta": delta, "ref": ref, "halved": halved}
 
@@ -233,7 +235,7 @@ def test_phantoms_within_the_bound(name, variant):
         STATS["phantoms"].append((f"{name} / {variant} / {spec_name}", _kind(got), got["max"],
                                   got["mean"]))
         within_bounds(got, spec)
-        nh, nw = fast._fitted(arr.shape, spec)
+        nh, nw = geometry._fitted(arr.shape, spec)
         if arr.shape[0] < nh or arr.shape[1] < nw:  # nothing reduced: value for value
             assert got["max"] == 0.0, spec_name
 
@@ -251,7 +253,7 @@ def test_other_interpolations_are_computed_as_before(name, variant):
 def test_the_reduction_is_exercised(monkeypatch):
     """Not vacuous: the full-detector image is averaged to twice the target before it is windowed."""
     calls = []
-    real = fast.cv2.resize
+    real = cv2.resize
 
     def spy(img, dsize, **kw):
         calls.append((img.shape, img.dtype, tuple(dsize)))
@@ -259,7 +261,7 @@ def test_the_reduction_is_exercised(monkeypatch):
 
     ds, arr = _phantom("dx 16-bit rescale+window 2500x2048")
     with monkeypatch.context() as m:
-        m.setattr(fast.cv2, "resize", spy)
+        m.setattr(cv2, "resize", spy)
         fast.preprocess_pixels(arr, ds, BUNDLE)
     # halved once (1250 x 1024 still leaves two blocks per pixel of 512 x 512; 625 would not), then
     # the area average to twice the target, then 2 x 2 to the target
@@ -352,18 +354,20 @@ def test_comparison_catches_a_wrong_result(monkeypatch):
 
     fails.__test__ = False
     real = fast.apply_window
+    # each name is replaced in the module that looks it up: windowing (voi), pipeline (preprocess_pixels),
+    # geometry (_halvings)
     with monkeypatch.context() as m:
-        m.setattr(fast, "apply_window", lambda v, w: real(v, fast.Window(w.source, w.center, w.width * 0.99,
-                                                                              w.function)))
+        m.setattr(windowing, "apply_window", lambda v, w: real(v, fast.Window(w.source, w.center, w.width * 0.99,
+                                                                                   w.function)))
         fails()
     with monkeypatch.context() as m:
-        m.setattr(fast, "padding_mask", lambda *a: None)
+        m.setattr(pipeline, "padding_mask", lambda *a: None)
         fails()
     with monkeypatch.context() as m:
-        m.setattr(fast, "_window_span", lambda w: None)
+        m.setattr(windowing, "_window_span", lambda w: None)
         fails()
     with monkeypatch.context() as m:
-        m.setattr(fast, "_reduced_size", lambda shape, fitted, spec: (500, 500))
+        m.setattr(pipeline, "_reduced_size", lambda shape, fitted, spec: (500, 500))
         fails()
     within_bounds(compare(arr, ds, BUNDLE), BUNDLE)  # and passes as it is
 
@@ -372,7 +376,7 @@ def test_comparison_catches_a_wrong_result(monkeypatch):
     ds, arr = _phantom("dx 16-bit rescale+window 2500x2048")
     shipped = compare(arr, ds, BUNDLE)
     with monkeypatch.context() as m:
-        m.setattr(fast, "BLOCK_MARGIN", 0.25)
+        m.setattr(geometry, "BLOCK_MARGIN", 0.25)
         coarse = compare(arr, ds, BUNDLE)
     assert shipped["halved"] and coarse["mean"] > 2 * shipped["mean"] and coarse["max"] > 2 * shipped["max"]
 
@@ -606,52 +610,3 @@ def test_zz_report(capsys):
                 print(f"\n[{group}, {kind}] {len(found)} images: max |d display| {worst[2]:.3g} ({worst[0]}); "
                       f"mean |d| per image: largest {max(r[3] for r in found):.3g}, "
                       f"average {np.mean([r[3] for r in found]):.3g}")
-
-
-# --- percentiles from a histogram of the stored integers ------------------------------------------
-@pytest.mark.parametrize("dtype, lo, hi", [(np.uint16, 0, 4096), (np.uint16, 0, 65535), (np.int16, -2000, 3000),
-                                           (np.uint8, 0, 255), (np.int32, -70000, 70000),
-                                           (np.uint32, 4_000_000_000, 4_000_900_000)])
-@pytest.mark.parametrize("slope", [1.0, 0.5, -2.0])
-def test_histogram_percentiles_are_numpy_s(dtype, lo, hi, slope):
-    from edgeinfer.preprocess import Window, _percentiles, apply_window
-
-    rng = np.random.default_rng(abs(hash((np.dtype(dtype).str, lo, slope))) % 2**32)
-    for n in (1, 2, 3, 17, 1000, 262_144):
-        base = rng.integers(lo, hi + 1, n).astype(dtype)
-        values = lambda part: part.astype(np.float32) * np.float32(slope) + np.float32(-100)  # noqa: E731
-        for q in ((0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (37.0, 63.0)):
-            want = np.percentile(values(base), q)
-            got = _percentiles(base, q, values, 1 if slope > 0 else -1)
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
-        w = Window("header", float(np.median(values(base))), float(max(2.0, np.ptp(values(base)) / 3)))
-        shaded = lambda part: apply_window(values(part), w)  # noqa: E731 - a window never decreases
-        want = np.percentile(shaded(base), (1.0, 99.0))
-        np.testing.assert_allclose(_percentiles(base, (1.0, 99.0), shaded, 1 if slope > 0 else -1), want,
-                                   rtol=1e-12, atol=1e-9)
-
-
-def test_a_histogram_never_spans_more_than_its_range(monkeypatch):
-    # uint32 values near 4e9 in a narrow range: counted from their minimum, not from 0 (32 GB)
-    from edgeinfer import preprocess
-
-    seen = []
-    real = np.bincount
-    monkeypatch.setattr(preprocess.np, "bincount",
-                        lambda a, *k, **kw: seen.append(int(a.max()) + 1) or real(a, *k, **kw))
-    base = np.array([4_000_000_000, 4_000_000_007, 4_000_500_000], np.uint32)
-    got = preprocess._percentiles(base, (0.0, 100.0), lambda p: p.astype(np.float64), 1)
-    assert list(got) == [4_000_000_000, 4_000_500_000] and seen == [500_001]
-
-
-def test_histogram_percentiles_decline_what_they_cannot_answer():
-    from edgeinfer.preprocess import _percentiles
-
-    ident = lambda part: part.astype(np.float32)  # noqa: E731
-    assert _percentiles(np.array([1.5, 2.5], np.float32), (1.0, 99.0), ident, 1) is None   # floats: sorted
-    assert _percentiles(np.array([0, 2**21], np.int32), (1.0, 99.0), ident, 1) is None     # range too wide
-    assert _percentiles(np.array([], np.uint16), (1.0, 99.0), ident, 1) is None
-    assert _percentiles(np.array([1, 2], np.uint16), (1.0, 99.0), ident, 0) is None        # a table: unknown
-    huge = lambda part: part.astype(np.float32) * np.float32(3e38)  # noqa: E731 - inf at the top
-    with np.errstate(over="ignore"):
-        assert _percentiles(np.array([1, 2], np.uint16), (1.0, 99.0), huge, 1) is None
