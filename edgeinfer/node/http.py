@@ -5,7 +5,12 @@
                   with the view's ``details()`` when it has any (the node: ``"notes"`` when start-up repaired
                   something, ``"backlog"`` while studies wait for inference);
 ``GET /metrics``  the Prometheus text exposition of the node's :class:`NodeMetrics`;
-``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``.
+``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``, one window of it:
+                  ``?since=`` (seconds since the epoch, or an ISO 8601 time; default: the view's, the node's is
+                  the last 24 hours), ``?limit=`` (1-10000 studies; default the view's, 500), ``?offset=``. A
+                  rendered page is reused while the view's ``worklist_version`` stays the same (at most 30 s) and
+                  for 1 s after it changes, and one page renders at a time: pollers cost the node a cached
+                  body, not a query each, so they cannot slow its acknowledgements.
 
 Nothing else is served (404; another method on these paths: 405). An exception inside a handler
 answers 500 with a short JSON error and is logged by its class only: an exception's text may carry
@@ -50,7 +55,8 @@ class NodeView(Protocol):
 
     ``health()``    alive information, e.g. ``{"uptime_s": 12.5, "version": "0.1.0"}``; cheap, no I/O.
     ``readiness()`` why the node is not ready (e.g. "spool disk full", "no model loaded"); ``[]``: ready.
-    ``worklist()``  the current worklist, shaped like ``edgeinfer triage --output``.
+    ``worklist(since=None, limit=None, offset=0)``  one window of the current worklist, shaped like
+                    ``edgeinfer triage --output`` (None: the view's default window).
     ``metrics``     the node's :class:`NodeMetrics`; refresh its gauges before a scrape if they are
                     not kept current as things happen.
     """
@@ -61,7 +67,7 @@ class NodeView(Protocol):
 
     def readiness(self) -> list[str]: ...
 
-    def worklist(self) -> dict: ...
+    def worklist(self, *, since: float | None = None, limit: int | None = None, offset: int = 0) -> dict: ...
 
 
 # --- the application -------------------------------------------------------------------------------
@@ -113,13 +119,83 @@ def make_app(view: NodeView) -> Starlette:
         payload, content_type = view.metrics.render()
         return Response(payload, media_type=content_type, headers=_NO_STORE)
 
+    pages = _PageCache()
+
     @_guarded
     def worklist(request: Request) -> Response:
-        return _json(view.worklist())
+        try:
+            query = _worklist_query(request.query_params)
+        except ValueError as exc:
+            return _json({"status": "error", "error": str(exc)}, status=400)
+        body = pages.get(view, query, lambda: json_text(view.worklist(**query)))
+        return Response(body, media_type="application/json", headers=_NO_STORE)
 
     routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), Route("/worklist", worklist, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+#: the most studies one worklist page holds
+MAX_LIMIT = 10_000
+
+
+def _worklist_query(params) -> dict:
+    """``since``, ``limit`` and ``offset`` from a query string; ValueError saying what is wrong and what to send."""
+    import datetime as dt
+
+    unknown = sorted(set(params) - {"since", "limit", "offset"})
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}: /worklist takes since, limit and offset")
+    query: dict = {}
+    if "since" in params:
+        text = params["since"]
+        try:
+            query["since"] = float(text)
+        except ValueError:
+            try:
+                t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("since: expected seconds since the epoch or an ISO 8601 time, "
+                                 "e.g. since=2026-12-04T08:00:00Z") from None
+            query["since"] = (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+    for name, low, high in (("limit", 1, MAX_LIMIT), ("offset", 0, None)):
+        if name in params:
+            try:
+                value = int(params[name])
+            except ValueError:
+                value = None
+            if value is None or value < low or (high is not None and value > high):
+                raise ValueError(f"{name}: expected a whole number from {low}" + (f" to {high}" if high else " up"))
+            query[name] = value
+    return query
+
+
+class _PageCache:
+    """Rendered worklist pages, reused while the view's ``worklist_version`` stays the same (up to ``FRESH_S``)
+    and for ``SNAPSHOT_S`` after it changed; one page renders at a time. A view without a version is never
+    cached. Failures are never cached."""
+
+    SNAPSHOT_S, FRESH_S, KEEP = 1.0, 30.0, 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pages: dict[tuple, tuple[int, float, str]] = {}
+
+    def get(self, view, query: dict, render: Callable[[], str]) -> str:
+        version = getattr(view, "worklist_version", None)
+        if version is None:
+            return render()
+        key = tuple(sorted(query.items()))
+        with self._lock:
+            hit = self._pages.get(key)
+            now = time.monotonic()
+            if hit is not None and (now - hit[1] < self.SNAPSHOT_S or (hit[0] == version and now - hit[1] < self.FRESH_S)):
+                return hit[2]
+            body = render()
+            if len(self._pages) >= self.KEEP:
+                self._pages.pop(min(self._pages, key=lambda k: self._pages[k][1]))
+            self._pages[key] = (version, time.monotonic(), body)
+            return body
 
 
 def _http_error(request: Request, exc: Exception) -> Response:

@@ -17,6 +17,7 @@ from .. import __version__
 from .._io import write_json
 from ..bundle import load_bundle
 from ..errors import UsageError
+from ..triage import priority_order
 from .config import NodeConfig
 from .outbox import Outbox
 from .receiver import Receiver
@@ -24,6 +25,10 @@ from .recovery import open_state, reconcile
 from .retention import Retention
 from .spool import Spool
 from .worker import Worker, worklist_document
+
+#: the worklist's default window: results of the last day, the most urgent 500 studies of them
+WORKLIST_WINDOW_H = 24
+WORKLIST_LIMIT = 500
 
 log = logging.getLogger("edgeinfer.node")
 audit = logging.getLogger("edgeinfer.audit")
@@ -61,6 +66,8 @@ class Node:
         if left:
             log.info("deleted %d spool file(s) whose deletion a stop interrupted", left)
         self.http = None
+        #: counts recorded results: a worklist page rendered at one value is current until it changes
+        self.worklist_version = 0
         self._stopped = threading.Event()
         self._closed = False
         #: inference threads the watchdog could not interrupt (a backend without cancellation)
@@ -192,6 +199,7 @@ class Node:
         return None
 
     def result_recorded(self, job, record: dict) -> None:
+        self.worklist_version += 1   # the HTTP side's cached worklist pages are out of date
         study = record.get("study")
         if study is not None:
             audit.info("study %s scored v%d: %s", job.study_uid, job.version, study["priority"])
@@ -244,5 +252,21 @@ class Node:
         return ({"notes": list(self.startup_notes)} if self.startup_notes else {}) | (
             {"backlog": {"studies": waiting, "oldest_waiting_s": round(oldest, 1)}} if waiting else {})
 
-    def worklist(self) -> dict:
-        return worklist_document(self, self.state.current_results())
+    def worklist(self, *, since: float | None = None, limit: int | None = None, offset: int = 0) -> dict:
+        """One window of the worklist: the results made since ``since`` (default: the last
+        ``WORKLIST_WINDOW_H`` hours), ``limit`` studies (default ``WORKLIST_LIMIT``) from ``offset`` in worklist
+        order, and every not-applicable study of the window. Only that page is read from the state, so the
+        cost does not grow with the node's history; ``window`` says what the page is part of."""
+        import datetime as dt
+
+        now = time.time()
+        since = now - WORKLIST_WINDOW_H * 3600 if since is None else since
+        limit = WORKLIST_LIMIT if limit is None else limit
+        records, counts = self.state.worklist_window(priority_order(self.bundle), since=since, limit=limit,
+                                                     offset=offset)
+        in_window = sum(n for p, n in counts.items() if p is not None)
+        iso = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+        window = {"since": iso(since), "as_of": iso(now), "limit": limit, "offset": offset,
+                  "studies_in_window": in_window, "by_priority_in_window": {p: n for p, n in counts.items() if p},
+                  "truncated": offset + limit < in_window}
+        return worklist_document(self, records, window)

@@ -89,8 +89,14 @@ def _v4_instance_bytes_and_purge(db: sqlite3.Connection) -> None:
             pass
 
 
+def _v5_results_by_time(db: sqlite3.Connection) -> None:
+    """An index for the worklist's window (current results made since a time)."""
+    db.execute("CREATE INDEX IF NOT EXISTS results_current ON results(superseded, created)")
+
+
 #: schema steps, in order: a state at ``user_version`` N has had the first N
-MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created, _v4_instance_bytes_and_purge)
+MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created, _v4_instance_bytes_and_purge,
+              _v5_results_by_time)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -298,6 +304,22 @@ class State:
     # -- results --------------------------------------------------------------------------------
     def current_results(self) -> list[dict]:
         return [json.loads(r[0]) for r in self._all("SELECT record FROM results WHERE superseded=0")]
+
+    def worklist_window(self, order: list[str], *, since: float, limit: int, offset: int = 0
+                        ) -> tuple[list[dict], dict[str, int]]:
+        """The current results made since ``since``: one page of those with a study, in worklist order
+        (``order``: priorities, most urgent first; then the higher score, then the UID), followed by every
+        not-applicable one in the window; and the number of studies per priority in the whole window
+        (``None``: not applicable). Only the page's records are read and parsed."""
+        rank = "CASE priority " + " ".join(f"WHEN ? THEN {i}" for i in range(len(order))) + f" ELSE {len(order)} END"
+        page = self._all(f"SELECT record FROM results WHERE superseded=0 AND created>=? AND priority IS NOT NULL "
+                         f"ORDER BY {rank}, coalesce(score, -1) DESC, study_uid LIMIT ? OFFSET ?",
+                         (since, *order, limit, offset))
+        rest = self._all("SELECT record FROM results WHERE superseded=0 AND created>=? AND priority IS NULL "
+                         "ORDER BY study_uid LIMIT ?", (since, limit))
+        counts = dict(self._all("SELECT priority, count(*) FROM results WHERE superseded=0 AND created>=? "
+                                "GROUP BY priority", (since,)))
+        return [json.loads(r[0]) for r in page + rest], counts
 
     def history(self, study_uid: str) -> list[dict]:
         return [{"version": v, "priority": p, "score": s, "superseded": bool(x), "created": c}

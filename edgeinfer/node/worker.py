@@ -191,8 +191,9 @@ def source_header(path: str):
         return None
 
 
-def worklist_document(node, results: list[dict]) -> dict:
-    """The live worklist, in the shape ``edgeinfer triage --output`` writes."""
+def worklist_document(node, results: list[dict], window: dict | None = None) -> dict:
+    """The live worklist, in the shape ``edgeinfer triage --output`` writes: the studies of ``results`` in
+    worklist order, and the summary of what it lists; ``window``: which part of the node's results it is."""
     import datetime as dt
 
     from .. import __version__
@@ -210,8 +211,8 @@ def worklist_document(node, results: list[dict]) -> dict:
         counts[s["priority"]] = counts.get(s["priority"], 0) + 1
     n_img = sum(len(s["images"]) for s in studies)
     return {"edgeinfer": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "bundle": node.bundle.summary(), "run": node.run_record(), "studies": studies,
-            "not_applicable": not_applicable, "skipped": skipped, "errors": errors,
+            "bundle": node.bundle.summary(), "run": node.run_record(), **({"window": window} if window else {}),
+            "studies": studies, "not_applicable": not_applicable, "skipped": skipped, "errors": errors,
             "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img, "studies": len(studies),
                         "by_priority": counts, "not_applicable": len(not_applicable), "skipped": len(skipped),
                         "errors": len(errors)}}

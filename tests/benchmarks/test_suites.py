@@ -48,3 +48,23 @@ def test_node_benchmark_runs_end_to_end_on_a_small_load(tmp_path):
     report = json.loads(out.read_text())
     assert report["edgeinfer_node_bench"] == 1 and report["machine"]["cpu"]["model"]
     assert "| burst" in (tmp_path / "node.md").read_text()
+
+
+def test_worklist_load_benchmark_runs_on_a_small_state(tmp_path):
+    """benchmarks/worklist_load.py: a node with a filled state, pollers in processes of their own, timed C-STOREs
+    (a smoke run: every pass and its figures are there; the timing target is the benchmark's, not the test's)."""
+    import json
+
+    out = tmp_path / "wl.json"
+    r = subprocess.run([sys.executable, "benchmarks/worklist_load.py", "--studies", "300", "--instances", "5",
+                        "--pollers", "2", "--json", str(out), "--report", str(tmp_path / "wl.md")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["edgeinfer_worklist_load"] == 1 and report["studies"] == 300
+    assert list(report["passes"]) == ["no pollers", "2 pollers, default window", "2 pollers, ?limit=10000"]
+    for name, p in report["passes"].items():
+        assert p["c_store_s"]["n"] == 5
+        if p["polls"] is not None:
+            assert p["polls"]["n"] > 0 and p["polls"]["non_200"] == 0, (name, p["polls"])
+    assert "Target: C-STORE p99" in (tmp_path / "wl.md").read_text()

@@ -22,6 +22,7 @@ class FakeView:
         self.metrics = NodeMetrics()
         self.reasons: list[str] = []
         self.fail: set[str] = set()  # names of the methods that raise
+        self.queries: list[dict] = []  # what /worklist asked worklist() for
         self.list = {"edgeinfer": "0.1.0", "created": "2026-01-01T00:00:00+00:00", "bundle": {"name": "phantom"},
                      "run": {"backend": "onnxruntime"},
                      "studies": [{"study": "1.2.3", "priority": "URGENT", "score": 0.93, "images": 2}],
@@ -39,8 +40,9 @@ class FakeView:
         self._maybe_fail("readiness")
         return list(self.reasons)
 
-    def worklist(self) -> dict:
+    def worklist(self, **query) -> dict:
         self._maybe_fail("worklist")
+        self.queries.append(query)
         return self.list
 
 
@@ -136,6 +138,34 @@ def test_worklist_round_trips(server, view):
     assert status == 200
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body) == view.list
+
+
+def test_worklist_window_parameters_reach_the_view_and_bad_ones_say_what_to_send(server, view):
+    assert get(server.url + "/worklist?since=2026-12-04T08:00:00Z&limit=50&offset=100")[0] == 200
+    assert get(server.url + "/worklist?since=1764835200.5")[0] == 200
+    assert view.queries[-2:] == [{"since": 1796371200.0, "limit": 50, "offset": 100}, {"since": 1764835200.5}]
+    for query, says in (("since=yesterday", "since: expected seconds since the epoch or an ISO 8601 time"),
+                        ("limit=0", "limit: expected a whole number from 1 to 10000"),
+                        ("limit=20000", "limit: expected a whole number from 1 to 10000"),
+                        ("offset=-1", "offset: expected a whole number from 0 up"),
+                        ("page=2", "unknown parameter(s) page: /worklist takes since, limit and offset")):
+        status, _, body = get(server.url + "/worklist?" + query)
+        assert status == 400 and says in json.loads(body)["error"], (query, body)
+
+
+def test_worklist_pages_are_rendered_once_per_version_and_reused(server, view, monkeypatch):
+    from edgeinfer.node import http
+
+    view.worklist_version = 1
+    bodies = [get(server.url + "/worklist")[2] for _ in range(5)]
+    assert len(view.queries) == 1 and len(set(bodies)) == 1              # four pollers: one render
+    get(server.url + "/worklist?limit=10")
+    assert len(view.queries) == 2                                        # another page: rendered on its own
+    view.list = {**view.list, "summary": {"studies": 2}}
+    view.worklist_version = 2                                            # a result was recorded
+    monkeypatch.setattr(http._PageCache, "SNAPSHOT_S", 0.0)              # (the 1 s snapshot has passed)
+    assert json.loads(get(server.url + "/worklist")[2])["summary"] == {"studies": 2}
+    assert len(view.queries) == 3
 
 
 @pytest.mark.parametrize("path", ["/", "/nope", "/healthz/x", "/worklist.json", "/metrics/../etc/passwd"])

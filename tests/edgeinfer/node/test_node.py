@@ -40,6 +40,16 @@ def test_serve_triages_each_study_and_puts_one_sr_per_study_into_pacs(node_facto
     code, wl = node.get("/worklist")
     assert code == 200 and sorted(s["study_uid"] for s in wl["studies"]) == study_uids
     assert json.loads(wl_file.read_text())["summary"]["studies"] == len(study_uids)
+    # one window of the worklist: the default (the last 24 h, 500 studies), a page of one, a window in the future
+    assert wl["window"]["studies_in_window"] == len(study_uids) and wl["window"]["truncated"] is False
+    _, one = node.get("/worklist?limit=1&offset=1")
+    assert [s["study_uid"] for s in one["studies"]] == [wl["studies"][1]["study_uid"]]
+    assert one["window"] | {"since": None, "as_of": None} == {
+        "since": None, "as_of": None, "limit": 1, "offset": 1, "studies_in_window": len(study_uids),
+        "by_priority_in_window": wl["window"]["by_priority_in_window"], "truncated": True}
+    _, later = node.get(f"/worklist?since={time.time() + 60:.0f}")
+    assert later["studies"] == [] and later["window"]["studies_in_window"] == 0
+    assert node.get("/worklist?limit=lots")[0] == 400
     sr = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"])))
     assert sr.StudyInstanceUID == study_uids[0] and sr.Modality == "SR"
     dump = subprocess.run([dcmtk["dsrdump"], "-"], input=orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"]),

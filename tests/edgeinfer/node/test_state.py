@@ -214,3 +214,28 @@ def test_config_file_flags_and_clear_errors(tmp_path):
             load_config(cfg)
     with pytest.raises(UsageError, match="AET@HOST:PORT"):
         Destination.parse("PACS:104")
+
+
+def test_the_worklist_window_reads_one_page_in_worklist_order_and_counts_the_rest(tmp_path):
+    st = State(tmp_path / "s.db")
+    order = ["STAT", "URGENT", "INDETERMINATE", "ROUTINE"]
+    for i in range(300):          # 300 scored studies over 300 s; every third one not applicable (no study)
+        study = f"5.{i}"
+        _add(st, f"{study}.1", study=study, t=i)
+        st.complete_quiet_studies(lambda m: 0, now=i)
+        job = st.next_job()
+        priority = None if i % 3 == 0 else order[i % 4]
+        score = None if priority in (None, "INDETERMINATE") else (i % 100) / 100
+        record = {"not_applicable": {"study_uid": study}} if priority is None else \
+            {"study": {"study_uid": study, "priority": priority, "score": score}}
+        st.finish_job(job, priority=priority, score=score, record=record, sends=[], now=i)
+    page, counts = st.worklist_window(order, since=100, limit=20, offset=5)
+    studies = [r["study"] for r in page if "study" in r]
+    window = [(p, s) for i in range(100, 300) if i % 3
+              for p, s in [(order[i % 4], None if order[i % 4] == "INDETERMINATE" else (i % 100) / 100)]]
+    expected = sorted(((order.index(p), -(s if s is not None else -1), f"5.{i}") for i in range(100, 300) if i % 3
+                       for p, s in [(order[i % 4], None if order[i % 4] == "INDETERMINATE" else (i % 100) / 100)]))
+    assert [s["study_uid"] for s in studies] == [uid for _, _, uid in expected[5:25]]
+    assert sum(n for p, n in counts.items() if p) == len(window) and counts[None] == len(range(102, 300, 3))
+    assert all("not_applicable" in r for r in page[len(studies):]) and len(page) - len(studies) == 20   # capped too
+    assert st.worklist_window(order, since=1000, limit=20) == ([], {})
