@@ -345,8 +345,7 @@ class Receiver:
             if outcome == CONFLICT_FOUND:
                 path.unlink(missing_ok=True)  # ours, never acknowledged (the first one has another name)
             return self._known(sop, study, same=outcome == DUPLICATE)
-        self._count("instances_total", "stored")
-        audit.info("received study %s instance %s", study, sop)
+        self._count("instances_total", "stored")  # the audit line is one per study, when it is complete (worker)
         return SUCCESS
 
     def _known(self, sop: str, study: str, *, same: bool) -> int:

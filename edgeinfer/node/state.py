@@ -241,6 +241,12 @@ class State:
                     done.append(uid)
         return done
 
+    def received_from(self, study_uid: str) -> tuple[int, list[str]]:
+        """How many instances the study holds, and the calling AE titles that sent them (for its audit line)."""
+        rows = self._all("SELECT coalesce(calling_aet, ''), count(*) FROM instances WHERE study_uid=? "
+                         "GROUP BY 1 ORDER BY 1", (study_uid,))
+        return sum(n for _, n in rows), [a for a, _ in rows if a]
+
     def backlog(self, now: float | None = None) -> tuple[int, float]:
         """Studies complete and waiting for inference, and how long (s) the oldest of them has waited."""
         now = time.time() if now is None else now

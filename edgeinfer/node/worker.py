@@ -30,7 +30,9 @@ class Worker(Loop):
     def step(self) -> bool:
         node = self.node
         for uid in node.state.complete_quiet_studies(node.config.quiet_for):
-            audit.info("study %s complete (quiet period passed)", uid)
+            n, senders = node.state.received_from(uid)
+            audit.info("study %s received: %d instance(s) from %s (quiet period passed)", uid, n,
+                       ", ".join(senders) or "no calling AE title")
         job = node.state.next_job()
         if job is not None:
             self.current = job

@@ -5,6 +5,7 @@ import json
 import subprocess
 import time
 import warnings
+from collections import Counter
 
 import pydicom
 import pytest
@@ -50,6 +51,13 @@ def test_serve_triages_each_study_and_puts_one_sr_per_study_into_pacs(node_facto
     _, later = node.get(f"/worklist?since={time.time() + 60:.0f}")
     assert later["studies"] == [] and later["window"]["studies_in_window"] == 0
     assert node.get("/worklist?limit=lots")[0] == 400
+    # the audit log: one line per study received, with its instance count and sender, never one per instance
+    per_study = Counter(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID for f in folder.rglob("*.dcm"))
+    log = node.log.read_text()
+    for uid, n in per_study.items():
+        assert log.count(f"study {uid} received: ") == 1
+        assert f"study {uid} received: {n} instance(s) from MODALITY (quiet period passed)" in log
+    assert " instance 1." not in log
     sr = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"])))
     assert sr.StudyInstanceUID == study_uids[0] and sr.Modality == "SR"
     dump = subprocess.run([dcmtk["dsrdump"], "-"], input=orthanc.instance_file(orthanc.srs(study_uids[0])[0]["OrthancId"]),
