@@ -84,12 +84,13 @@ from __future__ import annotations
 
 from .checks import number_of_frames, pixel_notes, read_dataset
 from .common import ReadLimits
-from .decode import decode_frame, describe_transfer_syntax
+from .decode import decode_frame, decodes, describe_transfer_syntax
 
 __all__ = [
     "ReadLimits",
     "read_dataset",
     "decode_frame",
+    "decodes",
     "number_of_frames",
     "pixel_notes",
     "describe_transfer_syntax",

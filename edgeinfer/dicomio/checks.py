@@ -227,15 +227,28 @@ def _ts_uid(ds: Dataset) -> UID | None:
     return _uid(ts)
 
 
+#: transfer syntaxes newer than this pydicom (3.0) that a modality may send (PS3.5 Annex A), by name
+NEWER_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+                           "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+                           "1.2.840.10008.1.2.4.112": "JPEG XL",
+                           "1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression"}
+
+
 def _check_pixels(ds: Dataset, limits: ReadLimits) -> tuple[_Geometry, bool]:
     found = _pixel_element(ds)
     if found is None:
         _reject_non_image(ds)
         raise CorruptDicomError("pixel data is missing")  # not reached: the line above raises
     tag, elem = found
+    ts = _ts_uid(ds)
+    if ts is not None and ts.is_valid and not ts.is_private and not ts.is_transfer_syntax:
+        # newer than this pydicom (JPEG XL in pydicom 3.0): its pixel data cannot even be framed, so say so
+        # before a size check calls it damaged
+        name = NEWER_TRANSFER_SYNTAXES.get(str(ts), "unknown here")
+        raise UnsupportedError(f"pixel data in transfer syntax {ts} ({name}) is stored but not analysed here "
+                               "(no decoder for it); the study needs a human read")
     geom = _geometry(ds, limits, float_pixels=tag != 0x7FE00010)
     encapsulated, available = _pixel_value_info(elem)
-    ts = _ts_uid(ds)
     if ts is not None and ts.is_transfer_syntax and ts.is_encapsulated != encapsulated:
         expected = "compressed (encapsulated)" if ts.is_encapsulated else "uncompressed (native)"
         raise CorruptDicomError(

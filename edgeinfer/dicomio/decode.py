@@ -31,6 +31,22 @@ from .common import (
 from .quiet import _library_quiet
 
 
+def decodes(transfer_syntax: str) -> bool:
+    """Whether pixel data in ``transfer_syntax`` is decoded here: a native (uncompressed) one, or a compressed
+    one with a decoder plugin installed. A transfer syntax newer than pydicom (JPEG XL in pydicom 3.0) is not."""
+    from pydicom.uid import UID
+
+    uid = UID(transfer_syntax)
+    if not uid.is_transfer_syntax:
+        return False
+    if not uid.is_compressed:
+        return True
+    try:
+        return bool(get_decoder(uid).is_available)
+    except NotImplementedError:
+        return False
+
+
 def describe_transfer_syntax(ds: Dataset) -> str:
     """Human name of the data set's transfer syntax, e.g. "JPEG 2000 Image Compression"."""
     with _library_quiet():
@@ -177,7 +193,7 @@ def _decode(ds: Dataset, index: int, limits: ReadLimits,
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
         raise UnsupportedError(
-            f"pixel data compressed as {ts_name} cannot be decoded here (no decoder for this "
+            f"pixel data compressed as {ts_name} is stored but not analysed here (no decoder for this "
             "transfer syntax); the study needs a human read"
         ) from _cause(exc)
     if not decoder.is_available:

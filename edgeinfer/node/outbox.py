@@ -58,17 +58,20 @@ def client_tls(config: NodeConfig):
     return ctx
 
 
+#: what a result is proposed in (the SR is written in the first)
+SCU_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")   # Explicit, Implicit VR Little Endian
+
+
 def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 30.0, tls=None) -> str | None:
     """C-STORE one Part 10 file to ``dest`` (over TLS with ``tls``, an SSL context). None on success,
     else why it failed (no data values)."""
     import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
     ds = pydicom.dcmread(path)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.add_requested_context(ds.SOPClassUID, list(SCU_TRANSFER_SYNTAXES))
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
                          tls_args=(tls, dest.host) if tls is not None else None)
     if not assoc.is_established:

@@ -116,6 +116,18 @@ def instance_fields(ds, *, sop: str | None = None, urgent_request: bool = False)
             "modality": modality[:16], "urgent": urgent}
 
 
+def scp_contexts() -> list[tuple[str, list[str]]]:
+    """What the node accepts as an SCP: (abstract syntax, its transfer syntaxes). Every storage SOP class
+    pynetdicom knows in every transfer syntax it knows, and Verification in the uncompressed ones; the
+    conformance statement (``docs/conformance.md``) is checked against this."""
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+    from pynetdicom.sop_class import Verification
+
+    every = [str(ts) for ts in ALL_TRANSFER_SYNTAXES]
+    return [(str(cx.abstract_syntax), every) for cx in AllStoragePresentationContexts] + \
+        [(str(Verification), [str(ts) for ts in DEFAULT_TRANSFER_SYNTAXES])]
+
+
 class Receiver:
     """Starts and stops the SCP; every accepted instance is in the spool and the state before Success."""
 
@@ -133,8 +145,7 @@ class Receiver:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom import AE, evt
 
         pn_log = logging.getLogger("pynetdicom")
         pn_log.setLevel(logging.WARNING)      # its debug output dumps data sets
@@ -145,9 +156,8 @@ class Receiver:
         warnings.filterwarnings("ignore", module="pydicom")
         c = self.config
         ae = AE(ae_title=c.ae_title)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification)
+        for abstract_syntax, transfer_syntaxes in scp_contexts():
+            ae.add_supported_context(abstract_syntax, transfer_syntaxes)
         ae.require_called_aet = True
         ae.require_calling_aet = list(c.allow_calling)
         # pynetdicom counts every connection, handshakes included: its limit leaves room for them, and

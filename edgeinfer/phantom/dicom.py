@@ -193,12 +193,17 @@ def _dataset(*, dev, img, pixels, rows, cols, spacing, sex, age, birth, index, s
     return ds
 
 
+#: High-Throughput JPEG 2000: lossless, lossless with RPCL options, and the lossy one (here a lossless codestream)
+HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+
+
 def compress(ds: Dataset, ts: str, pixels: np.ndarray, **kw) -> None:
     """Encode ``pixels`` (stored values, as ``ds`` describes them) into ``ds`` in transfer syntax ``ts``.
 
     pydicom's encoders where it has one (RLE, JPEG-LS, JPEG 2000; ``kw`` goes to them: the lossy
     variants take ``jls_error``, default 2, and ``j2k_cr`` or ``j2k_psnr``, default a 10:1 ratio);
-    imagecodecs' for lossless and lossy JPEG, which pydicom cannot write (grey images only; signed
+    imagecodecs' for lossless and lossy JPEG and for High-Throughput JPEG 2000, which pydicom cannot
+    write (grey JPEG images only; signed
     values are stored as their bit patterns). Lossy JPEG holds 8 bits (baseline) or 12 (extended),
     quality ``jpeg_quality`` (default 90): stored values with more bits are shifted right, and the
     Rescale Slope is multiplied to match, so modality values and window presets keep their meaning
@@ -225,6 +230,13 @@ def compress(ds: Dataset, ts: str, pixels: np.ndarray, **kw) -> None:
         else:
             frame = imagecodecs.ljpeg_encode(patterns, bitspersample=bits)
         ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = ts
+        return
+    if ts in HTJ2K:  # pydicom writes no High-Throughput JPEG 2000; imagecodecs (OpenJPH) does, lossless
+        import imagecodecs
+
+        ds.PixelData = encapsulate([imagecodecs.htj2k_encode(pixels)])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = ts
         return
