@@ -240,7 +240,7 @@ def cmd_serve(args) -> int:
     from .node.service import Node
 
     overrides = {k: getattr(args, k) for k in (
-        "spool", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
+        "spool", "spool_group", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
         "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb", "retain_hours",
         "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size", "intake_processes")}
@@ -349,6 +349,8 @@ def _add_serve(sub, fmt) -> None:
     a = s.add_argument
     a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
     a("--spool", default=None, help="folder for received instances, results and the state database (default ./spool)")
+    a("--spool-group", dest="spool_group", default=None, metavar="GROUP",
+      help="let this group read the spool (files 0640, folders 0750; default: the node's user only, 0600/0700)")
     a("--port", type=int, default=None, help="DICOM port (default 11112)")
     a("--host", default=None, help="address to listen on (default 0.0.0.0)")
     a("--ae-title", dest="ae_title", default=None, help="this node's AE title (default EDGEINFER)")

@@ -395,13 +395,19 @@ ROUTING_INFLATE_BYTES = 4 * _MiB
 _ROUTING_LAST_TAG = 0x0040FFFF
 
 
-def routing_header(data: bytes, specific_tags=None, inflate_limit: int = ROUTING_INFLATE_BYTES):
+def routing_header(data: bytes, specific_tags=None, inflate_limit: int = ROUTING_INFLATE_BYTES,
+                   with_prefix: bool = False):
     """The header elements up to group 0040 of an instance held in memory, for routing it (study, series,
     SOP Instance UID, modality, priority): no pixel data, and a deflated data set is inflated only as far
     as ``inflate_limit`` (zlib's output bound), never whole, so a deflate bomb costs megabytes, not
     gigabytes. Not the hardened reader's checks (that runs when the image is read for inference); this
     one must not wait for the one-thread-at-a-time library boundary either, so it takes no lock.
     Raises what pydicom raises on garbage; the caller refuses such an instance.
+
+    ``with_prefix``: also return the instance's bytes up to the end of that header, a Part 10 file of its
+    own (preamble, file meta, the elements read): what is kept of each instance for its study's report,
+    so that the report never reads the image again. None for a deflated data set (its bytes are not the
+    elements'). Returns ``(dataset, prefix)`` then.
     """
     buf = _TrackedBuffer(data)
     if len(data) >= 132 and data[128:132] == b"DICM":
@@ -416,5 +422,10 @@ def routing_header(data: bytes, specific_tags=None, inflate_limit: int = ROUTING
     from pydicom.tag import Tag
 
     tags = [Tag(t) for t in specific_tags] if specific_tags else None  # keywords -> tags, as dcmread does
-    return _pd_read_dataset(io.BytesIO(body), implicit, little, specific_tags=tags,
-                            stop_when=lambda tag, vr, length: tag > _ROUTING_LAST_TAG)
+    fp = io.BytesIO(body)
+    ds = _pd_read_dataset(fp, implicit, little, specific_tags=tags,
+                          stop_when=lambda tag, vr, length: tag > _ROUTING_LAST_TAG)
+    if not with_prefix:
+        return ds
+    # pydicom leaves the stream at the first element it did not read
+    return ds, (None if ts == DeflatedExplicitVRLittleEndian else bytes(data[:start + fp.tell()]))

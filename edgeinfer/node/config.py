@@ -43,6 +43,7 @@ def _valid_aet(text: str) -> bool:
 @dataclass
 class NodeConfig:
     spool: Path = Path("spool")
+    spool_group: str | None = None              # None: the spool is the node's user's only (0700/0600)
     port: int = 11112
     host: str = "0.0.0.0"
     ae_title: str = "EDGEINFER"

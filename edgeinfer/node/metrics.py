@@ -59,6 +59,9 @@ class NodeMetrics:
         self.spool_purged_total = Counter(
             "edgeinfer_spool_purged_instances", "Instances deleted from the spool by retention (result delivered)",
             registry=r)
+        self.studies_without_sr = Gauge(
+            "edgeinfer_studies_without_sr", "Current results that could not get an SR for PACS (e.g. images naming "
+            "two patients); each is on the worklist as a human read", registry=r)
         self.backlog_oldest_seconds = Gauge(
             "edgeinfer_backlog_oldest_seconds", "How long the oldest study waiting for analysis has waited "
             "(0: none waits)", registry=r)

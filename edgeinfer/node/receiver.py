@@ -44,8 +44,6 @@ _URGENT_PRIORITIES = {"STAT", "HIGH"}
 HANDSHAKE_SLOTS = 32
 #: connections the kernel queues for the node to accept
 LISTEN_BACKLOG = 128
-_HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
-                "RequestedProcedurePriority")
 
 
 class _HandshakeInAssociation(ssl.SSLContext):
@@ -93,13 +91,14 @@ _no_traceback = _NoTraceback()
 
 
 def _header(data: bytes):
-    """The few header values the node needs, read without touching the pixel data, and without inflating a
-    deflated data set past a few megabytes (``dicomio.parse.routing_header``)."""
+    """The header up to group 0040 (what routing needs, and what the study's report copies), read without
+    touching the pixel data and without inflating a deflated data set past a few megabytes, and its bytes
+    as received: ``(dataset, prefix or None)`` (``dicomio.parse.routing_header``)."""
     from ..dicomio.parse import routing_header
     from ..dicomio.quiet import _logs_quiet  # warnings: ignored for the whole process (Receiver.start)
 
     with _logs_quiet():
-        return routing_header(data, specific_tags=list(_HEADER_TAGS))
+        return routing_header(data, with_prefix=True)
 
 
 def instance_fields(ds, *, sop: str | None = None, urgent_request: bool = False) -> dict | None:
@@ -325,7 +324,7 @@ class Receiver:
     def _store(self, event) -> int:
         data = event.encoded_dataset(include_meta=True)   # the bytes as received: no decode, no re-encode
         try:
-            ds = _header(data)
+            ds, prefix = _header(data)
         except Exception:  # noqa: BLE001 - a data set pydicom cannot parse
             self._count("instances_total", "rejected")
             return CANNOT_UNDERSTAND
@@ -349,7 +348,7 @@ class Receiver:
             self._count("instances_total", "out_of_resources")
             return OUT_OF_RESOURCES
         path = self.spool.store_instance(sop, digest, data)
-        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest, nbytes=len(data),
+        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest, nbytes=len(data), header=prefix,
                                           calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
         if outcome != NEW:  # another association stored this SOP Instance UID meanwhile
             if outcome == CONFLICT_FOUND:

@@ -52,14 +52,15 @@ def reconcile(spool: Spool, state: State) -> list[str]:
             continue
         try:
             data = path.read_bytes()
-            fields = instance_fields(_header(data))
+            ds, prefix = _header(data)
+            fields = instance_fields(ds)
         except Exception:  # noqa: BLE001 - an unreadable file is counted and kept, never deleted
             fields = None
         if fields is None:
             unreadable += 1
             log.error("spool file %s is not in the state and its header cannot be read; it is kept", path.name)
             continue
-        outcome = state.add_instance(**fields, path=str(path), sha256=content_digest(data), nbytes=len(data),
+        outcome = state.add_instance(**fields, path=str(path), sha256=content_digest(data), nbytes=len(data), header=prefix,
                                      calling_aet="(recovered)", now=path.stat().st_mtime)
         if outcome == NEW:
             registered += 1

@@ -43,7 +43,7 @@ class Node:
         self.config = config
         self.started_at = time.time()
         self.bundle = load_bundle(config.bundle, trust=config.trust)
-        self.spool = Spool(config.spool)
+        self.spool = Spool(config.spool, group=config.spool_group)
         removed = self.spool.remove_temporary()
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted write", removed)
@@ -221,6 +221,7 @@ class Node:
         self.metrics.queue_depth.set(counts.get("queued", 0))
         self.metrics.backlog_oldest_seconds.set(self.state.backlog()[1])
         if spool:
+            self.metrics.studies_without_sr.set(self.state.count_without_sr())
             self.metrics.spool_bytes.set(self.state.spool_bytes())
             self.metrics.spool_free_bytes.set(self.spool.free_mb() * 2**20)
         self.metrics.set_study_states(counts)
@@ -247,10 +248,14 @@ class Node:
 
     def details(self) -> dict:
         """What an operator should know although the node may be ready: what start-up repaired
-        (``notes``), and the studies waiting for inference (``backlog``), each only when there is any."""
+        (``notes``), the studies waiting for inference (``backlog``) and the results no SR could be made for
+        (``without_sr``), each only when there is any."""
         waiting, oldest = self.state.backlog()
+        no_sr = self.state.count_without_sr() if self.config.send_to else 0
         return ({"notes": list(self.startup_notes)} if self.startup_notes else {}) | (
-            {"backlog": {"studies": waiting, "oldest_waiting_s": round(oldest, 1)}} if waiting else {})
+            {"backlog": {"studies": waiting, "oldest_waiting_s": round(oldest, 1)}} if waiting else {}) | (
+            {"without_sr": {"studies": no_sr, "why": "no SR could be made (e.g. images naming two patients): "
+                                                     "each is on the worklist as a human read"}} if no_sr else {})
 
     def worklist(self, *, since: float | None = None, limit: int | None = None, offset: int = 0) -> dict:
         """One window of the worklist: the results made since ``since`` (default: the last

@@ -94,9 +94,16 @@ def _v5_results_by_time(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS results_current ON results(superseded, created)")
 
 
+def _v6_instance_header(db: sqlite3.Connection) -> None:
+    """Each instance's header as received (up to group 0040, a Part 10 file of its own): what its study's
+    report copies and references, so that the report never reads the image again. NULL for instances
+    stored before (their files are read then)."""
+    db.execute("ALTER TABLE instances ADD COLUMN header BLOB")
+
+
 #: schema steps, in order: a state at ``user_version`` N has had the first N
 MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created, _v4_instance_bytes_and_purge,
-              _v5_results_by_time)
+              _v5_results_by_time, _v6_instance_header)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -200,7 +207,7 @@ class State:
 
     def add_instance(self, *, sop_uid: str, study_uid: str, series_uid: str, path: str, modality: str,
                      urgent: bool, calling_aet: str, sha256: str, nbytes: int | None = None,
-                     now: float | None = None) -> str:
+                     header: bytes | None = None, now: float | None = None) -> str:
         """Record a stored instance and restart its study's quiet timer.
 
         Returns :data:`NEW`; :data:`DUPLICATE` when the same bytes are known under this SOP Instance
@@ -216,8 +223,8 @@ class State:
                     db.execute("UPDATE instances SET sha256=? WHERE sop_uid=?", (digest, sop_uid))
                 return DUPLICATE if digest == sha256 else CONFLICT
             db.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, path, received, calling_aet, sha256, "
-                       "bytes) VALUES (?,?,?,?,?,?,?,?)",
-                       (sop_uid, study_uid, series_uid, path, now, calling_aet, sha256, nbytes))
+                       "bytes, header) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (sop_uid, study_uid, series_uid, path, now, calling_aet, sha256, nbytes, header))
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO studies (study_uid, modality, urgent, first_received, last_received, state)"
@@ -240,6 +247,15 @@ class State:
                                "WHERE study_uid=?", (now, uid))
                     done.append(uid)
         return done
+
+    def headers(self, paths: list[str]) -> dict[str, bytes]:
+        """The headers kept at receive time of the instances at ``paths`` (those that have one)."""
+        out: dict[str, bytes] = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            out.update(self._all(f"SELECT path, header FROM instances WHERE header IS NOT NULL AND path IN "
+                                 f"({','.join('?' * len(chunk))})", chunk))
+        return out
 
     def received_from(self, study_uid: str) -> tuple[int, list[str]]:
         """How many instances the study holds, and the calling AE titles that sent them (for its audit line)."""
@@ -327,6 +343,11 @@ class State:
                                 "GROUP BY priority", (since,)))
         return [json.loads(r[0]) for r in page + rest], counts
 
+    def count_without_sr(self) -> int:
+        """Current results that could not get an SR although PACS is configured (no consistent identity)."""
+        return self._one("SELECT count(*) FROM results WHERE superseded=0 AND "
+                         "json_extract(record, '$.no_sr') IS NOT NULL")[0]
+
     def history(self, study_uid: str) -> list[dict]:
         return [{"version": v, "priority": p, "score": s, "superseded": bool(x), "created": c}
                 for v, p, s, x, c in self._all("SELECT version, priority, score, superseded, created FROM results "
@@ -354,7 +375,7 @@ class State:
                 return []
             paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? AND purged IS NULL",
                                               (study_uid,))]
-            db.execute("UPDATE instances SET purged=? WHERE study_uid=? AND purged IS NULL", (now, study_uid))
+            db.execute("UPDATE instances SET purged=?, header=NULL WHERE study_uid=? AND purged IS NULL", (now, study_uid))
         return paths
 
     def purged_paths(self) -> list[str]:

@@ -135,6 +135,7 @@ class Worker(Loop):
                           job.study_uid, exc)
                 study["priority"], study["score"] = INDETERMINATE, None
                 study["reason"] = f"no result could be sent to PACS ({exc}) - needs a human read"
+                record["no_sr"] = str(exc)   # counted in /metrics and /readyz (State.count_without_sr)
         fresh = node.state.finish_job(job, priority=study and study["priority"],
                                       score=study and study["score"], record=record, sends=sends)
         if fresh:
@@ -159,7 +160,8 @@ class Worker(Loop):
             return []
         from .sr import SRError, build_sr, sr_bytes
 
-        sources = [ds for ds in map(source_header, job.paths) if ds is not None]
+        kept = node.state.headers(job.paths)   # as received: the images are not read again
+        sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
         if not sources:
             raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
         try:
@@ -176,16 +178,20 @@ class Worker(Loop):
 _SOURCE_HEAD_BYTES = 8 << 20
 
 
-def source_header(path: str):
-    """The patient, study and image header (up to group 0040) of a received instance, from its spool file,
-    without its pixel data: what an SR copies and references. Read for every instance of the study, so that
-    the SR names every image, the ones the model could not read included. None when unreadable."""
+def source_header(path: str, kept: bytes | None = None):
+    """The patient, study and image header (up to group 0040) of a received instance, without its pixel
+    data: what an SR copies and references. From ``kept``, the header the receiver kept, else from the
+    start of its spool file (an instance stored before headers were kept). Read for every instance of the
+    study, so that the SR names every image, the ones the model could not read included. None when unreadable."""
     from ..dicomio.parse import routing_header
     from ..dicomio.quiet import _library_quiet
 
     try:
-        with open(path, "rb") as f:
-            data = f.read(_SOURCE_HEAD_BYTES)
+        if kept is not None:
+            data = kept
+        else:
+            with open(path, "rb") as f:
+                data = f.read(_SOURCE_HEAD_BYTES)
         with _library_quiet():
             ds = routing_header(data)
             return ds if str(ds.get("SOPInstanceUID", "") or "").strip() else None

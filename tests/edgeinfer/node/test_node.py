@@ -145,6 +145,11 @@ def test_a_study_whose_images_name_two_patients_goes_to_a_human_read_without_an_
     assert "PATIENT" not in found["reason"]
     time.sleep(2)
     assert orthanc.srs(study) == [] and "PATIENT0" not in node.log.read_text()
+    # a result that cannot reach PACS is counted and flagged, not only listed
+    assert peers.metric(node.get("/metrics")[1], "edgeinfer_studies_without_sr") == 1
+    code, ready = node.get("/readyz")
+    assert code == 200 and ready["without_sr"] == {"studies": 1, "why": "no SR could be made (e.g. images naming "
+                                                   "two patients): each is on the worklist as a human read"}
 
 
 def test_a_full_detector_jpeg_2000_study_is_scored_from_its_reduced_decode(node_factory, orthanc, dcmtk,

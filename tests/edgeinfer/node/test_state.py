@@ -239,3 +239,19 @@ def test_the_worklist_window_reads_one_page_in_worklist_order_and_counts_the_res
     assert sum(n for p, n in counts.items() if p) == len(window) and counts[None] == len(range(102, 300, 3))
     assert all("not_applicable" in r for r in page[len(studies):]) and len(page) - len(studies) == 20   # capped too
     assert st.worklist_window(order, since=1000, limit=20) == ([], {})
+
+
+def test_an_operator_s_group_may_read_the_spool_and_an_unknown_group_is_refused(tmp_path):
+    import grp
+    import os
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    spool = Spool(tmp_path / "spool", group=group)
+    p = spool.store_instance("1.2.3", content_digest(b"data"), b"data")
+    r = spool.store_result("1.2.3", 1, b"sr")
+    for f in (p, r):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640 and f.stat().st_gid == os.getgid()
+    for d in (spool.root, spool.instances, spool.results, p.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o750 and d.stat().st_gid == os.getgid()
+    with pytest.raises(UsageError, match=r"spool_group 'no-such-group-xyz': no such group on this machine"):
+        Spool(tmp_path / "other", group="no-such-group-xyz")

@@ -69,3 +69,30 @@ def test_every_acknowledged_study_reaches_a_person(node_factory, orthanc, dcmtk,
     assert orthanc.srs(ct) == [] and orthanc.srs(ct_no_pixels) == []
     assert wl["summary"]["not_applicable"] == 2
     assert str(bomb_ds.PatientName) not in node.log.read_text()
+
+
+def test_the_sr_comes_from_the_header_kept_at_receive_time_never_from_the_image_again(
+        node_factory, orthanc, dcmtk, node_phantoms):
+    """The spool file is destroyed after its acknowledgement (a disk fault): the image cannot be analysed, but the
+    header the receiver kept still files an SR under the right patient, naming the image."""
+    import sqlite3
+
+    import peers
+
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    study = generate_uid()
+    ds = _variant(src, study)
+    node = node_factory("--quiet-seconds", "3", "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")
+    assert _send(node, [ds]) == [0x0000]
+    con = sqlite3.connect(f"file:{node.spool / 'state.sqlite3'}?mode=ro", uri=True)
+    ((path, header),) = con.execute("SELECT path, header FROM instances WHERE study_uid=?", (study,)).fetchall()
+    con.close()
+    assert header and b"PixelData" not in header and len(header) < 8192
+    with open(path, "r+b") as f:                      # within the quiet period: the image is gone
+        f.write(bytes(f.seek(0, 2)))
+    (sr_id,) = [s["OrthancId"] for s in orthanc.wait_for_srs(study, 1, timeout=60)]
+    sr = pydicom.dcmread(io.BytesIO(orthanc.instance_file(sr_id)))
+    assert str(sr.PatientID) == str(src.PatientID) and str(ds.SOPInstanceUID) in _referenced(sr)
+    found = peers.wait_until(lambda: next((s for s in node.get("/worklist")[1]["studies"]
+                                           if s["study_uid"] == study), None), 30, 0.2, "the study on the worklist")
+    assert found["priority"] == "INDETERMINATE"
