@@ -115,14 +115,25 @@ def instance_fields(ds, *, sop: str | None = None, urgent_request: bool = False)
             "modality": modality[:16], "urgent": urgent}
 
 
+#: uncompressed transfer syntaxes, in the order the node prefers them when a context offers several
+_NATIVE_ORDER = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+
+
 def scp_contexts() -> list[tuple[str, list[str]]]:
-    """What the node accepts as an SCP: (abstract syntax, its transfer syntaxes). Every storage SOP class
-    pynetdicom knows in every transfer syntax it knows, and Verification in the uncompressed ones; the
-    conformance statement (``docs/conformance.md``) is checked against this."""
+    """What the node accepts as an SCP: (abstract syntax, its transfer syntaxes, in order of preference).
+    Every storage SOP class pynetdicom knows in every transfer syntax it knows, and Verification in the
+    uncompressed ones; the conformance statement (``docs/conformance.md``) is checked against this.
+
+    pynetdicom accepts, for a presentation context, the first of these the requestor also offers. A
+    compressed syntax comes first: a sender that offers its file's own compression and the uncompressed
+    ones (dcmsend, storescu ``-x?``) sends the file as it is, so the node keeps what the modality made, a
+    resend gives the same bytes, and no sender has to decompress (which some cannot, for lossy files).
+    Then Explicit VR Little Endian (it keeps the VRs), Implicit, Deflated, Big Endian."""
     from pynetdicom import ALL_TRANSFER_SYNTAXES, DEFAULT_TRANSFER_SYNTAXES, AllStoragePresentationContexts
     from pynetdicom.sop_class import Verification
 
-    every = [str(ts) for ts in ALL_TRANSFER_SYNTAXES]
+    every = [str(ts) for ts in ALL_TRANSFER_SYNTAXES if str(ts) not in _NATIVE_ORDER]
+    every += [ts for ts in _NATIVE_ORDER if ts in {str(t) for t in ALL_TRANSFER_SYNTAXES}]
     return [(str(cx.abstract_syntax), every) for cx in AllStoragePresentationContexts] + \
         [(str(Verification), [str(ts) for ts in DEFAULT_TRANSFER_SYNTAXES])]
 

@@ -66,6 +66,18 @@ def test_a_running_node_negotiates_what_the_statement_lists(node_factory):
     every_ts = [r["uid"] for r in TRANSFER_SYNTAXES]
     assert all(negotiate([(CTImageStorage, ts) for ts in every_ts]))
     assert all(negotiate([("1.2.840.10008.1.1", ts) for ts in verification_ts]))
+    # several offered in one context: the sender's compression first (kept as sent), then Explicit before Implicit
+    ae = AE(ae_title="CONFORMANCE")
+    for offered in (["1.2.840.10008.1.2.4.80", ExplicitVRLittleEndian, "1.2.840.10008.1.2"],
+                    ["1.2.840.10008.1.2", ExplicitVRLittleEndian, "1.2.840.10008.1.2.2"],
+                    ["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"]):
+        ae.add_requested_context(CTImageStorage, offered)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=peers.NODE_AET)
+    try:
+        assert [str(cx.transfer_syntax[0]) for cx in sorted(assoc.accepted_contexts, key=lambda c: c.context_id)] == \
+            ["1.2.840.10008.1.2.4.80", ExplicitVRLittleEndian, "1.2.840.10008.1.2.4.50"]
+    finally:
+        assoc.release()
     # what it does not list, it does not accept
     assert negotiate([(PatientRootQueryRetrieveInformationModelFind, ExplicitVRLittleEndian),
                       (ModalityWorklistInformationFind, ExplicitVRLittleEndian),
