@@ -55,7 +55,7 @@ GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 test-gpu:
 	EDGEINFER_REQUIRE_GPU=1 $(GPU_PYTHON) -m pytest -m gpu -p no:cacheprovider $(PYTEST_ARGS)
 
-# the comparison table of the README (run it on an idle machine: timings are meaningless under load)
+# the comparison table of docs/benchmarks.md (run it on an idle machine: timings are meaningless under load)
 bench: $(VENV)/.dev
 	rm -rf .cache/bench-studies
 	$(BIN)/edgeinfer phantom .cache/bench-studies --n 40 --seed 2026 --no-progress
@@ -63,7 +63,7 @@ bench: $(VENV)/.dev
 	    --data .cache/bench-studies --e2e all --json benchmarks/results/phantom-cxr.json \
 	    --report benchmarks/results/phantom-cxr.md --plot benchmarks/results/phantom-cxr.png
 
-# the recipe that produced the committed weights (README: "The phantom model"); then calibrate + validate
+# the recipe that produced the committed weights (docs/models.md, "The phantom model"); then calibrate + validate
 train: $(VENV)/.dev
 	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 12 --difficulty 1 --threads 1
 	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 6 --lr 1.5e-3 \

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "export" / "configs" / "phantom-cxr.json"
 WEIGHTS = ROOT / "export" / "weights" / "phantom_triage.pt"
 BUNDLE = ROOT / "edgeinfer" / "models" / "phantom-cxr"
-TRAIN_SEED, VAL_SEED = 1000, 900    # training sets use 1000, 1001, ...; held-out evaluation other seeds (README: 2026)
+TRAIN_SEED, VAL_SEED = 1000, 900    # training sets use 1000, 1001, ...; held-out evaluation other seeds (docs/models.md: the phantom model, seed 2026)
 
 
 MAP = 16  # side of the training-only localisation map (1/16 of 256)

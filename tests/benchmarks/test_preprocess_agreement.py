@@ -2,7 +2,7 @@
 
 An unseen phantom set (a seed no training, calibration or validation set used) goes through the
 whole triage twice, with the runtime's preprocessing and with the oracle (implementation 1, what the
-embedded bundle was trained and validated with). The README reports the same check on 480 files.
+embedded bundle was trained and validated with). docs/benchmarks.md reports the same check on 480 files.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_the_fast_path_gives_the_oracle_s_priorities_on_unseen_studies(agreement
 @pytest.mark.slow
 def test_jpeg_2000_decoded_smaller_gives_the_oracle_s_priorities(agreement, tmp_path):
     """Full-detector phantoms re-encoded in JPEG 2000: the runtime decodes them at reduced resolution,
-    the oracle in full; the same priorities (the README reports the same check on 240 files)."""
+    the oracle in full; the same priorities (docs/benchmarks.md reports the same check on 240 files)."""
     from edgeinfer import phantom
     from edgeinfer.bundle import default_bundle_path, load_bundle
     from edgeinfer.dicomio import codecs
@@ -68,7 +68,7 @@ def test_jpeg_2000_decoded_smaller_gives_the_oracle_s_priorities(agreement, tmp_
 def test_lossy_jpeg_by_libjpeg_turbo_gives_the_oracle_s_priorities(agreement, tmp_path, syntax):
     """Full-detector phantoms as lossy JPEG (8 or 12 bits): the runtime decodes them with libjpeg-turbo
     (edgeinfer's plugin), the oracle with pydicom's own plugins (pylibjpeg's libjpeg); their inverse
-    DCTs round differently, and the priorities stay the same (the README reports 240 files)."""
+    DCTs round differently, and the priorities stay the same (docs/benchmarks.md reports 240 files)."""
     import imagecodecs
     from pydicom.uid import JPEGBaseline8Bit
 
