@@ -338,14 +338,14 @@ def _add_signing(sub, fmt) -> None:
 
 
 def _add_serve(sub, fmt) -> None:
+    from .node.status import summary as status_summary
+
     s = sub.add_parser("serve", help="run as a DICOM node: receive studies, triage each, send an SR back to PACS",
                        formatter_class=fmt, epilog=_examples("""
                            edgeinfer serve --spool /var/lib/edgeinfer --send-to PACS@10.0.0.5:104
                            edgeinfer serve --config /etc/edgeinfer/serve.toml
                            edgeinfer serve --port 2762 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem
-                       """) + "\n\nC-STORE status: 0x0000 stored durably; 0xA700 out of resources (the spool's disk nearly "
-                       "full: retry later); 0xC210 malformed data set or UID; 0xC211 the node failed while storing; "
-                       "0xC212 another instance with this SOP Instance UID was stored already (the first is kept)")
+                       """) + "\n\nC-STORE status: " + status_summary())
     a = s.add_argument
     a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
     a("--spool", default=None, help="folder for received instances, results and the state database (default ./spool)")

@@ -1,10 +1,11 @@
 """The DICOM side: a pynetdicom storage SCP that stores each instance durably before it answers Success.
 
-Status codes the sender can see (C-STORE):
+Status codes the sender can see (C-STORE; :class:`edgeinfer.node.status.Status`):
   0x0000  stored durably (spool file fsync'd and renamed, state committed)
-  0xA700  out of resources: the spool's free space is below its threshold (try again later; nothing was
-          kept). A backlog of studies waiting for inference never refuses: the spool is durable, and a
-          refusal makes a technologist resend by hand; /metrics and /readyz report the backlog instead.
+  0xA700  out of resources: the spool's free space is below its threshold, or the disk filled up during
+          the write (try again later; nothing was kept). A backlog of studies waiting for inference never
+          refuses: the spool is durable, and a refusal makes a technologist resend by hand; /metrics and
+          /readyz report the backlog instead.
   0xC210  cannot understand: the data set cannot be parsed, or its Study/SOP Instance UID is malformed
   0xC211  the node failed while storing (an unexpected error; nothing was kept, the sender may retry)
   0xC212  conflict: an instance with this SOP Instance UID and other content was stored already; the
@@ -30,15 +31,16 @@ import warnings
 from typing import Callable
 
 from ..vr import valid_uid
+from . import pynetdicom_adapter as pn
 from .config import NodeConfig
 from .spool import Spool, content_digest
 from .state import CONFLICT as CONFLICT_FOUND
 from .state import DUPLICATE, NEW, State
+from .status import Status, store_error_status
 
 log = logging.getLogger("edgeinfer.node")
 audit = logging.getLogger("edgeinfer.audit")
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, FAILED, CONFLICT = 0x0000, 0xA700, 0xC210, 0xC211, 0xC212
 _URGENT_PRIORITIES = {"STAT", "HIGH"}
 #: connections allowed to wait for their A-ASSOCIATE-RQ at once; beyond, the oldest one is closed
 HANDSHAKE_SLOTS = 32
@@ -175,19 +177,15 @@ class Receiver:
         ae.maximum_associations = c.max_associations + 2 * HANDSHAKE_SLOTS
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout, c.dimse_timeout, c.network_timeout
         ae.maximum_pdu_size = c.max_pdu
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: Status.SUCCESS),
                     (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
                     (evt.EVT_CONN_OPEN, self._on_connection), (evt.EVT_REQUESTED, self._on_requested),
                     (evt.EVT_CONN_CLOSE, self._on_closed)]
-        before = set(threading.enumerate())
-        self._server = ae.start_server((c.host, c.port), block=False, evt_handlers=handlers,
-                                       ssl_context=tls_context(c))
+        self._server, self._thread = pn.accept_thread(lambda: ae.start_server(
+            (c.host, c.port), block=False, evt_handlers=handlers, ssl_context=tls_context(c)))
         # socketserver listens with a backlog of 5: connections beyond it (modalities starting at once, a flood)
         # are reset by the kernel before the node sees them. Listening again sets a deeper queue.
         self._server.socket.listen(LISTEN_BACKLOG)
-        # pynetdicom keeps no handle on the thread that accepts connections: find it, for /readyz
-        self._thread = next((t for t in threading.enumerate() if t not in before
-                             and t.name.startswith("AcceptorServer")), None)
         threading.Thread(target=self._close_overdue_handshakes, name="handshake-deadline", daemon=True).start()
         self.started.set()
         log.info("receiving as %s on %s:%d%s", c.ae_title, c.host, self.port,
@@ -217,7 +215,6 @@ class Receiver:
         """Bound what one peer can hold: a read timeout on its socket (a peer that stalls inside a PDU
         cannot keep an association slot), a deadline for its association request, and a PDU size limit
         checked before the body is read."""
-        sock = event.assoc.dul.socket
         with self._slots:
             self._handshaking[event.assoc] = time.monotonic()
             oldest = (min(self._handshaking, key=self._handshaking.get)
@@ -225,17 +222,11 @@ class Receiver:
         if oldest is not None:
             self._close_handshake(oldest, f"{HANDSHAKE_SLOTS} connections were waiting for their association "
                                           "request; the oldest is closed")
-        sock.socket.settimeout(self.config.network_timeout)
-        nodelay(sock.socket)  # small DIMSE responses go out at once, not after the peer's delayed ACK
-        if self.config.max_pdu:
-            cap = max(self.config.max_pdu, 65536)  # P-DATA-TF within our maximum; association PDUs are small
-            real_recv = sock.recv
-
-            def recv(n: int):
-                if n > cap:
-                    raise OSError(f"the peer announced a {n}-byte PDU, over the {cap}-byte limit")
-                return real_recv(n)
-            sock.recv = recv
+        raw = pn.raw_socket(event.assoc)
+        raw.settimeout(self.config.network_timeout)
+        nodelay(raw)  # small DIMSE responses go out at once, not after the peer's delayed ACK
+        if self.config.max_pdu:  # P-DATA-TF within our maximum; association PDUs are small
+            pn.limit_pdu_reads(event.assoc, max(self.config.max_pdu, 65536))
 
     def _close_handshake(self, assoc, why: str) -> None:
         """Close a connection that has not sent its whole A-ASSOCIATE-RQ: its thread, blocked reading
@@ -245,15 +236,11 @@ class Receiver:
             if self._handshaking.pop(assoc, None) is None:
                 return  # it sent its request meanwhile, or is gone
         self._audit_incomplete(assoc, why)
-        try:
-            socket.socket.shutdown(assoc.dul.socket.socket, socket.SHUT_RDWR)  # the plain socket's, never TLS state
-        except (OSError, AttributeError, TypeError):
-            pass
+        pn.shut_down(assoc)
 
     def _audit_incomplete(self, assoc, why: str) -> None:
         self._count("associations_total", "incomplete")
-        req = assoc.requestor
-        audit.info("association request not completed: connection from %s:%s closed (%s)", req.address, req.port, why)
+        audit.info("association request not completed: connection from %s closed (%s)", pn.peer_address(assoc), why)
 
     def _close_overdue_handshakes(self) -> None:
         limit = self.config.acse_timeout
@@ -279,8 +266,7 @@ class Receiver:
                 self._established.add(event.assoc)
         if full:
             self._audit_rejected(event, f"the association limit ({self.config.max_associations}) was reached")
-            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
-            event.assoc.kill()  # as pynetdicom does after its own rejections: the RJ goes out, then the DUL stops
+            pn.reject_local_limit(event.assoc)
 
     def _on_closed(self, event) -> None:
         """A connection ended. One that never sent its whole A-ASSOCIATE-RQ and that the node did not close
@@ -296,11 +282,7 @@ class Receiver:
     def _peer(event) -> tuple[str, str, str]:
         """(calling AE title, called AE title, peer address): what an admin matches against the modality's
         configuration (AE titles are configuration, not patient data)."""
-        req = event.assoc.requestor
-        rq = getattr(req, "primitive", None)  # the A-ASSOCIATE-RQ: the called AE title the peer asked for
-        called = str(getattr(rq, "called_ae_title", "") or getattr(event.assoc.acceptor, "ae_title", "") or "")
-        calling = str(req.ae_title or getattr(rq, "calling_ae_title", "") or "")  # before negotiation: the request's
-        return calling.strip(), called.strip(), f"{req.address}:{req.port}"
+        return (*pn.requested_titles(event.assoc), pn.peer_address(event.assoc))
 
     def _on_accepted(self, event) -> None:
         self._count("associations_total", "accepted")
@@ -328,9 +310,15 @@ class Receiver:
         try:
             return self._store(event)
         except Exception as exc:  # noqa: BLE001 - never Success on an error; the class only, no values
-            log.error("storing an instance failed (%s); answered 0xC211", exc.__class__.__name__)
-            self._count("instances_total", "failed")
-            return FAILED
+            status = store_error_status(exc)
+            if status == Status.OUT_OF_RESOURCES:   # the disk filled up during the write: nothing was kept
+                log.error("storing an instance found no room on the spool's disk (%s); answered %s",
+                          exc.__class__.__name__, status.hex)
+                self._count("instances_total", "out_of_resources")
+            else:
+                log.error("storing an instance failed (%s); answered %s", exc.__class__.__name__, status.hex)
+                self._count("instances_total", "failed")
+            return status
 
     def _store(self, event) -> int:
         data = event.encoded_dataset(include_meta=True)   # the bytes as received: no decode, no re-encode
@@ -338,16 +326,16 @@ class Receiver:
             ds, prefix = _header(data)
         except Exception:  # noqa: BLE001 - a data set pydicom cannot parse
             self._count("instances_total", "rejected")
-            return CANNOT_UNDERSTAND
+            return Status.CANNOT_UNDERSTAND
         fields = instance_fields(ds, sop=str(event.request.AffectedSOPInstanceUID or ""),
                                  urgent_request=event.request.Priority == 1)
         if fields is None:
             missing = [k for k, v in (("SOP Instance UID", event.request.AffectedSOPInstanceUID),
                                       ("Study Instance UID", ds.get("StudyInstanceUID", ""))) if not str(v or "").strip()]
-            log.warning("answered 0xC210: %s", f"the {' and the '.join(missing)} is missing" if missing else
+            log.warning("answered %s: %s", Status.CANNOT_UNDERSTAND.hex, f"the {' and the '.join(missing)} is missing" if missing else
                         "the SOP Instance or Study Instance UID is malformed (not shown)")
             self._count("instances_total", "rejected")
-            return CANNOT_UNDERSTAND
+            return Status.CANNOT_UNDERSTAND
         sop, study = fields["sop_uid"], fields["study_uid"]
         digest = content_digest(data)
         known = self.state.known_digest(sop)
@@ -355,25 +343,29 @@ class Receiver:
             return self._known(sop, study, same=known == digest)
         why = self.busy(study)
         if why:
-            log.warning("answered 0xA700 (out of resources): %s", why)
+            log.warning("answered %s (out of resources): %s", Status.OUT_OF_RESOURCES.hex, why)
             self._count("instances_total", "out_of_resources")
-            return OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES
         path = self.spool.store_instance(sop, digest, data)
-        outcome = self.state.add_instance(**fields, path=str(path), sha256=digest, nbytes=len(data), header=prefix,
-                                          calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
+        try:
+            outcome = self.state.add_instance(**fields, path=str(path), sha256=digest, nbytes=len(data), header=prefix,
+                                              calling_aet=str(event.assoc.requestor.ae_title).strip()[:16])
+        except BaseException:  # not recorded, so not acknowledged: the file must not be found at the next start
+            path.unlink(missing_ok=True)
+            raise
         if outcome != NEW:  # another association stored this SOP Instance UID meanwhile
             if outcome == CONFLICT_FOUND:
                 path.unlink(missing_ok=True)  # ours, never acknowledged (the first one has another name)
             return self._known(sop, study, same=outcome == DUPLICATE)
         self._count("instances_total", "stored")  # the audit line is one per study, when it is complete (worker)
-        return SUCCESS
+        return Status.SUCCESS
 
     def _known(self, sop: str, study: str, *, same: bool) -> int:
         if same:
             self._count("instances_total", "duplicate")
-            return SUCCESS
-        log.warning("answered 0xC212 (conflict): instance %s (study %s) was stored before with other content; "
-                    "the stored instance is kept, this one is not", sop, study)
+            return Status.SUCCESS
+        log.warning("answered %s (conflict): instance %s (study %s) was stored before with other content; "
+                    "the stored instance is kept, this one is not", Status.CONFLICT.hex, sop, study)
         self._count("instances_total", "conflict")
-        return CONFLICT
+        return Status.CONFLICT
 

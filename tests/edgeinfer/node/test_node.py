@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 import peers
+from edgeinfer.node.status import Status
 from peers import NODE_AET
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_hostile_uids_never_become_paths_and_get_a_failure_status(node_factory, 
         ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
         statuses.append(assoc.send_c_store(ds).Status)
     assoc.release()
-    assert statuses == [0xC210] * 3
+    assert statuses == [Status.CANNOT_UNDERSTAND] * 3
     stored = list(node.spool.rglob("*"))
     assert all(p.resolve().is_relative_to(node.spool.resolve()) for p in stored)
     assert not (node.spool.parent / "x").exists() and not list((node.spool / "instances").rglob("*.dcm"))

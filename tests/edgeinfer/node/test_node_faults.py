@@ -27,9 +27,10 @@ from pydicom.uid import generate_uid
 
 import peers
 from helpers import make_slow_bundle
+from edgeinfer.node.status import Status
 from peers import NodeProcess, metric
 
-SUCCESS, OUT_OF_RESOURCES, FAILED = 0x0000, 0xA700, 0xC211
+SUCCESS, OUT_OF_RESOURCES, FAILED = Status.SUCCESS, Status.OUT_OF_RESOURCES, Status.FAILED
 #: single-image studies sent at once to a slow model (a backlog of hundreds; benchmarks/node_bench.py sends 1,000)
 BURST = 300
 #: ~0.3 s an image with one thread here

@@ -10,6 +10,7 @@ import warnings
 import pydicom
 import pytest
 
+from edgeinfer.node.status import Status
 from peers import NODE_AET, wait_until
 
 
@@ -54,7 +55,7 @@ def test_a_reused_sop_instance_uid_never_replaces_what_was_acknowledged(node_fac
     (stored,) = _instances(node)
     acknowledged = stored.read_bytes()
     # the same SOP Instance UID naming another study, then with other pixels: refused, nothing changes
-    assert _send(node, [other_study, other_pixels]) == [0xC212, 0xC212]
+    assert _send(node, [other_study, other_pixels]) == [Status.CONFLICT] * 2
     assert _instances(node) == [stored] and stored.read_bytes() == acknowledged
     # the same bytes again: a duplicate, Success, and still one file
     assert _send(node, [src]) == [0x0000]
