@@ -22,17 +22,12 @@ from .bundle import Bundle
 from .errors import EdgeInferError, InferenceError
 from .intake import DEFAULT_IGNORE, Image, Intake, Pool
 from .vr import shown_modality, shown_uid
+from .worklist import INDETERMINATE, priority_order, sort_studies  # noqa: F401 (re-exported)
 
 log = logging.getLogger("edgeinfer.triage")
 
-INDETERMINATE = "INDETERMINATE"
-
 
 # --- policy (pure) --------------------------------------------------------------------------
-def priority_order(bundle: Bundle) -> list[str]:
-    """Worklist order: the bundle's priorities, with INDETERMINATE just above the lowest."""
-    names = [p["name"] for p in bundle.manifest["triage"]["priorities"]]
-    return names[:-1] + [INDETERMINATE] + names[-1:]
 
 
 def priority_for(score: float | None, bundle: Bundle) -> str:
@@ -221,8 +216,7 @@ class TriageEngine:
             if reasons:
                 rec["reason"] = "; ".join(reasons) + " - needs a human read"
             out.append(rec)
-        out.sort(key=lambda s: (order[s["priority"]], -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
-        return out
+        return sort_studies(out, self.bundle)
 
 
 def _r(x: float | None) -> float | None:

@@ -17,14 +17,14 @@ from .. import __version__
 from .._io import write_json
 from ..bundle import load_bundle
 from ..errors import UsageError
-from ..triage import priority_order
+from ..worklist import priority_order, worklist_document
 from .config import NodeConfig
 from .outbox import Outbox
 from .receiver import Receiver
 from .recovery import open_state, reconcile
 from .retention import Retention
 from .spool import Spool
-from .worker import Worker, worklist_document
+from .worker import Worker
 
 #: the worklist's default window: results of the last day, the most urgent 500 studies of them
 WORKLIST_WINDOW_H = 24
@@ -274,4 +274,4 @@ class Node:
         window = {"since": iso(since), "as_of": iso(now), "limit": limit, "offset": offset,
                   "studies_in_window": in_window, "by_priority_in_window": {p: n for p, n in counts.items() if p},
                   "truncated": offset + limit < in_window}
-        return worklist_document(self, records, window)
+        return worklist_document(records, bundle=self.bundle, run=self.run_record(), window=window)

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..errors import EdgeInferError
-from ..triage import INDETERMINATE, TriageEngine, priority_order
+from ..triage import TriageEngine
+from ..worklist import INDETERMINATE
 from .loop import Loop
 from .state import Job
 
@@ -158,7 +159,8 @@ class Worker(Loop):
         node = self.node
         if not node.config.send_to:
             return []
-        from .sr import SRError, build_sr, sr_bytes
+        from ..dicomout import build_sr, sr_bytes
+        from ..errors import SRError
 
         kept = node.state.headers(job.paths)   # as received: the images are not read again
         sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
@@ -197,30 +199,3 @@ def source_header(path: str, kept: bytes | None = None):
             return ds if str(ds.get("SOPInstanceUID", "") or "").strip() else None
     except Exception:  # noqa: BLE001 - counted by the caller; no value is shown
         return None
-
-
-def worklist_document(node, results: list[dict], window: dict | None = None) -> dict:
-    """The live worklist, in the shape ``edgeinfer triage --output`` writes: the studies of ``results`` in
-    worklist order, and the summary of what it lists; ``window``: which part of the node's results it is."""
-    import datetime as dt
-
-    from .. import __version__
-
-    order = {name: i for i, name in enumerate(priority_order(node.bundle))}
-    studies = [r["study"] for r in results if r.get("study")]
-    studies.sort(key=lambda s: (order.get(s["priority"], len(order)),
-                                -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
-    skipped = [x for r in results for x in r.get("skipped", [])]
-    not_applicable = sorted((r["not_applicable"] for r in results if r.get("not_applicable")),
-                            key=lambda n: n["study_uid"])
-    errors = [x for r in results for x in r.get("errors", [])]
-    counts = {p: 0 for p in order}
-    for s in studies:
-        counts[s["priority"]] = counts.get(s["priority"], 0) + 1
-    n_img = sum(len(s["images"]) for s in studies)
-    return {"edgeinfer": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "bundle": node.bundle.summary(), "run": node.run_record(), **({"window": window} if window else {}),
-            "studies": studies, "not_applicable": not_applicable, "skipped": skipped, "errors": errors,
-            "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img, "studies": len(studies),
-                        "by_priority": counts, "not_applicable": len(not_applicable), "skipped": len(skipped),
-                        "errors": len(errors)}}

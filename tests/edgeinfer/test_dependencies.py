@@ -89,3 +89,18 @@ def test_tensorrt_extras_pin_cuda_python_to_their_cuda_stack():
         spec = reqs["cuda-python"].specifier
         assert spec.contains(f"{major}.9") and not spec.contains(f"{major + 1}.0") and not spec.contains(f"{major - 1}.9"), \
             (name, str(spec))
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists packages by hand: a package left out is missing from a normal (non-editable)
+    install, e.g. the device images' ``pip install .``, and fails only when first imported there."""
+    import tomllib
+
+    from helpers import ROOT
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    for top, folder in (("edgeinfer", "edgeinfer"), ("edgeinfer_export", "export"),
+                        ("edgeinfer_calibration", "calibration")):
+        found = {top + ("." + ".".join(p.parent.relative_to(ROOT / folder).parts) if p.parent != ROOT / folder else "")
+                 for p in (ROOT / folder).rglob("__init__.py")}
+        assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"

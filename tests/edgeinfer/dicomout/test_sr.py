@@ -15,9 +15,8 @@ import peers
 from edgeinfer import phantom
 from edgeinfer.backends import create_runner
 from edgeinfer.bundle import load_bundle
+from edgeinfer.dicomout import SRError, build_sr, sr_bytes, sr_uids
 from edgeinfer.intake import discover
-from edgeinfer.node import sr as srmod
-from edgeinfer.node.sr import SRError, build_sr, label_code, priority_code, sr_bytes, sr_uids
 from edgeinfer.triage import INDETERMINATE, TriageEngine
 
 CANARY = "CANARY^PHI"
@@ -354,20 +353,7 @@ def test_no_patient_data_in_logs_warnings_or_errors(two_image, caplog, monkeypat
     assert f"SR built for study {study['study_uid']}" in caplog.text
 
 
-# --- codes -------------------------------------------------------------------------------------
-def test_codes():
-    assert label_code("pneumothorax") == ("36118008", "SCT", "Pneumothorax")
-    assert label_code("Mass") == ("4147007", "SCT", "Mass")
-    assert label_code("rib fracture") == ("L_RIB_FRACTURE", "99EDGEINFER", "rib fracture")
-    assert label_code("rib-fracture")[0] == "L_RIB_FRACTURE"    # same value: the document tells them apart
-    long = label_code("a label much longer than sixteen characters")
-    assert long[0].startswith("L") and len(long[0]) == 16 and long[1] == "99EDGEINFER"
-    assert label_code("studyscore")[0] != srmod._STUDY_SCORE[0]      # labels never take a fixed code
-    assert priority_code("STAT") == ("STAT", "99EDGEINFER", "STAT - read immediately")
-    assert priority_code(INDETERMINATE)[2] == "Indeterminate - needs a human read"
-    assert priority_code("LOW")[0] == "P_LOW"
-
-
+# --- codes in the document ---------------------------------------------------------------------
 def test_unlisted_label_gets_a_private_code_in_the_document(two_image):
     study = two_image[0]
     for img in study["images"]:

@@ -15,7 +15,7 @@ Built with highdicom:
   priority (CODE), and, when a human has to read the study, a "Recommended Follow-up" CODE plus a
   TEXT giving the reason.
 
-Codes: SNOMED CT where a standard one is obvious (:data:`LABEL_CODES`, SCT "Priority"), DCM
+Codes: SNOMED CT where a standard one is obvious (:data:`.codes.LABEL_CODES`, SCT "Priority"), DCM
 "Recommended Follow-up", and the private scheme ``99EDGEINFER`` (declared in the Coding Scheme
 Identification Sequence) for the priorities, the study score, the human-read concepts and any
 label without a standard code.
@@ -34,63 +34,27 @@ highdicom echo values, names among them) are dropped while the document is built
 """
 from __future__ import annotations
 
-import copy
 import datetime as _dt
-import hashlib
-import io
-import json
 import logging
 import math
-import re
 from typing import Any, Sequence
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID
 
 from .. import __version__
-from ..dicomio.quiet import _DROP_FILTER, _library_quiet
+from ..dicomio.quiet import _library_quiet
 from ..errors import EdgeInferError, SRError
+from ..worklist import INDETERMINATE
 from ..vr import shown_uid, valid_uid
+from .codes import (_DCM_FOLLOW_UP, _HUMAN_READ, _MAXIMUM, _PROBABILITY_UNIT, _PROCEDURE, _REASON, _SCT_PRIORITY,
+                    _SOURCE, _STUDY_SCORE, _coding_scheme, _private_code, label_code, priority_code)
+from .common import (_character_set, _copy_patient_and_study, _image_sources, _lo, _neutral_header,
+                     _quiet_highdicom, _uid, part10_bytes)
 
-log = logging.getLogger("edgeinfer.node.sr")
+log = logging.getLogger("edgeinfer.dicomout.sr")
 
-INDETERMINATE = "INDETERMINATE"
 SERIES_NUMBER_BASE = 9900
-
-#: private coding scheme (PS3.16 8.2: private designators start with "99")
-SCHEME = "99EDGEINFER"
-
-#: label -> (code value, scheme, meaning): standard codes where one is obvious, else a private code
-LABEL_CODES: dict[str, tuple[str, str, str]] = {
-    "pneumothorax": ("36118008", "SCT", "Pneumothorax"),
-    "mass": ("4147007", "SCT", "Mass"),
-    "nodule": ("27925004", "SCT", "Nodule"),
-    "pleural effusion": ("60046008", "SCT", "Pleural effusion"),
-    "pleural_effusion": ("60046008", "SCT", "Pleural effusion"),
-    "pulmonary edema": ("19242006", "SCT", "Pulmonary edema"),
-    "pulmonary_edema": ("19242006", "SCT", "Pulmonary edema"),
-}
-
-#: triage priorities (private codes); a bundle's other priority names get a private code too
-PRIORITY_MEANINGS = {
-    "STAT": "STAT - read immediately",
-    "URGENT": "Urgent - read first",
-    "ROUTINE": "Routine",
-    INDETERMINATE: "Indeterminate - needs a human read",
-}
-
-_SCT_PRIORITY = ("260870009", "SCT", "Priority")
-_DCM_FOLLOW_UP = ("111053", "DCM", "Recommended Follow-up")
-_PROCEDURE = ("363679005", "SCT", "Imaging procedure")
-_STUDY_SCORE = ("STUDYSCORE", SCHEME, "Triage study score")
-_MAXIMUM = ("56851009", "SCT", "Maximum")           # TID 300 derivation, CID 3488
-_HUMAN_READ = ("HUMANREAD", SCHEME, "Needs a human read")
-_REASON = ("HUMANREADREASON", SCHEME, "Reason a human read is needed")
-_PROBABILITY_UNIT = ("{probability}", "UCUM", "probability")
-_SOURCE = ("260753009", "SCT", "Source")
-
-_CODE_VALUE_OK = re.compile(r"[A-Z0-9_]{1,16}")
 
 
 # --- public -----------------------------------------------------------------------------------
@@ -121,7 +85,7 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
         raise SRError(f"study {study_uid}: version must be a positive integer, got {version!r}")
     digest = str(bundle.get("digest") or "")
     try:
-        images = _image_sources(study_uid, sources)
+        images = _image_sources(study_uid, sources, what="SR", error=SRError)
     except EdgeInferError:
         raise
     except Exception as exc:   # a malformed header element: pydicom's message may quote its value
@@ -193,35 +157,12 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
 
 def sr_bytes(ds: Dataset) -> bytes:
     """The Part 10 encoding of ``ds`` (preamble, file meta, Explicit VR Little Endian)."""
-    buf = io.BytesIO()
-    try:
-        with _library_quiet():
-            pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    except Exception as exc:
-        uid = shown_uid(ds.get("SOPInstanceUID", ""), missing="missing")
-        raise SRError(f"SR {uid} could not be encoded ({type(exc).__name__})") from None
-    return buf.getvalue()
+    return part10_bytes(ds, what="SR", error=SRError)
 
 
 def sr_uids(study_uid: str, version: int, digest: str, uid_prefix: str = PYDICOM_ROOT_UID) -> tuple[str, str]:
     """(Series Instance UID, SOP Instance UID) that :func:`build_sr` gives this study version."""
     return (_uid(uid_prefix, study_uid, version, digest, "series"), _uid(uid_prefix, study_uid, version, digest, "sr"))
-
-
-def label_code(label: str) -> tuple[str, str, str]:
-    """(code value, scheme designator, meaning) for a bundle label."""
-    key = str(label).strip().lower()
-    if key in LABEL_CODES:
-        return LABEL_CODES[key]
-    return _private_code("L", str(label), _lo(str(label)) or "label")
-
-
-def priority_code(priority: str) -> tuple[str, str, str]:
-    """(code value, scheme designator, meaning) for a triage priority name."""
-    name = str(priority)
-    if name in PRIORITY_MEANINGS:
-        return name, SCHEME, PRIORITY_MEANINGS[name]
-    return _private_code("P", name, _lo(name) or "priority")
 
 
 # --- content -----------------------------------------------------------------------------------
@@ -359,143 +300,10 @@ def _complete(study: dict) -> bool:
     return _human_read_reason(study) is None
 
 
-# --- sources -------------------------------------------------------------------------------------
-def _image_sources(study_uid: str, sources: Sequence[Dataset]) -> list[Dataset]:
-    """The study's image instances, unique, in a stable order; checked for one patient."""
-    keep: dict[str, Dataset] = {}
-    other_study = not_image = bad = 0
-    for ds in sources:
-        with _library_quiet():
-            uids = [str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID",
-                                                                  "SOPInstanceUID", "SOPClassUID")]
-            is_image = "Rows" in ds and "Columns" in ds
-        if not all(valid_uid(u) for u in uids):
-            bad += 1
-        elif uids[0] != study_uid:
-            other_study += 1
-        elif not is_image:
-            not_image += 1
-        else:
-            keep.setdefault(uids[2], ds)
-    if other_study or not_image or bad:
-        log.warning("study %s: %d source(s) of another study, %d non-image instance(s) and %d with invalid "
-                    "UIDs left out of the SR", study_uid, other_study, not_image, bad)
-    if not keep:
-        raise SRError(f"study {study_uid}: no source image header of this study; the SR needs at least one "
-                      "(its patient and study modules are copied from it)")
-    images = sorted(keep.values(), key=lambda d: (str(d.SeriesInstanceUID), str(d.SOPInstanceUID)))
-    with _library_quiet():
-        patients = {(str(d.get("PatientID", "") or ""), str(d.get("IssuerOfPatientID", "") or "")) for d in images}
-    if len(patients) > 1:
-        raise SRError(f"study {study_uid}: its {len(images)} source images name {len(patients)} different "
-                      "patients (Patient ID / Issuer); refusing to file a result under one of them")
-    return images
-
-
-_NEUTRAL = {"PatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "", "AccessionNumber": "",
-            "StudyID": "", "StudyDate": "", "StudyTime": "", "ReferringPhysicianName": ""}
-
-
-def _neutral_header(ds: Dataset) -> Dataset:
-    """What highdicom's constructor needs from evidence[0], without any patient or study value."""
-    out = Dataset()
-    for key in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality",
-                "Rows", "Columns"):
-        if key in ds:
-            setattr(out, key, ds.get(key))
-    for key, value in _NEUTRAL.items():
-        setattr(out, key, value)
-    return out
-
-
-def _copy_patient_and_study(sr: Dataset, source: Dataset) -> None:
-    """Patient and study modules from ``source`` (copies, not shared elements); type 2 ones empty if absent."""
-    header = Dataset()
-    for elem in source:
-        group = elem.tag.group
-        if elem.tag.is_private or group >= 0x7FE0 or 0x6000 <= group <= 0x60FF or group == 0x0002:
-            continue
-        header.add(copy.deepcopy(elem))
-    # highdicom picks the modules to copy by the SOP class: ask for the SR's own patient and study
-    # modules (a private image SOP class would be unknown to it)
-    header.SOPClassUID = sr.SOPClassUID
-    for key in _NEUTRAL:           # set by highdicom from the stand-in: clear what the source lacks
-        if key not in header:
-            setattr(sr, key, None)
-    sr.copy_patient_and_study_information(header)
-
-
 # --- small helpers -------------------------------------------------------------------------------
-def _character_set(source: Dataset) -> str | list[str] | None:
-    """The source's Specific Character Set when pydicom and highdicom accept it (the copied names
-    stay encoded as the archive knows them), None for the default repertoire, else UTF-8. Our own
-    text is ASCII (see :func:`_lo`), so it fits any of them."""
-    from pydicom.charset import python_encoding
-
-    with _library_quiet():
-        value = source.get("SpecificCharacterSet")
-    if value is None or value == "":
-        return None
-    terms = [str(t).strip() for t in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
-                                      else [value])]
-    if not any(terms) or not all(t == "" or t in python_encoding for t in terms):
-        return "ISO_IR 192"
-    candidate = terms[0] if len(terms) == 1 else terms
-    try:
-        from highdicom.base import _check_specific_character_set
-
-        _check_specific_character_set(candidate)
-    except Exception:
-        return "ISO_IR 192"
-    return candidate
-
-
-def _uid(prefix: str, *parts: Any) -> str:
-    # one JSON string: pydicom joins entropy sources without a separator ("1.2.3"+"12" == "1.2.31"+"2")
-    return str(generate_uid(prefix=prefix, entropy_srcs=[json.dumps([str(p) for p in parts])]))
-
-
 def _probability(value: Any) -> float | None:
     try:
         p = float(value)
     except (TypeError, ValueError):
         return None
     return p if math.isfinite(p) and 0.0 <= p <= 1.0 else None
-
-
-def _lo(text: str) -> str:
-    """A Long String value of our own: printable ASCII without backslash, at most 64 characters."""
-    return re.sub(r"[^\x20-\x5b\x5d-\x7e]", "?", str(text)).strip()[:64]
-
-
-def _private_code(kind: str, name: str, meaning: str, hashed: bool = False) -> tuple[str, str, str]:
-    """A private code: ``{kind}_{NAME}`` (other characters as ``_``) when that fits a code value (16
-    characters of A-Z, 0-9, _), else ``{kind}`` and a hash of the name. The prefix keeps labels and
-    priorities apart from the fixed codes."""
-    value = kind + "_" + re.sub(r"[^A-Z0-9]", "_", name.strip().upper())
-    if hashed or not _CODE_VALUE_OK.fullmatch(value):
-        value = kind + hashlib.sha256(name.encode("utf-8")).hexdigest()[:15].upper()
-    return value, SCHEME, meaning
-
-
-def _coding_scheme(hd, manufacturer: str):
-    from highdicom.coding_schemes import CodingSchemeIdentificationItem
-
-    return CodingSchemeIdentificationItem(designator=SCHEME, name="edgeinfer triage codes",
-                                          responsible_organization=_lo(manufacturer) or "edgeinfer")
-
-
-_highdicom_quiet = False
-
-
-def _quiet_highdicom() -> None:
-    """Drop highdicom's log records inside ``_library_quiet`` (it echoes values, names among them)."""
-    global _highdicom_quiet
-    if _highdicom_quiet:
-        return
-    import highdicom  # noqa: F401  (creates its module loggers)
-
-    for name in list(logging.Logger.manager.loggerDict):
-        if name == "highdicom" or name.startswith("highdicom."):
-            logging.getLogger(name).addFilter(_DROP_FILTER)
-    _highdicom_quiet = True

@@ -1,0 +1,49 @@
+"""The worklist: its priorities, its one order, and the document ``triage --output`` writes and ``/worklist``
+serves. Light on purpose (no numpy, no model): the DICOM writers and the node's HTTP side import it."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+#: a study the model could not decide: ranked above the lowest priority, and read by a human
+INDETERMINATE = "INDETERMINATE"
+
+
+def priority_order(bundle: "Bundle") -> list[str]:
+    """Worklist order: the bundle's priorities, with INDETERMINATE just above the lowest."""
+    names = [p["name"] for p in bundle.manifest["triage"]["priorities"]]
+    return names[:-1] + [INDETERMINATE] + names[-1:]
+
+
+def sort_studies(studies: list[dict], bundle: "Bundle") -> list[dict]:
+    """``studies`` in worklist order (in place, and returned): priority, then the higher score, then the UID."""
+    order = {name: i for i, name in enumerate(priority_order(bundle))}
+    studies.sort(key=lambda s: (order.get(s["priority"], len(order)),
+                                -(s["score"] if s["score"] is not None else -1.0), s["study_uid"]))
+    return studies
+
+
+def worklist_document(results: list[dict], *, bundle: "Bundle", run: dict, window: dict | None = None) -> dict:
+    """The node's live worklist, in the shape ``edgeinfer triage --output`` writes: the studies of ``results``
+    (the node's result records) in worklist order, and the summary of what it lists; ``window``: which part
+    of the node's results it is."""
+    from . import __version__
+
+    studies = sort_studies([r["study"] for r in results if r.get("study")], bundle)
+    skipped = [x for r in results for x in r.get("skipped", [])]
+    not_applicable = sorted((r["not_applicable"] for r in results if r.get("not_applicable")),
+                            key=lambda n: n["study_uid"])
+    errors = [x for r in results for x in r.get("errors", [])]
+    counts = {p: 0 for p in priority_order(bundle)}
+    for s in studies:
+        counts[s["priority"]] = counts.get(s["priority"], 0) + 1
+    n_img = sum(len(s["images"]) for s in studies)
+    return {"edgeinfer": __version__, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "bundle": bundle.summary(), "run": run, **({"window": window} if window else {}),
+            "studies": studies, "not_applicable": not_applicable, "skipped": skipped, "errors": errors,
+            "summary": {"files": n_img + len(skipped) + len(errors), "images_scored": n_img, "studies": len(studies),
+                        "by_priority": counts, "not_applicable": len(not_applicable), "skipped": len(skipped),
+                        "errors": len(errors)}}
