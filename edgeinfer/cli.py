@@ -242,7 +242,7 @@ def cmd_serve(args) -> int:
     overrides = {k: getattr(args, k) for k in (
         "spool", "spool_group", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
         "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb", "retain_hours",
-        "inference_timeout", "max_crashes", "send_to", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
+        "inference_timeout", "max_crashes", "send_to", "results", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
         "bundle", "trust", "backend", "precision", "device", "threads", "batch_size", "intake_processes")}
     config = load_config(args.config, overrides)
     if args.no_http:
@@ -380,6 +380,9 @@ def _add_serve(sub, fmt) -> None:
            "a file that crashes the node cannot stop it for good (default 2)")
     a("--send-to", dest="send_to", action="append", default=None, metavar="AET@HOST:PORT",
       help="send each result (DICOM SR) here; repeat for more destinations")
+    a("--result", dest="results", action="append", default=None, metavar="WRITER",
+      help="what to file into PACS for each study version: a result writer's name (sr) or module:function; "
+           "repeat for more (default: sr)")
     a("--send-tls-ca", dest="send_tls_ca", default=None,
       help="PEM CA that signed the PACS's certificate: send results over TLS, checking the PACS's certificate")
     a("--send-tls-cert", dest="send_tls_cert", default=None, help="our PEM client certificate, for mutual TLS")

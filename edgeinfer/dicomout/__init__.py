@@ -7,8 +7,9 @@ highdicom keeps one package per object type (``highdicom.sr``, ``highdicom.sc``,
 Modules: ``common`` (what every object shares: deterministic UIDs, the source images of one
 study of one patient, the patient and study modules copied from them, the character set,
 highdicom's log records dropped, the Part 10 encoding), ``codes`` (the coding scheme: standard
-codes where one is obvious, the private scheme ``99EDGEINFER`` for the rest), ``sr`` (the SR).
-Each imports only those before it.
+codes where one is obvious, the private scheme ``99EDGEINFER`` for the rest), ``sr`` (the SR),
+``writers`` (the result writers the node runs per study version, by name). Each imports only those
+before it.
 
 Patient data: the patient and study modules are copied from the source headers into the object
 (that is what files it under the right patient); log records, warnings and exception messages
@@ -20,6 +21,7 @@ from ..errors import SRError
 from .codes import LABEL_CODES, PRIORITY_MEANINGS, SCHEME, label_code, priority_code
 from .common import part10_bytes
 from .sr import SERIES_NUMBER_BASE, build_sr, sr_bytes, sr_uids
+from .writers import WRITERS, ResultObject, resolve
 
 __all__ = [
     "build_sr",
@@ -33,4 +35,7 @@ __all__ = [
     "LABEL_CODES",
     "PRIORITY_MEANINGS",
     "SRError",
+    "ResultObject",
+    "WRITERS",
+    "resolve",
 ]

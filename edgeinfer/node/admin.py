@@ -40,10 +40,10 @@ def cmd_outbox_list(args) -> int:
     for i in items:
         counts[i["state"]] = counts.get(i["state"], 0) + 1
     table = Table(title=f"outbox: {', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'empty'}")
-    for col in ("state", "study", "v", "destination", "attempts", "created", "next attempt", "last error"):
+    for col in ("state", "study", "v", "object", "destination", "attempts", "created", "next attempt", "last error"):
         table.add_column(col, overflow="fold")
     for i in items:
-        table.add_row(i["state"], i["study_uid"], str(i["version"]), i["destination"], str(i["attempts"]),
+        table.add_row(i["state"], i["study_uid"], str(i["version"]), i["sop_uid"], i["destination"], str(i["attempts"]),
                       _when(i["created"]), _when(i["next_attempt"]) if i["state"] == "pending" else "-",
                       i["last_error"] or "")
     Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)

@@ -62,6 +62,7 @@ class NodeConfig:
     inference_timeout: float = 120.0            # watchdog
     max_crashes: int = 2                        # restarts that find a study being scored before it goes to a human read
     send_to: tuple[Destination, ...] = ()
+    results: tuple[str, ...] = ("sr",)          # result writers per study version (edgeinfer.dicomout.writers)
     send_tls_ca: Path | None = None             # given: results go to PACS over TLS, its certificate checked
     send_tls_cert: Path | None = None           # our client certificate, for a PACS that wants mutual TLS
     send_tls_key: Path | None = None
@@ -120,6 +121,15 @@ class NodeConfig:
             problems.append("retain_hours must be 0 (delete once delivered) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:
             problems.append("quiet_seconds must be 0 or more")
+        if not self.results:
+            problems.append("results: name at least one result writer (e.g. sr)")
+        for name in self.results:
+            from ..dicomout.writers import resolve
+
+            try:
+                resolve(name)
+            except UsageError as exc:
+                problems.append(str(exc))
         if problems:
             raise UsageError("edgeinfer serve settings are not usable:\n" + "\n".join(f"  - {p}" for p in problems))
         return self
@@ -142,7 +152,7 @@ def _coerce(name: str, value):
         return None
     if name in _PATHS:
         return Path(os.path.expanduser(str(value)))
-    if name == "allow_calling":
+    if name in ("allow_calling", "results"):
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(a.strip() for a in items if a.strip())
     if name == "send_to":

@@ -103,7 +103,7 @@ class Outbox(Loop):
         """Send every item that is due now; returns how many were attempted."""
         due = self.state.due_sends()
         c = self.config
-        for item_id, study_uid, version, destination, path, attempts, created in due:
+        for item_id, study_uid, version, destination, path, attempts, created, sop_uid in due:
             if self.stopping:
                 break
             dest = Destination.parse(destination)
@@ -113,7 +113,7 @@ class Outbox(Loop):
                 error = f"sending failed ({exc.__class__.__name__})"
             if error is None:
                 self.state.mark_sent(item_id)
-                audit.info("sent study %s result v%d to %s", study_uid, version, dest)
+                audit.info("sent study %s result v%d (%s) to %s", study_uid, version, sop_uid, dest)
                 self._inc("outbox_sent_total", destination)
                 continue
             attempt = attempts + 1

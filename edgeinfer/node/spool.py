@@ -20,7 +20,8 @@ def content_digest(data: bytes) -> str:
 
 
 class Spool:
-    """``ROOT/instances/ab/<sha256 of the SOP Instance UID>-<content digest>.dcm`` and ``ROOT/results/...``.
+    """``ROOT/instances/ab/<sha256 of the SOP Instance UID>-<content digest>.dcm`` and
+    ``ROOT/results/<sha256 of the result's SOP Instance UID>.dcm``.
 
     File names are hashes, so a SOP Instance UID of ``../../x`` or one with letters never
     becomes a path; the content digest in the name means two different instances sent with one
@@ -68,8 +69,10 @@ class Spool:
     def store_instance(self, sop_uid: str, digest: str, data: bytes) -> Path:
         return self._store(self.instance_path(sop_uid, digest), data)
 
-    def store_result(self, study_uid: str, version: int, data: bytes) -> Path:
-        return self._store(self.results / f"{self.key(study_uid)}-v{version}.dcm", data)
+    def store_result(self, sop_uid: str, data: bytes) -> Path:
+        """A result object (SR, SC, SEG) under a hash of its SOP Instance UID (deterministic per study version,
+        so a result made again after a crash is the same file)."""
+        return self._store(self.results / f"{self.key(sop_uid)}.dcm", data)
 
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 2**20

@@ -101,9 +101,35 @@ def _v6_instance_header(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE instances ADD COLUMN header BLOB")
 
 
+def _v7_outbox_by_object(db: sqlite3.Connection) -> None:
+    """Outbox items keyed on the object sent (its SOP Instance UID) and destination, not on the study version:
+    a version may send several objects. The table is rebuilt (SQLite cannot drop a UNIQUE constraint); an
+    item from before takes the SOP Instance UID of its file, or a placeholder when the file is gone."""
+    db.execute("ALTER TABLE outbox RENAME TO outbox_v6")
+    db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, version INTEGER NOT NULL, "
+               "sop_uid TEXT NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL, "
+               "state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, "
+               "last_error TEXT, created REAL, UNIQUE (sop_uid, destination))")
+    for row in db.execute("SELECT id, study_uid, version, destination, path, state, attempts, next_attempt, "
+                          "last_error, created FROM outbox_v6").fetchall():
+        db.execute("INSERT INTO outbox (id, study_uid, version, sop_uid, destination, path, state, attempts, "
+                   "next_attempt, last_error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (*row[:3], _sop_uid_of(row[4]) or f"unknown-{row[0]}", *row[3:]))
+    db.execute("DROP TABLE outbox_v6")
+
+
+def _sop_uid_of(path: str) -> str | None:
+    try:
+        import pydicom
+
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - a missing or unreadable file: the caller uses a placeholder
+        return None
+
+
 #: schema steps, in order: a state at ``user_version`` N has had the first N
 MIGRATIONS = (_v1_baseline, _v2_instance_digest, _v3_outbox_created, _v4_instance_bytes_and_purge,
-              _v5_results_by_time, _v6_instance_header)
+              _v5_results_by_time, _v6_instance_header, _v7_outbox_by_object)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -302,9 +328,10 @@ class State:
                        (job.study_uid, job.version))
 
     def finish_job(self, job: Job, *, priority: str | None, score: float | None, record: dict,
-                   sends: list[tuple[str, str]], now: float | None = None) -> bool:
-        """Record ``job``'s result and its outbox items in one transaction. False if this version's
-        result was recorded already (a job re-run after a crash): nothing is recorded twice."""
+                   sends: list[tuple[str, str, str]], now: float | None = None) -> bool:
+        """Record ``job``'s result and its outbox items (destination, SOP Instance UID, path: one per object and
+        destination) in one transaction. False if this version's result was recorded already (a job re-run
+        after a crash): nothing is recorded twice."""
         now = time.time() if now is None else now
         with self._tx() as db:
             if db.execute("SELECT 1 FROM results WHERE study_uid=? AND version=?",
@@ -316,9 +343,10 @@ class State:
                            (job.study_uid, job.version))
                 db.execute("INSERT INTO results VALUES (?,?,?,?,?,?,0)",
                            (job.study_uid, job.version, now, priority, score, json.dumps(record, allow_nan=False)))
-                for destination, path in sends:
-                    db.execute("INSERT OR IGNORE INTO outbox (study_uid, version, destination, path, next_attempt, "
-                               "created) VALUES (?,?,?,?,?,?)", (job.study_uid, job.version, destination, path, now, now))
+                for destination, sop_uid, path in sends:
+                    db.execute("INSERT OR IGNORE INTO outbox (study_uid, version, sop_uid, destination, path, "
+                               "next_attempt, created) VALUES (?,?,?,?,?,?,?)",
+                               (job.study_uid, job.version, sop_uid, destination, path, now, now))
             # instances that arrived while this version was scored make the study receive again
             db.execute("UPDATE studies SET state=CASE WHEN state='scoring' THEN 'scored' ELSE state END "
                        "WHERE study_uid=?", (job.study_uid,))
@@ -390,9 +418,15 @@ class State:
     # -- outbox ---------------------------------------------------------------------------------
     def due_sends(self, now: float | None = None, limit: int = 20) -> list[tuple]:
         now = time.time() if now is None else now
-        return self._all("SELECT id, study_uid, version, destination, path, attempts, coalesce(created, next_attempt) "
-                         "FROM outbox WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?",
+        return self._all("SELECT id, study_uid, version, destination, path, attempts, coalesce(created, next_attempt), "
+                         "sop_uid FROM outbox WHERE state='pending' AND next_attempt<=? ORDER BY next_attempt LIMIT ?",
                          (now, limit))
+
+    def delivered(self, study_uid: str, version: int) -> bool | None:
+        """Whether every object of this study version reached every destination (None: it sends nothing)."""
+        states = {r[0] for r in self._all("SELECT DISTINCT state FROM outbox WHERE study_uid=? AND version=?",
+                                          (study_uid, version))}
+        return None if not states else states == {"sent"}
 
     def mark_sent(self, item_id: int) -> None:
         with self._tx() as db:
@@ -414,10 +448,11 @@ class State:
     def outbox_items(self, state: str | None = None) -> list[dict]:
         """Every outbox item (or those in ``state``: pending, sent, dead), oldest first."""
         rows = self._all("SELECT id, study_uid, version, destination, state, attempts, last_error, "
-                         "coalesce(created, next_attempt), next_attempt FROM outbox"
+                         "coalesce(created, next_attempt), next_attempt, sop_uid FROM outbox"
                          + (" WHERE state=?" if state else "") + " ORDER BY id", (state,) if state else ())
         return [{"id": i, "study_uid": s, "version": v, "destination": d, "state": st, "attempts": a,
-                 "last_error": e, "created": c, "next_attempt": n} for i, s, v, d, st, a, e, c, n in rows]
+                 "last_error": e, "created": c, "next_attempt": n, "sop_uid": u}
+                for i, s, v, d, st, a, e, c, n, u in rows]
 
     def retry_dead(self, study_uid: str | None = None, now: float | None = None) -> int:
         """Dead letters (all, or one study's) back to pending, due now, with a fresh horizon; returns how many."""

@@ -154,26 +154,30 @@ class Worker(Loop):
         return {"study": study, "skipped": [], "errors": [{"path": p, "code": code, "reason": why}
                                                           for p in job.paths], "run": self.node.run_record()}
 
-    def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str]]:
-        """Write the SR for this study version into the spool; one outbox item per destination."""
+    def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str, str]]:
+        """Run every result writer (``results``: the SR, and what else is configured) on this study version, store
+        each object in the spool; one outbox item per object and destination."""
         node = self.node
         if not node.config.send_to:
             return []
-        from ..dicomout import build_sr, sr_bytes
+        from ..dicomout import resolve
         from ..errors import SRError
 
         kept = node.state.headers(job.paths)   # as received: the images are not read again
         sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
         if not sources:
             raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
-        try:
-            ds = build_sr(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
-        except SRError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a header value highdicom refuses; its message may quote it
-            raise SRError(f"the SR could not be built from the sources' headers ({exc.__class__.__name__})") from None
-        path = node.spool.store_result(job.study_uid, job.version, sr_bytes(ds))
-        return [(str(d), str(path)) for d in node.config.send_to]
+        objects = []
+        for name in node.config.results:
+            try:
+                objects += resolve(name)(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
+            except EdgeInferError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a header value highdicom refuses; its message may quote it
+                raise SRError(f"the result {name!r} could not be built from the sources' headers "
+                              f"({exc.__class__.__name__})") from None
+        paths = [(obj.sop_uid, str(node.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
+        return [(str(d), sop_uid, path) for sop_uid, path in paths for d in node.config.send_to]
 
 
 #: an SR source's header is read from the first bytes of its spool file (groups up to 0040)

@@ -18,7 +18,7 @@ def _scored(st: State, study: str, now: float = 0.0) -> None:
     st.add_instance(sop_uid=study + ".1", study_uid=study, series_uid="", path="/s", modality="DX", urgent=False,
                     calling_aet="M", sha256="a" * 64, now=now)
     st.complete_quiet_studies(lambda m: 0, now=now)
-    st.finish_job(st.next_job(), priority="ROUTINE", score=0.1, record={}, sends=[("PACS@127.0.0.1:1", "/r.dcm")],
+    st.finish_job(st.next_job(), priority="ROUTINE", score=0.1, record={}, sends=[("PACS@127.0.0.1:1", study + ".99", "/r.dcm")],
                   now=now)
 
 
@@ -117,3 +117,11 @@ def test_a_pacs_outage_longer_than_the_old_retry_window_loses_no_sr_even_across_
     peers.wait_until(lambda: 'edgeinfer_outbox_items{state="sent"} ' + f"{float(len(studies))}"
                      in again.get("/metrics")[1], 30, 0.2, "every SR counted as sent")
     assert 'edgeinfer_outbox_items{state="dead"} 0.0' in again.get("/metrics")[1]
+
+
+def test_a_result_writer_that_cannot_be_loaded_is_refused_at_start():
+    with pytest.raises(UsageError, match=r"result writer 'no_such_module:writer': cannot import it .*Python path"):
+        load_config(None, {"results": ["no_such_module:writer"]})
+    with pytest.raises(UsageError, match=r"result writer 'heatmap': not one of sr, and not module:function"):
+        load_config(None, {"results": ["heatmap"]})
+    assert load_config(None, {"results": ["sr"]}).results == ("sr",)

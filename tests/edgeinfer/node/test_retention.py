@@ -40,7 +40,7 @@ def _study(st: State, spool: Spool, study: str, *, at: float, sent: bool | None 
         st.complete_quiet_studies(lambda m: 0, now=at)
         job = st.next_job()
         st.finish_job(job, priority="ROUTINE", score=0.1, record={}, now=at,
-                      sends=[] if sent is None else [("PACS@127.0.0.1:104", "/r.dcm")])
+                      sends=[] if sent is None else [("PACS@127.0.0.1:104", study + ".99", "/r.dcm")])
         item = st.outbox_items("pending")
         if sent is True:
             st.mark_sent(item[0]["id"])

@@ -24,7 +24,7 @@ def test_spool_names_are_hashes_never_paths_and_the_spool_is_private(tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
     # two contents under one SOP Instance UID never share a file
     assert spool.instance_path("1.2.3", digest) != spool.instance_path("1.2.3", content_digest(b"other"))
-    r = spool.store_result("1.2.3", 1, b"sr")
+    r = spool.store_result("1.2.3.99", b"sr")
     assert stat.S_IMODE(r.stat().st_mode) == 0o600
     for d in (spool.root, spool.instances, spool.results):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
@@ -78,7 +78,7 @@ def test_quiet_timer_versions_and_supersede(tmp_path):
     job = st.next_job()
     assert (job.version, sorted(job.paths)) == (1, ["/s/1.1", "/s/1.2"]) and st.next_job() is None
     assert st.finish_job(job, priority="STAT", score=0.95, record={"study": {"study_uid": "1.2.3"}},
-                         sends=[("PACS@h:1", "/r/v1.dcm")], now=9)
+                         sends=[("PACS@h:1", "1.2.3.99.1", "/r/v1.dcm")], now=9)
     assert not st.finish_job(job, priority="STAT", score=0.95, record={}, sends=[], now=9)  # recorded once
     _add(st, "1.3", t=20)                                          # a late image: scored again as version 2
     st.complete_quiet_studies(quiet, now=30)
@@ -189,7 +189,7 @@ def test_outbox_retries_then_dead_letters(tmp_path):
     st = State(tmp_path / "s.db")
     _add(st, "6.1", study="6.1")
     st.complete_quiet_studies(lambda m: 0, now=1)
-    st.finish_job(st.next_job(), priority="STAT", score=1.0, record={}, sends=[("PACS@h:104", "/r.dcm")], now=1)
+    st.finish_job(st.next_job(), priority="STAT", score=1.0, record={}, sends=[("PACS@h:104", "1.99", "/r.dcm")], now=1)
     (item_id, *_), = st.due_sends(now=1)
     st.mark_failed(item_id, "refused", retry_at=100)
     assert st.due_sends(now=50) == [] and len(st.due_sends(now=100)) == 1
@@ -248,10 +248,50 @@ def test_an_operator_s_group_may_read_the_spool_and_an_unknown_group_is_refused(
     group = grp.getgrgid(os.getgid()).gr_name
     spool = Spool(tmp_path / "spool", group=group)
     p = spool.store_instance("1.2.3", content_digest(b"data"), b"data")
-    r = spool.store_result("1.2.3", 1, b"sr")
+    r = spool.store_result("1.2.3.99", b"sr")
     for f in (p, r):
         assert stat.S_IMODE(f.stat().st_mode) == 0o640 and f.stat().st_gid == os.getgid()
     for d in (spool.root, spool.instances, spool.results, p.parent):
         assert stat.S_IMODE(d.stat().st_mode) == 0o750 and d.stat().st_gid == os.getgid()
     with pytest.raises(UsageError, match=r"spool_group 'no-such-group-xyz': no such group on this machine"):
         Spool(tmp_path / "other", group="no-such-group-xyz")
+
+
+def test_outbox_items_are_per_object_and_a_version_is_delivered_when_all_are(tmp_path):
+    st = State(tmp_path / "s.db")
+    _add(st, "6.1", study="6")
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    job = st.next_job()
+    sends = [(d, sop, f"/r/{sop}.dcm") for sop in ("6.99.1", "6.99.2") for d in ("PACS@a:104", "ARCH@b:104")]
+    assert st.finish_job(job, priority="STAT", score=0.9, record={}, sends=sends, now=2)
+    items = st.outbox_items()
+    assert sorted((i["sop_uid"], i["destination"]) for i in items) == sorted((s, d) for d, s, _ in sends)
+    assert st.delivered("6", 1) is False
+    for i in items[:-1]:
+        st.mark_sent(i["id"])
+    assert st.delivered("6", 1) is False                        # three of four sent: not delivered
+    st.mark_sent(items[-1]["id"])
+    assert st.delivered("6", 1) is True and st.delivered("7", 1) is None
+
+
+def test_outbox_items_from_before_objects_were_keyed_take_their_file_s_sop_instance_uid(tmp_path):
+    import pydicom
+
+    from edgeinfer.node import state as state_mod
+
+    sr = pydicom.Dataset()
+    sr.SOPInstanceUID, sr.SOPClassUID = "1.2.826.0.1.3680043.10.543.7", "1.2.840.10008.5.1.4.1.1.88.33"
+    sr.file_meta = pydicom.dataset.FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    for step in state_mod.MIGRATIONS[:6]:
+        step(db)
+    db.execute("PRAGMA user_version=6")
+    for i, path in enumerate((tmp_path / "sr.dcm", tmp_path / "gone.dcm")):
+        db.execute("INSERT INTO outbox (study_uid, version, destination, path, next_attempt, created) "
+                   "VALUES (?, 1, 'PACS@h:104', ?, 0, 0)", (f"8.{i}", str(path)))
+    db.close()
+    items = State(tmp_path / "s.db").outbox_items()
+    assert [i["sop_uid"] for i in items] == ["1.2.826.0.1.3680043.10.543.7", f"unknown-{items[1]['id']}"]
+    assert all(i["state"] == "pending" for i in items)

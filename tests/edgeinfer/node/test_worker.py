@@ -96,3 +96,23 @@ def test_the_sr_comes_from_the_header_kept_at_receive_time_never_from_the_image_
     found = peers.wait_until(lambda: next((s for s in node.get("/worklist")[1]["studies"]
                                            if s["study_uid"] == study), None), 30, 0.2, "the study on the worklist")
     assert found["priority"] == "INDETERMINATE"
+
+
+def test_a_second_result_object_per_study_needs_only_a_writer(node_factory, orthanc, dcmtk, node_phantoms, monkeypatch):
+    """A writer from outside edgeinfer (tests/edgeinfer/node/dummy_writers.py) adds a second object to every study
+    version: both reach PACS, each its own outbox item, without a change to the worker, the outbox or triage."""
+    from pathlib import Path
+
+    import peers
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    src = pydicom.dcmread(sorted(node_phantoms.rglob("*.dcm"))[0])
+    study = generate_uid()
+    node = node_factory("--quiet-seconds", "1", "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+                        "--result", "sr", "--result", "dummy_writers:second_sr")
+    assert _send(node, [_variant(src, study)]) == [0x0000]
+    srs = orthanc.wait_for_srs(study, 2, timeout=60)
+    uids = {str(pydicom.dcmread(io.BytesIO(orthanc.instance_file(s["OrthancId"]))).SOPInstanceUID) for s in srs}
+    assert len(uids) == 2 and any(u.startswith("1.2.826.0.1.3680043.10.543.") for u in uids)
+    peers.wait_until(lambda: peers.metric(node.get("/metrics")[1], "edgeinfer_outbox_items", '{state="sent"}') == 2,
+                     30, 0.2, "both outbox items sent")
