@@ -237,7 +237,7 @@ def cmd_triage(args) -> int:
 # --- serve ---------------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
     from .node.config import load_config
-    from .node.service import Node
+    from .node.app import Node
 
     overrides = {k: getattr(args, k) for k in (
         "spool", "spool_group", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",

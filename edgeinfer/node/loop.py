@@ -41,6 +41,12 @@ class Loop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    #: what the loop is, for readiness ("the outbox is not running")
+    what = "background loop"
+
+    def not_ready(self) -> str | None:
+        return None if self.alive else f"the {self.what} is not running"
+
     def step(self) -> bool:
         """One pass; True if it did work (and the next pass should come at once)."""
         raise NotImplementedError

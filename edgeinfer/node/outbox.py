@@ -89,6 +89,7 @@ def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 3
 
 class Outbox(Loop):
     name = "edgeinfer-outbox"
+    what = "outbox"
 
     def __init__(self, config: NodeConfig, state: State, metrics=None, send=send_file):
         super().__init__()

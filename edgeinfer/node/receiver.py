@@ -200,6 +200,9 @@ class Receiver:
         """The thread accepting associations is running."""
         return self._server is not None and self._thread is not None and self._thread.is_alive()
 
+    def not_ready(self) -> str | None:
+        return None if self.alive else "the DICOM receiver is not running"
+
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:

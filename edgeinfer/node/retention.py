@@ -29,6 +29,7 @@ PRESSURE_MARGIN_MB = 256
 
 class Retention(Loop):
     name = "edgeinfer-retention"
+    what = "spool retention"
 
     def __init__(self, config, state, spool, metrics=None):
         super().__init__()

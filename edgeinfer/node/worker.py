@@ -21,24 +21,29 @@ class Worker(Loop):
     seconds: the study is INDETERMINATE (a human read), a fresh runner takes over, the next study goes on."""
 
     name = "edgeinfer-worker"
+    what = "inference worker"
     interval = 0.2   # how often quiet timers are looked at
 
-    def __init__(self, node):
+    def __init__(self, config, state, spool, model, metrics=None, *, wake_outbox=lambda: None,
+                 on_result=lambda job, record: None, refresh_gauges=lambda **kw: None):
+        """Exactly what it uses: the settings, the state, the spool (results go there), the model host, the
+        metrics, and three hooks: wake the outbox after a result, tell the node a result was recorded (the
+        audit line, the worklist file), refresh the gauges."""
         super().__init__()
-        self.node = node
+        self.config, self.state, self.spool, self.model, self.metrics = config, state, spool, model, metrics
+        self.wake_outbox, self.on_result, self.refresh_gauges = wake_outbox, on_result, refresh_gauges
         self.current: Job | None = None
 
     def step(self) -> bool:
-        node = self.node
-        for uid in node.state.complete_quiet_studies(node.config.quiet_for):
-            n, senders = node.state.received_from(uid)
+        for uid in self.state.complete_quiet_studies(self.config.quiet_for):
+            n, senders = self.state.received_from(uid)
             audit.info("study %s received: %d instance(s) from %s (quiet period passed)", uid, n,
                        ", ".join(senders) or "no calling AE title")
-        job = node.state.next_job()
+        job = self.state.next_job()
         if job is not None:
             self.current = job
             try:
-                if job.crashes >= node.config.max_crashes:
+                if job.crashes >= self.config.max_crashes:
                     self.give_up(job)
                 else:
                     self.run(job)
@@ -49,7 +54,7 @@ class Worker(Loop):
                                                            f"({exc.__class__.__name__})"))
             finally:
                 self.current = None
-        node.refresh_gauges(spool=False)
+        self.refresh_gauges(spool=False)
         return job is not None
 
     # -- one study --------------------------------------------------------------------------------
@@ -65,34 +70,33 @@ class Worker(Loop):
             code="node-stopped"))
 
     def run(self, job: Job) -> None:
-        node = self.node
         files = [Path(p) for p in job.paths]
         t0 = time.perf_counter()
         box: dict = {}
 
         def infer():
             try:
-                box["wl"] = TriageEngine(node.bundle, node.runner(), batch_size=node.config.batch_size,
-                                         pool=node.intake_pool).run(files)
+                box["wl"] = TriageEngine(self.model.bundle, self.model.runner(), batch_size=self.config.batch_size,
+                                         pool=self.model.intake_pool).run(files)
             except BaseException as exc:  # noqa: BLE001 - reported below, never lost
                 box["error"] = exc
 
         thread = threading.Thread(target=infer, name=f"edgeinfer-infer-{job.study_uid[-12:]}", daemon=True)
         thread.start()
-        thread.join(node.config.inference_timeout)
+        thread.join(self.config.inference_timeout)
         elapsed = time.perf_counter() - t0
         if thread.is_alive():
             log.error("study %s: inference did not finish within %.0f s; stopped by the watchdog, the study "
-                      "needs a human read", job.study_uid, node.config.inference_timeout)
-            stuck = node.current_runner()
+                      "needs a human read", job.study_uid, self.config.inference_timeout)
+            stuck = self.model.current_runner()
             if stuck is not None:
                 stuck.cancel()          # ONNX Runtime stops the run; every later call of that runner fails at once
             thread.join(10.0)
             if thread.is_alive():       # a backend that cannot be interrupted: leave it, never wait on it again
                 log.error("study %s: the inference could not be interrupted; a fresh runner takes over", job.study_uid)
-                node.abandoned.append(thread)
-            node.replace_runner()
-            record = self._indeterminate(job, f"inference did not finish within {node.config.inference_timeout:g} s "
+                self.model.abandoned.append(thread)
+            self.model.replace_runner()
+            record = self._indeterminate(job, f"inference did not finish within {self.config.inference_timeout:g} s "
                                               "(watchdog)")
         elif "error" in box:
             exc = box["error"]
@@ -116,14 +120,13 @@ class Worker(Loop):
                 record["not_applicable"] = {
                     "study_uid": job.study_uid, "modality": job.modality, "files": len(wl.skipped),
                     "reasons": sorted({s.get("reason", "") for s in wl.skipped}) or ["no image in the study"]}
-            if node.metrics is not None:
-                node.metrics.inference_seconds.observe(elapsed)
+            if self.metrics is not None:
+                self.metrics.inference_seconds.observe(elapsed)
         self._record(job, record)
 
     def _record(self, job: Job, record: dict) -> None:
         """The result of one study version: its SR into the spool and the outbox, then one transaction."""
-        node = self.node
-        record.update(version=job.version, bundle=node.bundle.summary(), received_last=job.last_received,
+        record.update(version=job.version, bundle=self.model.bundle.summary(), received_last=job.last_received,
                       scored_at=time.time())
         study = record["study"]
         sends = []
@@ -137,38 +140,37 @@ class Worker(Loop):
                 study["priority"], study["score"] = INDETERMINATE, None
                 study["reason"] = f"no result could be sent to PACS ({exc}) - needs a human read"
                 record["no_sr"] = str(exc)   # counted in /metrics and /readyz (State.count_without_sr)
-        fresh = node.state.finish_job(job, priority=study and study["priority"],
+        fresh = self.state.finish_job(job, priority=study and study["priority"],
                                       score=study and study["score"], record=record, sends=sends)
         if fresh:
-            node.result_recorded(job, record)
-        node.outbox.wake()
+            self.on_result(job, record)
+        self.wake_outbox()
 
     def _human_read_study(self, job: Job, why: str, failed: list[str]) -> dict:
         """The study record of a version the model did not score: INDETERMINATE, with the reason."""
         return {"study_uid": job.study_uid, "priority": INDETERMINATE, "score": None, "modality": job.modality,
-                "images": [], "failed_images": list(failed), "model": self.node.model_record(),
+                "images": [], "failed_images": list(failed), "model": self.model.model_record(),
                 "reason": f"{why} - needs a human read"}
 
     def _indeterminate(self, job: Job, why: str, code: str = "watchdog") -> dict:
         study = self._human_read_study(job, why, job.paths)
         return {"study": study, "skipped": [], "errors": [{"path": p, "code": code, "reason": why}
-                                                          for p in job.paths], "run": self.node.run_record()}
+                                                          for p in job.paths], "run": self.model.run_record()}
 
     def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str, str]]:
         """Run every result writer (``results``: the SR, and what else is configured) on this study version, store
         each object in the spool; one outbox item per object and destination."""
-        node = self.node
-        if not node.config.send_to:
+        if not self.config.send_to:
             return []
         from ..dicomout import resolve
         from ..errors import SRError
 
-        kept = node.state.headers(job.paths)   # as received: the images are not read again
+        kept = self.state.headers(job.paths)   # as received: the images are not read again
         sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
         if not sources:
             raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
         objects = []
-        for name in node.config.results:
+        for name in self.config.results:
             try:
                 objects += resolve(name)(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
             except EdgeInferError:
@@ -176,8 +178,8 @@ class Worker(Loop):
             except Exception as exc:  # noqa: BLE001 - a header value highdicom refuses; its message may quote it
                 raise SRError(f"the result {name!r} could not be built from the sources' headers "
                               f"({exc.__class__.__name__})") from None
-        paths = [(obj.sop_uid, str(node.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
-        return [(str(d), sop_uid, path) for sop_uid, path in paths for d in node.config.send_to]
+        paths = [(obj.sop_uid, str(self.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
+        return [(str(d), sop_uid, path) for sop_uid, path in paths for d in self.config.send_to]
 
 
 #: an SR source's header is read from the first bytes of its spool file (groups up to 0040)

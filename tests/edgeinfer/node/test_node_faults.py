@@ -404,7 +404,7 @@ def test_with_intake_processes_a_file_that_crashes_its_reader_costs_that_file_on
     would take the node down."""
     from edgeinfer.intake import Intake
     from edgeinfer.node.config import NodeConfig
-    from edgeinfer.node.service import Node
+    from edgeinfer.node.app import Node
     from helpers import DIE_MARKER, DyingIntake
 
     made = clone(source_instance, tmp_path / "study", 1, per_study=2)

@@ -1,4 +1,9 @@
-"""``edgeinfer serve``: receiver -> spool -> state -> worker (intake, runner, SR) -> outbox, plus HTTP.
+"""``edgeinfer serve`` as one application: it assembles the parts and runs them.
+
+receiver -> spool -> state -> worker (the model host's runner, the result writers) -> outbox, plus
+retention and the HTTP side; :class:`Node` builds each from exactly what it uses, starts and stops them
+in order, and is the view the HTTP side reads (health, readiness as a loop over named components,
+details, the worklist window, metrics).
 
 Each arrow is a file or a table row, so a ``kill -9`` anywhere loses nothing that was acknowledged:
 on start the node removes temporary files, rebuilds an unreadable state database and registers spool
@@ -19,6 +24,7 @@ from ..bundle import load_bundle
 from ..errors import UsageError
 from ..worklist import priority_order, worklist_document
 from .config import NodeConfig
+from .model import ModelHost
 from .outbox import Outbox
 from .receiver import Receiver
 from .recovery import open_state, reconcile
@@ -55,12 +61,11 @@ class Node:
             log.warning("%d study(ies) were being scored when the node stopped; each is scored again, up to "
                         "max_crashes (%d) such stops, then it goes to a human read", resumed, config.max_crashes)
         self.metrics = metrics or NodeMetrics(states=("receiving", "queued", "scoring", "scored"))
-        self._runner = None
-        self._runner_lock = threading.Lock()
-        self.selection = None
+        self.model = ModelHost(config, self.bundle)
         self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy)
-        self.worker = Worker(self)
         self.outbox = Outbox(config, self.state, self.metrics)
+        self.worker = Worker(config, self.state, self.spool, self.model, self.metrics, wake_outbox=self.outbox.wake,
+                             on_result=self.result_recorded, refresh_gauges=self.refresh_gauges)
         self.retention = Retention(config, self.state, self.spool, self.metrics)
         left = self.retention.remove_leftovers()
         if left:
@@ -70,62 +75,15 @@ class Node:
         self.worklist_version = 0
         self._stopped = threading.Event()
         self._closed = False
-        #: inference threads the watchdog could not interrupt (a backend without cancellation)
-        self.abandoned: list[threading.Thread] = []
-        #: the intake's worker processes (``intake_processes``), started once and kept for every study
-        self.intake_pool = None
-
-    # -- the model ----------------------------------------------------------------------------------
-    def runner(self):
-        with self._runner_lock:
-            if self._runner is None:
-                from .. import autoselect
-
-                backend = None if self.config.backend in (None, "auto") else self.config.backend
-                precision = None if self.config.precision in (None, "auto") else self.config.precision
-                self.selection = autoselect.choose(self.bundle, threads=self.config.threads,
-                                                   device=self.config.device, backend=backend, precision=precision)
-                self._runner = self.selection.create_runner().activate()
-                log.info("model %s %s ready on %s %s", self.bundle.name, self.bundle.version,
-                         self.selection.backend, self.selection.precision)
-            return self._runner
-
-    def current_runner(self):
-        return self._runner
-
-    def replace_runner(self) -> None:
-        """After a hung inference: drop the runner (its thread may never return) and load a fresh one now,
-        so /readyz stays true and the next study does not wait for a model load."""
-        with self._runner_lock:
-            self._runner = None
-        try:
-            self.runner()
-        except Exception as exc:  # noqa: BLE001 - /readyz says "model not loaded"; the next study retries
-            log.error("could not load a fresh runner (%s)", exc.__class__.__name__)
-
-    def model_record(self) -> dict:
-        sel = self.selection
-        return {"bundle": self.bundle.name, "bundle_version": self.bundle.version,
-                "precision": sel.precision if sel else None, "backend": sel.backend if sel else None}
-
-    def run_record(self) -> dict:
-        r = self._runner
-        return (r.report().as_dict() if r is not None else {}) | (
-            {"selection": self.selection.as_dict()} if self.selection else {})
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> "Node":
-        self.runner()  # load the model before saying we receive: /readyz tells the truth from the start
-        if self.config.intake_processes:
-            from ..intake import Intake
-
-            self.intake_pool = Intake.for_bundle(self.bundle).pool(self.config.intake_processes, processes=True)
-            try:
-                self.intake_pool.warm()
-            except Exception as exc:  # noqa: BLE001 - a start-up problem of this machine, said as such
-                self.stop()
-                raise UsageError(f"could not start {self.config.intake_processes} intake worker process(es) "
-                                 f"({exc.__class__.__name__}: {exc}); run without --intake-processes") from None
+        self.model.runner()  # load the model before saying we receive: /readyz tells the truth from the start
+        try:
+            self.model.start_intake()
+        except UsageError:
+            self.stop()
+            raise
         self.worker.start()
         self.outbox.start()
         self.retention.start()
@@ -162,8 +120,7 @@ class Node:
         self.retention.stop()
         if self.http is not None:
             self.http.stop()
-        if self.intake_pool is not None:
-            self.intake_pool.shutdown()
+        self.model.stop()
         self.state.close()
         self._stopped.set()
 
@@ -179,7 +136,7 @@ class Node:
             self._stopped.wait()
         finally:
             self.stop()
-            if any(t.is_alive() for t in self.abandoned):
+            if any(t.is_alive() for t in self.model.abandoned):
                 # a backend thread stuck in native code would abort the interpreter's shutdown (a crash,
                 # maybe a core dump holding images): everything is stopped and durable, so leave now
                 logging.shutdown()
@@ -232,15 +189,9 @@ class Node:
         return {"status": "alive", "version": __version__, "uptime_s": round(time.time() - self.started_at, 1)}
 
     def readiness(self) -> list[str]:
-        reasons = []
-        if self._runner is None:
-            reasons.append("the model is not loaded")
-        if not self.receiver.alive:
-            reasons.append("the DICOM receiver is not running")
-        if not self.worker.alive:
-            reasons.append("the inference worker is not running")
-        if not self.retention.alive:
-            reasons.append("the spool retention is not running")
+        """Why the node is not ready: each component says it for itself (``not_ready``), then disk space."""
+        reasons = [why for c in (self.model, self.receiver, self.worker, self.outbox, self.retention)
+                   if (why := c.not_ready())]
         why = self.busy()
         if why:
             reasons.append(why)
@@ -274,4 +225,4 @@ class Node:
         window = {"since": iso(since), "as_of": iso(now), "limit": limit, "offset": offset,
                   "studies_in_window": in_window, "by_priority_in_window": {p: n for p, n in counts.items() if p},
                   "truncated": offset + limit < in_window}
-        return worklist_document(records, bundle=self.bundle, run=self.run_record(), window=window)
+        return worklist_document(records, bundle=self.bundle, run=self.model.run_record(), window=window)
