@@ -2,7 +2,7 @@
 """Benchmark of ``edgeinfer serve`` (the DICOM node) against real peers: a benchmark, not a test.
 
     .venv/bin/python benchmarks/node_bench.py [--studies N] [--images-per-study K] [--intervals 0.5,0]
-        [--burst 1000] [--quiet-seconds Q] [--max-size 512] [--threads T] [--pacs-nagle]
+        [--burst 1000] [--compare 200] [--quiet-seconds Q] [--max-size 512] [--threads T] [--pacs-nagle]
         [--serve-arg=ARG ...] [--poll S] [--json OUT] [--report OUT.md] [--keep]
 
 Starts Orthanc (the PACS, AET ``PACS``) and ``edgeinfer serve --send-to PACS@127.0.0.1:PORT --quiet-seconds Q
@@ -14,6 +14,19 @@ then ~5 ms an SR, not ~50.
 
 * **cold**: one study of K images, sent first and waited for; its latency is reported apart (first SR build
   imports highdicom, first inference call).
+* **ingest comparison** (``--compare N``, default 200; 0 skips it): the same N instances (studies of K images,
+  cloned like the steady ones) go to four receivers, one after the other, each alone with the idle node and
+  PACS: DCMTK ``storescp`` (``+xa +B`` into a temporary folder; it does **not** fsync), a second Orthanc
+  (fresh storage, ``SyncStorageArea`` true, its default: the file is fsync'd; the node's SRs go to the other
+  Orthanc), ``benchmarks/bare_scp.py`` (a bare pynetdicom SCP with the node's presentation contexts that
+  only writes each data set to a file and fsyncs it and the folder before Success: the floor the library
+  sets) and the node. The method is the same for each: one storescu call (one association) per instance,
+  back to back, the same files in the same order; before each receiver, what the previous one stored is
+  deleted (unless ``--keep``) and ``sync`` writes every dirty page out (storescp leaves ~90 MB for the kernel
+  to flush, which would land in the next receiver's fsyncs). Ingest = instances answered Success / storescu
+  wall time summed over the calls. What each stored is counted afterwards (files, Orthanc's /statistics, the node's
+  state database: every acknowledged instance must be recorded and its file on disk). The node scores the
+  studies as they go quiet during its pass, as in service; their SRs are waited for before the next phase.
 * **steady**: one pass per ``--intervals`` value (default ``0.5,0``), each with N fresh studies of K images sent
   *one study at a time*: one storescu call per study, a call starting every S seconds (0.5: a load the node
   keeps up with) or back to back (0: the next call starts when the previous returns, faster than the node
@@ -30,9 +43,15 @@ midpoint between the poll that found it and the one before (resolution +-poll/2)
 node's SRs here. Where the time goes comes from the node's state database (``studies.last_received``,
 ``studies.enqueued``, ``results.created``) and ``/metrics`` (``edgeinfer_inference_seconds``).
 
-Writes JSON (``--json``) and a Markdown summary (``--report``), and prints the summary. Needs ``Orthanc`` and
-``storescu`` (Debian: ``apt-get install orthanc dcmtk``). Measure on an idle machine: the load average at start
-and end is recorded, and a note is added when the machine was busy.
+Targets (``targets`` in the JSON, met / not met lines in the summary): the node's ingest at least 80 % of the
+bare pynetdicom SCP's with every acknowledged instance durable; the node's own cost per study (SR seen - last
+instance received - Q - the triage call, in the paced steady pass) at most the triage call
+(``edgeinfer_inference_seconds``); the burst with no 0xA700 and its last SR in Orthanc within 60 s of
+storescu's return.
+
+Writes JSON (``--json``) and a Markdown summary (``--report``), and prints the summary. Needs ``Orthanc``,
+``storescu``, ``storescp`` and ``echoscu`` (Debian: ``apt-get install orthanc dcmtk``). Measure on an idle
+machine: the load average at start and end is recorded, and a note is added when the machine was busy.
 """
 from __future__ import annotations
 
@@ -178,9 +197,10 @@ def cpu_identity() -> dict:
 
 # --- Orthanc --------------------------------------------------------------------------------------------
 class Orthanc:
-    """Orthanc with its own storage and fresh ports (config as in tests/peers.py)."""
+    """Orthanc with its own storage and fresh ports (config as in tests/peers.py). ``sync_storage``: Orthanc's
+    ``SyncStorageArea`` (fsync each stored file; Orthanc's default is true, the PACS runs without it)."""
 
-    def __init__(self, workdir: Path, nodelay: bool = True):
+    def __init__(self, workdir: Path, nodelay: bool = True, sync_storage: bool = False):
         self.binary = find_binary("Orthanc")
         env = dict(os.environ)
         if nodelay:  # DCMTK inside Orthanc: Nagle off, like storescu (else ~45 ms per C-STORE response)
@@ -199,7 +219,7 @@ class Orthanc:
                       "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowStore": True, "UnknownSopClassAccepted": False,
                       "StableAge": 1, "SaveJobs": False, "OrthancExplorerEnabled": False, "WebDavEnabled": False,
                       "MetricsEnabled": False, "HttpThreadsCount": 4, "DicomThreadsCount": 2,
-                      "DicomScpTimeout": 30, "DicomAssociationCloseDelay": 0, "SyncStorageArea": False,
+                      "DicomScpTimeout": 30, "DicomAssociationCloseDelay": 0, "SyncStorageArea": sync_storage,
                       "DicomTlsEnabled": False}
             (run / "orthanc.json").write_text(json.dumps(config, indent=1))
             self.log = run / "orthanc.log"
@@ -328,19 +348,35 @@ class Node:
             con.close()
 
     def timeline(self) -> dict[str, dict]:
-        """Per study (v1): last_received, enqueued, result created (all the node's time.time())."""
-        rows = self.query("SELECT s.study_uid, s.last_received, s.enqueued, r.created, s.state FROM studies s "
-                          "LEFT JOIN results r ON r.study_uid = s.study_uid AND r.version = 1")
-        return {u: {"last_received": lr, "enqueued": enq, "result_created": rc, "state": st}
-                for u, lr, enq, rc, st in rows}
+        """Per study (v1): last_received, enqueued, result created (all the node's time.time()), and the
+        result's per-study image timings (ms: read + decode, preprocess, infer = the model, total)."""
+        rows = self.query("SELECT s.study_uid, s.last_received, s.enqueued, r.created, s.state, r.record "
+                          "FROM studies s LEFT JOIN results r ON r.study_uid = s.study_uid AND r.version = 1")
+        out = {}
+        for u, lr, enq, rc, st, record in rows:
+            try:
+                timings = (json.loads(record).get("study") or {}).get("timings_ms") if record else None
+            except (ValueError, AttributeError):
+                timings = None
+            out[u] = {"last_received": lr, "enqueued": enq, "result_created": rc, "state": st, "timings_ms": timings}
+        return out
+
+    def instances(self) -> dict[str, tuple]:
+        """SOP Instance UID -> (spool path, bytes recorded, purged by retention: when, or None)."""
+        try:
+            rows = self.query("SELECT sop_uid, path, bytes, purged FROM instances")
+        except sqlite3.OperationalError:  # a state without the size and purge columns
+            rows = [(u, p, None, None) for u, p in self.query("SELECT sop_uid, path FROM instances")]
+        return {u: (p, b, pg) for u, p, b, pg in rows}
 
 
 # --- the modality ---------------------------------------------------------------------------------------
-def storescu(node: Node, files: list[Path], *, no_halt: bool = False, timeout: float = 600) -> dict:
-    cmd = [find_binary("storescu"), "-v", "-aec", NODE_AET, "-aet", MODALITY_AET, "-xr"]
+def storescu(port: int, files: list[Path], *, called: str = NODE_AET, no_halt: bool = False,
+             timeout: float = 600) -> dict:
+    cmd = [find_binary("storescu"), "-v", "-aec", called, "-aet", MODALITY_AET, "-xr"]
     if no_halt:
         cmd.append("-nh")
-    cmd += ["127.0.0.1", str(node.port), *map(str, files)]
+    cmd += ["127.0.0.1", str(port), *map(str, files)]
     env = dict(os.environ, TCP_NODELAY="1")  # DCMTK: Nagle off (see the module docstring)
     t0 = time.time()
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
@@ -357,6 +393,168 @@ def storescu(node: Node, files: list[Path], *, no_halt: bool = False, timeout: f
             "files": sent, "tail": text[-1500:]}
 
 
+# --- the ingest comparison: the other receivers -----------------------------------------------------------
+def echo_ok(port: int, called: str) -> bool:
+    """One C-ECHO (DCMTK echoscu) answered: the receiver is up."""
+    try:
+        return subprocess.run([find_binary("echoscu"), "-aec", called, "-aet", MODALITY_AET, "127.0.0.1", str(port)],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                              env=dict(os.environ, TCP_NODELAY="1")).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def wait_echo(proc: subprocess.Popen, port: int, called: str, what: str, log_path: Path) -> None:
+    try:
+        wait_until(lambda: proc.poll() is not None or echo_ok(port, called), 60, 0.1, what)
+    except TimeoutError:
+        pass
+    if proc.poll() is not None or not echo_ok(port, called):
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        raise RuntimeError(f"node_bench: {what} did not start (exit {proc.poll()}):\n{tail}")
+
+
+class StoreSCP:
+    """DCMTK storescp: every instance written as received (``+B``) into a folder; it does not fsync."""
+
+    called = "STORESCP"
+
+    def __init__(self, folder: Path, log_path: Path, started: list):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.port = folder, free_port()
+        self.cmd = [find_binary("storescp"), "-od", str(folder), "+B", "+xa", "-aet", self.called, str(self.port)]
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env=dict(os.environ, TCP_NODELAY="1"), start_new_session=True)
+        started.append(self.proc)
+        wait_echo(self.proc, self.port, self.called, "storescp", log_path)
+
+
+class BareSCP:
+    """benchmarks/bare_scp.py: a bare pynetdicom storage SCP that fsyncs each file and its folder before Success."""
+
+    called = "BARE"
+
+    def __init__(self, folder: Path, log_path: Path, max_pdu: int, started: list):
+        import select
+
+        self.folder = folder
+        self.cmd = [sys.executable, str(ROOT / "benchmarks" / "bare_scp.py"), str(folder), "--port", "0",
+                    "--max-pdu", str(max_pdu), "--ae-title", self.called]
+        with open(log_path, "ab") as err:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                         cwd=ROOT, text=True, start_new_session=True)
+        started.append(self.proc)
+        self.port = None
+        deadline = time.monotonic() + 60
+        while self.port is None and time.monotonic() < deadline and self.proc.poll() is None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            line = self.proc.stdout.readline() if ready else ""
+            if line.startswith("READY "):
+                self.port = int(line.split()[1])
+        if self.port is None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"node_bench: bare_scp.py did not start:\n{tail}")
+        wait_echo(self.proc, self.port, self.called, "bare_scp.py", log_path)
+
+
+def folder_contents(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def serve_max_pdu(serve_args: list[str]) -> int:
+    """The node's --max-pdu as given through --serve-arg, else its default (16384)."""
+    value = None
+    for i, a in enumerate(serve_args):
+        if a.startswith("--max-pdu="):
+            value = a.split("=", 1)[1]
+        elif a == "--max-pdu" and i + 1 < len(serve_args):
+            value = serve_args[i + 1]
+    try:
+        return int(value) if value is not None else 16384
+    except ValueError:
+        return 16384
+
+
+def ingest_pass(port: int, called: str, files: list[Path], sop_of: dict[str, str]) -> dict:
+    """One storescu call (one association) per instance, back to back."""
+    calls = [storescu(port, [f], called=called, timeout=120) for f in files]
+    statuses = [c["statuses"][0] if c["statuses"] else None for c in calls]
+    bad = next((c for c, st in zip(calls, statuses) if st != 0), None)
+    return {"start": calls[0]["start"], "end": calls[-1]["end"], "walls": [c["wall_s"] for c in calls],
+            "statuses": statuses, "acked": [sop_of[str(f)] for f, st in zip(files, statuses) if st == 0],
+            "first_failure": None if bad is None else bad["tail"][-600:]}
+
+
+def compare_ingest(work: Path, args, data: dict, node: Node, started: list) -> dict:
+    """The same instances to storescp, a second Orthanc, the bare pynetdicom SCP and the node, one after the
+    other; each extra receiver runs only for its own pass."""
+    files = [p for _, ps in data["compare"] for p in ps]
+    sop_of = data["sop_of"]
+    raw: dict[str, dict] = {}
+
+    def settle(*leftovers: Path) -> None:
+        """Between receivers: what the last one stored leaves the disk (unless --keep, so that the node never
+        sees less free space than the others did), every dirty page is written out (storescp's are not, and
+        the kernel would flush them during the next receiver's fsyncs), and the machine gets a breath."""
+        if not args.keep:
+            for folder in leftovers:
+                shutil.rmtree(folder, ignore_errors=True)
+        os.sync()
+        time.sleep(1.0)
+
+    def measure(name: str, port: int, called: str) -> dict:
+        log(f"ingest comparison: {len(files)} instances to {name}, one storescu call each")
+        r = ingest_pass(port, called, files, sop_of)
+        log(f"ingest comparison: {name}: {len(r['acked'])} acknowledged in {sum(r['walls']):.1f} s")
+        return r
+
+    settle()
+    scp = StoreSCP(work / "cmp-storescp", work / "storescp.log", started)
+    r = measure("storescp", scp.port, scp.called)
+    stop(scp.proc)
+    r["stored"] = folder_contents(scp.folder)
+    r["command"] = " ".join(["storescp", *scp.cmd[1:]])
+    raw["storescp"] = r
+    settle(scp.folder)
+
+    pacs2 = Orthanc(work / "orthanc-ingest", nodelay=not args.pacs_nagle, sync_storage=True)
+    started.append(pacs2.proc)
+    wait_echo(pacs2.proc, pacs2.dicom_port, PACS_AET, "the second Orthanc's DICOM port", pacs2.log)
+    r = measure("Orthanc", pacs2.dicom_port, PACS_AET)
+    time.sleep(0.5)  # Orthanc answers after its index transaction; the statistics follow it
+    stats = pacs2.rest("/statistics")
+    r["stored"] = (int(stats.get("CountInstances", 0)), int(stats.get("TotalDiskSize", 0)))
+    r["version"] = pacs2.rest("/system").get("Version")
+    stop(pacs2.proc)
+    raw["orthanc"] = r
+    settle(pacs2.log.parent / "storage", pacs2.log.parent / "index")
+
+    bare = BareSCP(work / "cmp-bare", work / "bare_scp.log", serve_max_pdu(args.serve_arg), started)
+    r = measure("the bare pynetdicom SCP", bare.port, bare.called)
+    stop(bare.proc)
+    bare.proc.stdout.close()
+    r["stored"] = folder_contents(bare.folder)
+    r["command"] = " ".join(["python", "benchmarks/bare_scp.py", *bare.cmd[2:]])
+    raw["bare_pynetdicom"] = r
+    settle(bare.folder)
+
+    r = measure("the node", node.port, NODE_AET)
+    recorded = node.instances()   # before retention can purge anything: purged rows count as kept anyway
+    kept = 0
+    for sop in r["acked"]:
+        path, nbytes, purged = recorded.get(sop, (None, None, None))
+        if path is not None and (purged is not None or (os.path.isfile(path) and
+                                                         (nbytes is None or os.path.getsize(path) == nbytes))):
+            kept += 1
+    r["durable_checked"] = kept
+    r["stored"] = (sum(1 for s in r["acked"] if s in recorded), sum(recorded[s][1] or 0 for s in r["acked"]
+                                                                      if s in recorded))
+    raw["node"] = r
+    return raw
+
+
 # --- the data -------------------------------------------------------------------------------------------
 def make_data(work: Path, args) -> dict:
     import pydicom
@@ -368,6 +566,7 @@ def make_data(work: Path, args) -> dict:
     rows = phantom.generate(pool_dir, args.pool, seed=args.seed, max_size=args.max_size)
     pool = [pool_dir / r["path"] for r in rows]
     datasets = [pydicom.dcmread(p) for p in pool]
+    sop_of: dict[str, str] = {}  # cloned file -> its SOP Instance UID
 
     def clone_study(folder: Path, index: int, k: int, sources: list) -> tuple[str, list[Path]]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -387,6 +586,7 @@ def make_data(work: Path, args) -> dict:
             ds.InstanceNumber = j + 1
             path = folder / f"s{index:04d}-{j}.dcm"
             ds.save_as(path, enforce_file_format=True)
+            sop_of[str(path)] = str(ds.SOPInstanceUID)
             paths.append(path)
         return study_uid, paths
 
@@ -399,15 +599,21 @@ def make_data(work: Path, args) -> dict:
               for n in range(len(args.intervals))]
     burst_src = datasets[0]
     burst = [clone_study(work / "burst", i, 1, [burst_src]) for i in range(args.burst)]
+    compare = []  # --compare instances in studies of K (the last one may be smaller)
+    for i in range(-(-args.compare // K)):
+        k = min(K, args.compare - i * K)
+        compare.append(clone_study(work / "compare", i, k, rotating(i * K, k)))
     sizes = [p.stat().st_size for _, ps in steady[0] for p in ps]
+    compare_sizes = [p.stat().st_size for _, ps in compare for p in ps]
     return {
-        "cold": cold, "steady": steady, "burst": burst,
+        "cold": cold, "steady": steady, "burst": burst, "compare": compare, "sop_of": sop_of,
         "info": {
             "generator": f"edgeinfer.phantom.generate({args.pool}, seed={args.seed}, max_size={args.max_size})",
             "pool_images": len(pool),
             "pool": [{"modality": r["modality"], "rows": r["rows"], "columns": r["columns"],
                       "transfer_syntax": r["transfer_syntax"], "photometric": r["photometric"]} for r in rows],
             "steady_bytes_per_instance_mean": round(statistics.fmean(sizes)) if sizes else None,
+            "compare_bytes_per_instance_mean": round(statistics.fmean(compare_sizes)) if compare_sizes else None,
             "burst_source": {"modality": rows[0]["modality"], "rows": rows[0]["rows"], "columns": rows[0]["columns"],
                              "transfer_syntax": rows[0]["transfer_syntax"],
                              "bytes": burst[0][1][0].stat().st_size if burst else None},
@@ -448,9 +654,141 @@ def breakdown(timeline: dict, sr_at: dict, uids: list[str], q: float) -> dict:
             "send_to_pacs_s": summary(send)}
 
 
+def own_cost(timeline: dict, sr_at: dict, uids: list[str], q: float, triage_s: float | None) -> dict:
+    """The node's own cost per study, everything but the triage call: SR seen in Orthanc - the study's last
+    instance received - Q - the triage call (``edgeinfer_inference_seconds`` mean over the phase), split
+    into quiet overrun, score step beyond the triage call (SR build, state transaction), send to PACS;
+    next to the result's own image timings (model inference alone, read + decode + preprocess)."""
+    total, overrun, beyond, send, model, intake = [], [], [], [], [], []
+    for u in uids:
+        t = timeline.get(u)
+        if not t or t["enqueued"] is None or t["result_created"] is None or u not in sr_at:
+            continue
+        tm = t.get("timings_ms") or {}
+        if tm.get("infer") is not None:
+            model.append(tm["infer"] / 1e3)
+            intake.append((tm.get("read", 0) + tm.get("preprocess", 0)) / 1e3)
+        if triage_s is None:
+            continue
+        total.append(sr_at[u] - t["last_received"] - q - triage_s)
+        overrun.append(t["enqueued"] - t["last_received"] - q)
+        beyond.append(t["result_created"] - t["enqueued"] - triage_s)
+        send.append(sr_at[u] - t["result_created"])
+    return {"own_cost_s": summary(total), "quiet_overrun_s": summary(overrun),
+            "score_step_beyond_triage_call_s": summary(beyond), "send_to_pacs_s": summary(send),
+            "triage_call_mean_s": None if triage_s is None else round(triage_s, 4),
+            "model_inference_s": summary(model), "read_decode_preprocess_s": summary(intake)}
+
+
+#: the receivers of the ingest comparison, in the order they are measured
+RECEIVERS = {
+    "storescp": ("DCMTK storescp", False, "no: storescp writes each file (+B, as received) and answers without fsync; "
+                                          "an acknowledged instance can be lost in a power cut"),
+    "orthanc": ("Orthanc (a second one)", True, "SyncStorageArea true (Orthanc's default): the storage file is "
+                                                "fsync'd; index in Orthanc's SQLite database with its own settings"),
+    "bare_pynetdicom": ("bare pynetdicom SCP", True, "yes: the data set as received written to a file, the file and "
+                                                     "its folder fsync'd, then Success"),
+    "node": ("edgeinfer serve", True, "yes: spool file written, fsync'd, renamed, folder fsync'd, the instance "
+                                      "recorded in the state database (SQLite WAL, synchronous=FULL), then Success"),
+}
+
+
+def compare_figures(raw: dict, data: dict, timeline: dict, args) -> dict:
+    n = sum(len(ps) for _, ps in data["compare"])
+    receivers = {}
+    for key, (label, durable, how) in RECEIVERS.items():
+        r = raw[key]
+        walls = r["walls"]
+        st = r["statuses"]
+        counts = {("none" if x is None else f"0x{x:04X}"): st.count(x) for x in dict.fromkeys(st)}
+        d = {"receiver": label, "durable_before_success": durable, "durability": how,
+             "instances": n, "acknowledged": len(r["acked"]), "statuses": counts,
+             "storescu_wall_s_total": round(sum(walls), 3),
+             "storescu_wall_s_per_instance": summary(walls),
+             "ingest_instances_per_s": round(len(r["acked"]) / sum(walls), 2) if sum(walls) else None,
+             "pass_span_s": round(r["end"] - r["start"], 3),
+             "stored_instances": r["stored"][0], "stored_bytes": r["stored"][1]}
+        if r.get("command"):
+            d["command"] = r["command"]
+        if r.get("version"):
+            d["version"] = r["version"]
+        if r["first_failure"]:
+            d["first_failure_tail"] = r["first_failure"]
+        receivers[key] = d
+    bare = receivers["bare_pynetdicom"]["ingest_instances_per_s"]
+    for d in receivers.values():
+        d["vs_bare_pynetdicom"] = round(d["ingest_instances_per_s"] / bare, 3) \
+            if bare and d["ingest_instances_per_s"] is not None else None
+    node_raw = raw["node"]
+    uids = [u for u, _ in data["compare"]]
+    scored = sum(1 for u in uids if timeline.get(u, {}).get("result_created") is not None
+                 and node_raw["start"] <= timeline[u]["result_created"] <= node_raw["end"])
+    receivers["node"].update(acknowledged_and_durable=node_raw["durable_checked"],
+                             studies=len(uids), studies_scored_during_its_pass=scored,
+                             all_srs_seen=node_raw.get("all_srs_seen"))
+    return {"instances": n, "studies": len(uids), "images_per_study": args.images_per_study,
+            "bytes_per_instance_mean": data["info"]["compare_bytes_per_instance_mean"],
+            "sending": "one storescu call (one association) per instance, back to back, the same files in the same "
+                       "order for every receiver, each receiver alone (the node and the PACS idle), after a sync "
+                       "and with the previous receiver's files deleted",
+            "ingest": "instances answered Success / storescu wall time summed over the calls (process start, "
+                      "association, C-STORE, release)",
+            "receivers": receivers, "node_vs_bare_pynetdicom": receivers["node"]["vs_bare_pynetdicom"]}
+
+
+def targets(comparison: dict | None, steady: list[dict], burst: dict | None) -> dict:
+    """The issue's three targets, each with its figures and met (True / False; None: not measured)."""
+    out = {}
+    if comparison:
+        node, bare = comparison["receivers"]["node"], comparison["receivers"]["bare_pynetdicom"]
+        ratio = comparison["node_vs_bare_pynetdicom"]
+        durable = node["acknowledged_and_durable"] == node["acknowledged"] == node["instances"]
+        out["ingest_vs_bare_scp"] = {
+            "target": "the node's ingest at least 80 % of the bare pynetdicom SCP's, every acknowledged instance "
+                      "durable",
+            "node_instances_per_s": node["ingest_instances_per_s"],
+            "bare_instances_per_s": bare["ingest_instances_per_s"],
+            "ratio": ratio, "instances": node["instances"], "acknowledged": node["acknowledged"],
+            "acknowledged_and_durable": node["acknowledged_and_durable"],
+            "met": bool(ratio is not None and ratio >= 0.8 and durable)}
+    else:
+        out["ingest_vs_bare_scp"] = {"target": "the node's ingest at least 80 % of the bare pynetdicom SCP's",
+                                     "met": None, "why": "--compare 0"}
+    paced = [d for d in steady if d["interval_s"] > 0]
+    chosen = max(paced, key=lambda d: d["interval_s"]) if paced else (steady[0] if steady else None)
+    oc = chosen and chosen["own_cost_per_study"]
+    own, inf = (oc["own_cost_s"].get("p50"), oc["triage_call_mean_s"]) if oc else (None, None)
+    out["own_cost_vs_inference"] = {
+        "target": "the node's own cost per study (everything except inference) at most the inference time",
+        "pass": _steady_name(chosen) if chosen else None,
+        "queue_free": bool(paced),
+        "own_cost_s_p50": own, "inference_s": inf,
+        "quiet_overrun_s_p50": oc and oc["quiet_overrun_s"].get("p50"),
+        "score_step_beyond_triage_call_s_p50": oc and oc["score_step_beyond_triage_call_s"].get("p50"),
+        "send_to_pacs_s_p50": oc and oc["send_to_pacs_s"].get("p50"),
+        "model_inference_s_p50": oc and oc["model_inference_s"].get("p50"),
+        "met": None if own is None or inf is None else bool(own <= inf)}
+    if burst:
+        drain = burst["drain_s_after_storescu"]
+        out["burst"] = {
+            "target": "no 0xA700 in the burst (only disk space refuses) and its last SR in Orthanc within 60 s of "
+                      "the burst's end",
+            "instances": burst["instances"], "refused_a700": burst["refused_a700"],
+            "refused_a700_node_metric": burst["refused_a700_node_metric"],
+            "last_sr_after_burst_end_s": drain, "srs_seen": burst["srs_seen"], "accepted": burst["accepted"],
+            "all_srs_seen": burst["all_srs_seen"],
+            "met": bool(burst["refused_a700"] == 0 and burst["refused_a700_node_metric"] == 0
+                        and burst["all_srs_seen"] and drain is not None and drain <= 60)}
+    else:
+        out["burst"] = {"target": "no 0xA700 and the last SR within 60 s of the burst's end", "met": None,
+                        "why": "--burst 0"}
+    return out
+
+
 def run(args) -> dict:
-    if args.studies < 1 or args.images_per_study < 1 or args.burst < 0 or args.quiet_seconds < 0:
-        sys.exit("node_bench: --studies and --images-per-study must be >= 1, --burst and --quiet-seconds >= 0")
+    if args.studies < 1 or args.images_per_study < 1 or args.burst < 0 or args.compare < 0 or args.quiet_seconds < 0:
+        sys.exit("node_bench: --studies and --images-per-study must be >= 1, --burst, --compare and --quiet-seconds "
+                 ">= 0")
     from edgeinfer import sysinfo
 
     machine = sysinfo.machine_info()
@@ -464,6 +802,7 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-node-bench-"))
     q = float(args.quiet_seconds)
     orthanc = node = watch = None
+    started: list[subprocess.Popen] = []  # the comparison's extra receivers
     try:
         log(f"generating data under {work}")
         t0 = time.perf_counter()
@@ -479,11 +818,19 @@ def run(args) -> dict:
 
         # cold: the first study after start
         cold_uid, cold_files = data["cold"]
-        r = storescu(node, cold_files)
+        r = storescu(node.port, cold_files)
         expected += 1
         wait_srs(watch, expected, 60 + q, "the cold study's SR")
         cold = {"storescu_s": round(r["wall_s"], 4), "statuses_ok": r["statuses"] == [0] * len(cold_files),
                 "_end": r["end"], "uid": cold_uid}
+
+        # ingest comparison: storescp, a second Orthanc, the bare pynetdicom SCP, the node
+        compare_raw = None
+        if args.compare:
+            compare_raw = compare_ingest(work, args, data, node, started)
+            expected += len(data["compare"])
+            compare_raw["node"]["all_srs_seen"] = wait_srs(watch, expected, 120 + q + 1.0 * len(data["compare"]),
+                                                           "the comparison studies' SRs")
 
         # steady: one pass per interval
         steady_runs = []
@@ -496,7 +843,7 @@ def run(args) -> dict:
             for uid, files in studies:
                 time.sleep(max(0.0, t_next - time.time()))
                 t_next = time.time() + interval
-                r = storescu(node, files)
+                r = storescu(node.port, files)
                 calls.append((uid, r))
                 if r["statuses"] != [0] * len(files):
                     notes.append(f"steady: a study got statuses {r['statuses']} (rc {r['returncode']})")
@@ -513,7 +860,7 @@ def run(args) -> dict:
         if args.burst:
             files = [p for _, ps in data["burst"] for p in ps]
             log(f"burst: {len(files)} single-image studies in one storescu call")
-            rb = storescu(node, files, no_halt=True, timeout=600)
+            rb = storescu(node.port, files, no_halt=True, timeout=600)
             by_file = dict(zip(rb["files"], rb["statuses"]))
             if len(rb["files"]) != len(rb["statuses"]):
                 notes.append(f"burst: storescu logged {len(rb['files'])} files and {len(rb['statuses'])} responses")
@@ -535,6 +882,8 @@ def run(args) -> dict:
         run_record = json.loads(node.get("/worklist")[1] or b"{}").get("run", {})
         orthanc_version = orthanc.rest("/system").get("Version")
     finally:  # the processes we started go first, whatever failed
+        for proc in started:
+            stop(proc, 10)
         if node is not None:
             stop(node.proc, 20)
         if orthanc is not None:
@@ -581,6 +930,8 @@ def run(args) -> dict:
             "triage_call": inference_delta(sr["m0"], sr["m1"]),
             "latencies_s": [None if x is None else round(x, 4) for x in lats],
         })
+        steady[-1]["own_cost_per_study"] = own_cost(timeline, sr_at, [u for u, _ in calls], q,
+                                                    steady[-1]["triage_call"]["mean_s"])
     burst = None
     if burst_calls is not None:
         rb, accepted, burst_done = burst_calls
@@ -609,6 +960,13 @@ def run(args) -> dict:
             "triage_call": inference_delta(m1, m2),
             "latencies_s": [round(x, 4) for x in acc_lat],
         }
+    comparison = compare_figures(compare_raw, data, timeline, args) if compare_raw else None
+    if comparison:
+        for key, d in comparison["receivers"].items():
+            if d["acknowledged"] != d["instances"] or d["stored_instances"] != d["acknowledged"]:
+                notes.append(f"ingest comparison: {d['receiver']} acknowledged {d['acknowledged']} of "
+                             f"{d['instances']} instances and stored {d['stored_instances']}")
+    goals = targets(comparison, steady, burst)
     if watch.errors:
         notes.append(f"{len(watch.errors)} Orthanc /changes polls failed (first: {watch.errors[0]})")
     if load_end and load_end[0] > 0.5 * cores + 1.5:
@@ -628,6 +986,7 @@ def run(args) -> dict:
                      "pynetdicom": version_of("pynetdicom"), "highdicom": version_of("highdicom"),
                      "numpy": version_of("numpy"), "orthanc": orthanc_version, "dcmtk": m.group(1) if m else None},
         "settings": {"studies": args.studies, "images_per_study": args.images_per_study, "burst": args.burst,
+                     "compare": args.compare,
                      "quiet_seconds": q, "max_size": args.max_size, "seed": args.seed,
                      "steady_intervals_s": args.intervals, "pacs_tcp_nodelay": not args.pacs_nagle,
                      "threads": args.threads if args.threads is not None else "node default",
@@ -648,8 +1007,18 @@ def run(args) -> dict:
                          "association, C-STORE, Orthanc storing it, poll resolution)",
             "triage_call": "edgeinfer_inference_seconds from /metrics over the phase: one TriageEngine.run per "
                            "study (read, decode, preprocess, inference, postprocessing)",
+            "own_cost_per_study": "per study: SR seen in Orthanc - its last instance received (state database) - "
+                                  "quiet - the triage call (the phase's edgeinfer_inference_seconds mean): quiet "
+                                  "overrun + the score step beyond the triage call (SR build, state transaction) + "
+                                  "send to PACS; receiving the instances is the ingest comparison's part. The "
+                                  "target uses the paced steady pass (no queue wait in it)",
+            "ingest_comparison": "one storescu call per instance to each receiver in turn; instances answered Success "
+                                 "/ summed storescu wall time; the node's acknowledged instances are checked against "
+                                 "its state database and spool (recorded, file on disk with the recorded size, or "
+                                 "purged by retention after delivery)",
         },
-        "cold": cold, "steady": steady, "burst": burst, "notes": notes,
+        "cold": cold, "ingest_comparison": comparison, "steady": steady, "burst": burst, "targets": goals,
+        "notes": notes,
     }
 
 
@@ -696,6 +1065,11 @@ def render_markdown(rep: dict) -> str:
         f"- **latency** = SR seen in Orthanc (polled every {st['poll_s'] * 1000:g} ms) - last instance's Success "
         f"(steady: storescu returned; burst: the node's receive time) - quiet period ({st['quiet_seconds']:g} s)",
         "",
+        *render_targets(rep),
+        "",
+        *([*render_comparison(rep), ""] if rep.get("ingest_comparison") else []),
+        "## Phases",
+        "",
         "| mode | instances | ingest (instances/s) | 0xA700 | SR latency after quiet p50 / p95 / max (s) |",
         "|---|--:|--:|--:|--:|",
         f"| cold (first study after start) | {st['images_per_study']} | - | 0 | {_s(c['latency_after_quiet_s'])} |",
@@ -719,6 +1093,20 @@ def render_markdown(rep: dict) -> str:
             bd = d["breakdown"]
             lines.append(f"| {name} | {_trio(bd['quiet_overrun_s'])} | {_trio(bd['queue_score_sr_s'])} | "
                          f"{_trio(bd['send_to_pacs_s'])} | {_s(d['triage_call']['mean_s'], 3)} |")
+    oc = [(_steady_name(d), d["own_cost_per_study"]) for d in s if d.get("own_cost_per_study")]
+    if oc:
+        lines += [
+            "",
+            "The node's own cost per study (everything but the triage call; p50 / p95 / max, s):",
+            "",
+            "| mode | own cost | of which quiet overrun | score step beyond the triage call | send to PACS | "
+            "triage call mean | of which model (p50) |",
+            "|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for name, o in oc:
+            lines.append(f"| {name} | {_trio(o['own_cost_s'], nd=3)} | {_trio(o['quiet_overrun_s'], nd=3)} | "
+                         f"{_trio(o['score_step_beyond_triage_call_s'], nd=3)} | {_trio(o['send_to_pacs_s'], nd=3)} | "
+                         f"{_s(o['triage_call_mean_s'], 3)} | {_s(o['model_inference_s'].get('p50'), 4)} |")
     if b:
         lines += ["", f"Burst: storescu took {_s(b['storescu_wall_s'], 1)} s; the last accepted SR arrived "
                       f"{_s(b['drain_s_after_storescu'], 1)} s after it returned ({_s(b['sr_rate_per_s'], 1)} SRs/s "
@@ -728,6 +1116,69 @@ def render_markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _met(flag) -> str:
+    return "not measured" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def render_targets(rep: dict) -> list[str]:
+    t = rep["targets"]
+    i, o, b = t["ingest_vs_bare_scp"], t["own_cost_vs_inference"], t["burst"]
+    lines = ["## Targets", ""]
+    if i["met"] is None:
+        lines.append(f"- ingest at least 80 % of the bare pynetdicom SCP's: {_met(None)} ({i['why']})")
+    else:
+        lines.append(f"- ingest at least 80 % of the bare pynetdicom SCP's, every acknowledged instance durable: "
+                     f"{_met(i['met'])}: the node {_s(i['node_instances_per_s'], 1)} instances/s, the bare SCP "
+                     f"{_s(i['bare_instances_per_s'], 1)} "
+                     f"({_s(None if i['ratio'] is None else 100 * i['ratio'], 0)} %); "
+                     f"{i['acknowledged']} of {i['instances']} acknowledged, {i['acknowledged_and_durable']} of them "
+                     "recorded in the state database with their file in the spool")
+    if o["met"] is None:
+        lines.append(f"- the node's own cost per study at most the inference time: {_met(None)}")
+    else:
+        lines.append(f"- the node's own cost per study (everything except inference) at most the inference time: "
+                     f"{_met(o['met'])}: {_s(o['own_cost_s_p50'], 3)} s p50 (p50s of its parts: quiet overrun "
+                     f"{_s(o['quiet_overrun_s_p50'], 3)} + score step beyond the triage call "
+                     f"{_s(o['score_step_beyond_triage_call_s_p50'], 3)} + send to PACS "
+                     f"{_s(o['send_to_pacs_s_p50'], 3)}) against a triage call of {_s(o['inference_s'], 3)} s "
+                     f"(model alone {_s(o['model_inference_s_p50'], 4)} s p50); {o['pass']}"
+                     + ("" if o["queue_free"] else ", which queues (no paced pass was run)"))
+    if b["met"] is None:
+        lines.append(f"- burst: no 0xA700, last SR within 60 s: {_met(None)} ({b['why']})")
+    else:
+        lines.append(f"- burst: no 0xA700 and the last SR in Orthanc within 60 s of the burst's end: {_met(b['met'])}: "
+                     f"{b['refused_a700']} of {b['instances']} got 0xA700 ({b['refused_a700_node_metric']} by the "
+                     f"node's /metrics); the last SR {_s(b['last_sr_after_burst_end_s'], 1)} s after storescu returned"
+                     + ("" if b["all_srs_seen"] else f" ({b['srs_seen']} of {b['accepted']} SRs seen before the bench "
+                                                      "gave up)"))
+    return lines
+
+
+def render_comparison(rep: dict) -> list[str]:
+    c = rep.get("ingest_comparison")
+    if not c:
+        return []
+    lines = ["## Ingest comparison", "",
+             f"{c['instances']} instances ({c['studies']} studies of up to {c['images_per_study']}, "
+             f"~{(c['bytes_per_instance_mean'] or 0) / 1024:.0f} KiB each), the same files to each receiver in turn: "
+             f"{c['sending'].split(', the same files')[0]}; ingest = {c['ingest']}.", "",
+             "| receiver | durable before Success | ingest (instances/s) | storescu call p50 / p95 / max (ms) "
+             "| acknowledged | stored | vs bare pynetdicom SCP |",
+             "|---|---|--:|--:|--:|--:|--:|"]
+    for d in c["receivers"].values():
+        walls = d["storescu_wall_s_per_instance"]
+        ms = " / ".join(_s(None if walls.get(k) is None else 1e3 * walls[k], 1) for k in ("p50", "p95", "max")) \
+            if walls.get("n") else "-"
+        lines.append(f"| {d['receiver']} | {'yes' if d['durable_before_success'] else '**no** (no fsync)'} "
+                     f"| {_s(d['ingest_instances_per_s'], 1)} | {ms} | {d['acknowledged']} | {d['stored_instances']} "
+                     f"| {_s(None if d['vs_bare_pynetdicom'] is None else 100 * d['vs_bare_pynetdicom'], 0)} % |")
+    n = c["receivers"]["node"]
+    lines += ["", *[f"- {d['receiver']}: {d['durability']}" for d in c["receivers"].values()],
+              f"- the node scored {n['studies_scored_during_its_pass']} of the {n['studies']} studies during its own "
+              "pass (they go quiet while later ones arrive, as in service)"]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -735,6 +1186,9 @@ def main(argv=None) -> int:
     p.add_argument("--images-per-study", type=int, default=2, help="steady mode: images per study (default 2)")
     p.add_argument("--burst", type=int, default=1000, help="burst mode: single-image studies in one storescu call "
                                                            "(default 1000; 0 skips it)")
+    p.add_argument("--compare", type=int, default=200,
+                   help="ingest comparison: instances sent, one storescu call each, to storescp, a second Orthanc, "
+                        "a bare pynetdicom SCP and the node (default 200; 0 skips it)")
     p.add_argument("--quiet-seconds", type=float, default=2.0,
                    help="the node's --quiet-seconds (default 2; subtracted from every latency)")
     p.add_argument("--intervals", default="0.5,0",
@@ -769,7 +1223,8 @@ def main(argv=None) -> int:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(md)
     print(md)
-    ok = all(d["all_srs_seen"] for d in rep["steady"]) and (rep["burst"] is None or rep["burst"]["all_srs_seen"])
+    ok = all(d["all_srs_seen"] for d in rep["steady"]) and (rep["burst"] is None or rep["burst"]["all_srs_seen"]) \
+        and (rep["ingest_comparison"] is None or rep["ingest_comparison"]["receivers"]["node"]["all_srs_seen"])
     return 0 if ok else 2
 
 

@@ -33,21 +33,34 @@ def test_benchmark_suites_run_once_each(tiny_bundle, phantom_dir, tmp_path):
 
 
 def test_node_benchmark_runs_end_to_end_on_a_small_load(tmp_path):
-    """benchmarks/node_bench.py drives a real node with storescu into Orthanc (a smoke run, no timing asserted)."""
+    """benchmarks/node_bench.py drives a real node with storescu into Orthanc, and its ingest comparison sends the
+    same instances to storescp, a second Orthanc, a bare pynetdicom SCP and the node (a smoke run, no timing
+    asserted)."""
     import json
 
     import peers
 
-    for binary in ("storescu", "Orthanc"):
+    for binary in ("storescu", "storescp", "echoscu", "Orthanc"):
         peers.require_binary(binary)
     out = tmp_path / "node.json"
-    r = subprocess.run([sys.executable, "benchmarks/node_bench.py", "--studies", "2", "--intervals", "0", "--burst", "10",
-                        "--quiet-seconds", "1", "--json", str(out), "--report", str(tmp_path / "node.md")],
+    r = subprocess.run([sys.executable, "benchmarks/node_bench.py", "--studies", "2", "--intervals", "0",
+                        "--burst", "10", "--compare", "4", "--quiet-seconds", "1",
+                        "--json", str(out), "--report", str(tmp_path / "node.md")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["edgeinfer_node_bench"] == 1 and report["machine"]["cpu"]["model"]
-    assert "| burst" in (tmp_path / "node.md").read_text()
+    receivers = report["ingest_comparison"]["receivers"]
+    assert list(receivers) == ["storescp", "orthanc", "bare_pynetdicom", "node"]
+    for name, d in receivers.items():
+        assert d["instances"] == d["acknowledged"] == d["stored_instances"] == 4, (name, d)
+        assert d["ingest_instances_per_s"] > 0, (name, d)
+    assert receivers["node"]["acknowledged_and_durable"] == 4
+    assert set(report["targets"]) == {"ingest_vs_bare_scp", "own_cost_vs_inference", "burst"}
+    assert all(t["met"] in (True, False) for t in report["targets"].values()), report["targets"]
+    assert report["burst"]["refused_a700"] == 0  # only disk space refuses
+    md = (tmp_path / "node.md").read_text()
+    assert "| burst" in md and "## Targets" in md and "bare pynetdicom SCP" in md and "**machine**" in md
 
 
 def test_worklist_load_benchmark_runs_on_a_small_state(tmp_path):
