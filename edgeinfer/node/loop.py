@@ -51,6 +51,11 @@ class Loop:
         """One pass; True if it did work (and the next pass should come at once)."""
         raise NotImplementedError
 
+    def next_wait(self) -> float:
+        """Seconds to wait before the next pass when the last one did nothing (``interval`` unless a loop
+        knows when its next work is due)."""
+        return self.interval
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -58,5 +63,5 @@ class Loop:
                     continue
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
                 log.error("%s pass failed (%s); going on", self.name, exc.__class__.__name__)
-            self._wake.wait(self.interval)
+            self._wake.wait(self.next_wait())
             self._wake.clear()

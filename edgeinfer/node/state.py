@@ -315,6 +315,11 @@ class State:
                                               "ORDER BY sop_uid", (row[0],))]
         return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths, row[5])
 
+    def next_quiet_deadline(self, quiet_for) -> float | None:
+        """When the first receiving study's quiet period ends (``time.time()`` scale), or None."""
+        rows = self._all("SELECT modality, min(last_received) FROM studies WHERE state='receiving' GROUP BY modality")
+        return min((last + quiet_for(modality or "") for modality, last in rows), default=None)
+
     def resume(self) -> int:
         """After a restart: studies that were being scored are queued again, each with one more crash
         counted. Returns how many."""

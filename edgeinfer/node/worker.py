@@ -57,6 +57,14 @@ class Worker(Loop):
         self.refresh_gauges(spool=False)
         return job is not None
 
+    def next_wait(self) -> float:
+        """Until the first quiet period ends (a study is scored when it is complete, not up to a poll later),
+        at most ``interval`` (a study that starts receiving meanwhile is seen at the next pass)."""
+        deadline = self.state.next_quiet_deadline(self.config.quiet_for)
+        if deadline is None:
+            return self.interval
+        return min(self.interval, max(0.005, deadline - time.time() + 0.001))
+
     # -- one study --------------------------------------------------------------------------------
     def give_up(self, job: Job) -> None:
         """The node died ``job.crashes`` times while scoring this version: something in it may be what

@@ -295,3 +295,15 @@ def test_outbox_items_from_before_objects_were_keyed_take_their_file_s_sop_insta
     items = State(tmp_path / "s.db").outbox_items()
     assert [i["sop_uid"] for i in items] == ["1.2.826.0.1.3680043.10.543.7", f"unknown-{items[1]['id']}"]
     assert all(i["state"] == "pending" for i in items)
+
+
+def test_the_next_quiet_deadline_is_the_first_receiving_study_s(tmp_path):
+    st = State(tmp_path / "s.db")
+    assert st.next_quiet_deadline(lambda m: 5.0) is None
+    _add(st, "a.1", study="a", t=10, modality="DX")
+    _add(st, "b.1", study="b", t=12, modality="DX")
+    _add(st, "c.1", study="c", t=11, modality="CT")
+    quiet = {"DX": 5.0, "CT": 30.0}.get
+    assert st.next_quiet_deadline(quiet) == 15.0                 # a: 10 + 5, before c (41) and b (17)
+    st.complete_quiet_studies(quiet, now=15)
+    assert st.next_quiet_deadline(quiet) == 17.0
