@@ -38,7 +38,7 @@ from edgeinfer.backends import RunnerOptions, create_runner
 from edgeinfer.bundle import Artifact, Bundle, load_bundle, sha256_file, write_manifest
 from edgeinfer.errors import BackendError
 from edgeinfer.gate import GateConfig, evaluate_gate, runtime_precision_key
-from edgeinfer.metrics import evaluate
+from edgeinfer.evaluation import evaluate
 from edgeinfer.preprocess import PREPROCESS_IMPL
 from edgeinfer.intake import discover
 from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score

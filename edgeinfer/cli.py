@@ -6,6 +6,7 @@ A subcommand whose extra is not installed says which extra to install.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
@@ -239,11 +240,10 @@ def cmd_serve(args) -> int:
     from .node.config import load_config
     from .node.app import Node
 
-    overrides = {k: getattr(args, k) for k in (
-        "spool", "spool_group", "port", "host", "ae_title", "allow_calling", "max_associations", "acse_timeout", "dimse_timeout",
-        "network_timeout", "max_pdu", "tls_cert", "tls_key", "tls_ca", "quiet_seconds", "max_queue", "min_free_mb", "retain_hours",
-        "inference_timeout", "max_crashes", "send_to", "results", "send_tls_ca", "send_tls_cert", "send_tls_key", "send_horizon", "send_backoff", "send_backoff_max", "worklist", "http_host", "http_port",
-        "bundle", "trust", "backend", "precision", "device", "threads", "batch_size", "intake_processes")}
+    from .node.config import REMOVED, NodeConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(NodeConfig)}
+    overrides |= {name: getattr(args, name) for name in REMOVED}
     config = load_config(args.config, overrides)
     if args.no_http:
         config.http_port = None
@@ -338,6 +338,7 @@ def _add_signing(sub, fmt) -> None:
 
 
 def _add_serve(sub, fmt) -> None:
+    from .node.config import add_arguments
     from .node.status import summary as status_summary
 
     s = sub.add_parser("serve", help="run as a DICOM node: receive studies, triage each, send an SR back to PACS",
@@ -346,67 +347,10 @@ def _add_serve(sub, fmt) -> None:
                            edgeinfer serve --config /etc/edgeinfer/serve.toml
                            edgeinfer serve --port 2762 --tls-cert node.pem --tls-key node.key --tls-ca hospital-ca.pem
                        """) + "\n\nC-STORE status: " + status_summary())
-    a = s.add_argument
-    a("--config", default=None, help="TOML file with the same settings (a [serve] table); flags override it")
-    a("--spool", default=None, help="folder for received instances, results and the state database (default ./spool)")
-    a("--spool-group", dest="spool_group", default=None, metavar="GROUP",
-      help="let this group read the spool (files 0640, folders 0750; default: the node's user only, 0600/0700)")
-    a("--port", type=int, default=None, help="DICOM port (default 11112)")
-    a("--host", default=None, help="address to listen on (default 0.0.0.0)")
-    a("--ae-title", dest="ae_title", default=None, help="this node's AE title (default EDGEINFER)")
-    a("--allow-calling", dest="allow_calling", default=None, metavar="AET,...",
-      help="accept associations only from these calling AE titles")
-    a("--max-associations", dest="max_associations", type=int, default=None, help="concurrent associations (default 10)")
-    a("--acse-timeout", dest="acse_timeout", type=float, default=None, help="seconds (default 30)")
-    a("--dimse-timeout", dest="dimse_timeout", type=float, default=None, help="seconds (default 30)")
-    a("--network-timeout", dest="network_timeout", type=float, default=None, help="seconds (default 60)")
-    a("--max-pdu", dest="max_pdu", type=int, default=None, help="largest PDU accepted, bytes (default 16384)")
-    a("--tls-cert", dest="tls_cert", default=None, help="PEM certificate: DICOM over TLS")
-    a("--tls-key", dest="tls_key", default=None, help="PEM private key for --tls-cert")
-    a("--tls-ca", dest="tls_ca", default=None, help="PEM CA: require client certificates it signed (mutual TLS)")
-    a("--quiet-seconds", dest="quiet_seconds", type=float, default=None,
-      help="a study is complete this long after its last instance (default: 5 for DX/CR, 30 for CT/MR, 10 others)")
-    a("--max-queue", dest="max_queue", type=int, default=None, help=argparse.SUPPRESS)  # removed: says why
-    a("--min-free-mb", dest="min_free_mb", type=int, default=None,
-      help="spool free space (MB) below which instances are answered 0xA700 (default 512); a backlog of studies "
-           "never refuses: /metrics and /readyz report it")
-    a("--retain-hours", dest="retain_hours", type=float, default=None,
-      help="hours a study's instances stay in the spool once its result is delivered (default 24; 0: delete once "
-           "delivered); under disk pressure delivered studies go oldest first; never one unscored or unsent")
-    a("--inference-timeout", dest="inference_timeout", type=float, default=None,
-      help="watchdog: seconds before a study's inference is abandoned and the study goes to a human read (default 120)")
-    a("--max-crashes", dest="max_crashes", type=int, default=None,
-      help="restarts that find a study being scored before it goes to a human read without another try: "
-           "a file that crashes the node cannot stop it for good (default 2)")
-    a("--send-to", dest="send_to", action="append", default=None, metavar="AET@HOST:PORT",
-      help="send each result (DICOM SR) here; repeat for more destinations")
-    a("--result", dest="results", action="append", default=None, metavar="WRITER",
-      help="what to file into PACS for each study version: a result writer's name (sr) or module:function; "
-           "repeat for more (default: sr)")
-    a("--send-tls-ca", dest="send_tls_ca", default=None,
-      help="PEM CA that signed the PACS's certificate: send results over TLS, checking the PACS's certificate")
-    a("--send-tls-cert", dest="send_tls_cert", default=None, help="our PEM client certificate, for mutual TLS")
-    a("--send-tls-key", dest="send_tls_key", default=None, help="PEM private key for --send-tls-cert")
-    a("--send-horizon", dest="send_horizon", type=float, default=None,
-      help="seconds a result is retried while PACS cannot be reached or is busy, before it is dead-lettered "
-           "(default 604800: 7 days); a PACS that refuses the result itself dead-letters it at once")
-    a("--send-backoff", dest="send_backoff", type=float, default=None, help="first retry delay, doubling (default 2 s)")
-    a("--send-backoff-max", dest="send_backoff_max", type=float, default=None,
-      help="longest delay between retries (default 600 s)")
-    a("--worklist", default=None, help="also keep the live worklist JSON in this file (written atomically)")
-    a("--http-host", dest="http_host", default=None, help="HTTP side address (default 127.0.0.1)")
-    a("--http-port", dest="http_port", type=int, default=None, help="HTTP side port (default 8080)")
-    a("--no-http", dest="no_http", action="store_true", help="no HTTP side")
-    a("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
-    _add_trust(s)
-    a("--backend", default=None, help="onnxruntime | openvino | tensorrt | auto (default auto)")
-    a("--precision", default=None, help="fp32 | fp16 | int8 | bf16 | auto (default auto)")
-    a("--device", default=None, help="cpu | cuda | tensorrt (default cpu)")
-    a("--threads", type=int, default=None, help="inference threads")
-    a("--batch-size", dest="batch_size", type=int, default=None)
-    a("--intake-processes", dest="intake_processes", type=int, default=None, metavar="N",
-      help="read and decode images in N processes of their own instead of a thread: a decoder that crashes "
-           "on a file costs that file only, not the node (about 100 MB each; default 0)")
+    s.add_argument("--config", default=None, help="TOML file with the same settings ([serve.dicom], [serve.spool], "
+                   "[serve.model], [serve.outbox], [serve.http]: deploy/serve.toml); flags override it")
+    s.add_argument("--no-http", dest="no_http", action="store_true", help="no HTTP side")
+    add_arguments(s)   # one flag per setting, from its declaration (edgeinfer/node/config.py)
     s.set_defaults(func=cmd_serve)
 
 

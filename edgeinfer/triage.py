@@ -249,7 +249,7 @@ def read_study_labels(path: str | os.PathLike) -> dict[str, bool]:
 
 def evaluate_worklist(studies: list[dict], labels: dict[str, bool], operating_point: float) -> dict:
     """AUC, sensitivity and specificity of the worklist's study scores against ``labels``."""
-    from .metrics import evaluate
+    from .evaluation import evaluate
 
     scored = [(s["score"], labels[s["study_uid"]]) for s in studies
               if s["study_uid"] in labels and s["score"] is not None]

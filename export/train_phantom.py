@@ -97,7 +97,7 @@ def train(args) -> dict:
     import torch
     from torch import nn
 
-    from edgeinfer.metrics import roc_auc
+    from edgeinfer.evaluation import roc_auc
     from .models import phantom_triage_net
 
     torch.manual_seed(args.seed)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import peers
-from edgeinfer.node.config import Destination, NodeConfig, load_config
-from edgeinfer.node.outbox import Outbox, Refused, backoff, store_failure
+from edgeinfer.node.config import NodeConfig
+from edgeinfer.node.outbox import MAX_BACKOFF_S, Outbox, Refused, backoff, store_failure
 from edgeinfer.node.state import State
-from edgeinfer.errors import UsageError
 
 
 def _scored(st: State, study: str, now: float = 0.0) -> None:
@@ -53,22 +50,6 @@ def test_transient_failures_retry_until_the_horizon_and_a_refusal_at_once(tmp_pa
     assert st.outbox_counts() == {"dead": 2}
     assert st.retry_dead("1.1", now=4000) == 1 and st.outbox_counts() == {"dead": 1, "pending": 1}
     assert st.retry_dead(now=4000) == 1 and st.outbox_counts() == {"pending": 2}
-
-
-def test_send_retries_names_its_replacement(tmp_path):
-    cfg = tmp_path / "serve.toml"
-    cfg.write_text("[serve]\nsend_retries = 8\n")
-    with pytest.raises(UsageError, match="replaced by send_horizon"):
-        load_config(cfg)
-
-
-def test_max_queue_says_a_backlog_no_longer_refuses(tmp_path):
-    cfg = tmp_path / "serve.toml"
-    cfg.write_text("[serve]\nmax_queue = 200\n")
-    with pytest.raises(UsageError, match=r"max_queue was removed: a backlog .* /readyz report the backlog; remove max_queue"):
-        load_config(cfg)
-    with pytest.raises(UsageError, match=r"^--max-queue: max_queue was removed.*leave it out$"):
-        load_config(None, {"max_queue": 2})
 
 
 def _cli(*args):
@@ -119,9 +100,16 @@ def test_a_pacs_outage_longer_than_the_old_retry_window_loses_no_sr_even_across_
     assert 'edgeinfer_outbox_items{state="dead"} 0.0' in again.get("/metrics")[1]
 
 
-def test_a_result_writer_that_cannot_be_loaded_is_refused_at_start():
-    with pytest.raises(UsageError, match=r"result writer 'no_such_module:writer': cannot import it .*Python path"):
-        load_config(None, {"results": ["no_such_module:writer"]})
-    with pytest.raises(UsageError, match=r"result writer 'heatmap': not one of sr, and not module:function"):
-        load_config(None, {"results": ["heatmap"]})
-    assert load_config(None, {"results": ["sr"]}).results == ("sr",)
+def test_outbox_retries_then_dead_letters(tmp_path):
+    from test_state import _add
+
+    st = State(tmp_path / "s.db")
+    _add(st, "6.1", study="6.1")
+    st.complete_quiet_studies(lambda m: 0, now=1)
+    st.finish_job(st.next_job(), priority="STAT", score=1.0, record={}, sends=[("PACS@h:104", "1.99", "/r.dcm")], now=1)
+    (item_id, *_), = st.due_sends(now=1)
+    st.mark_failed(item_id, "refused", retry_at=100)
+    assert st.due_sends(now=50) == [] and len(st.due_sends(now=100)) == 1
+    st.mark_failed(item_id, "refused again", retry_at=None)
+    assert st.outbox_counts() == {"dead": 1} and st.dead_letters()[0]["last_error"] == "refused again"
+    assert [backoff(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0] and backoff(30, 2.0) == MAX_BACKOFF_S

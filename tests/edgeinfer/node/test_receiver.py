@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import stat
-import time
 import warnings
 
 import pydicom

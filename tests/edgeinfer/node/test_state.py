@@ -1,36 +1,12 @@
-"""The node's durable parts: config, spool names, SQLite state transitions, outbox backoff."""
-import re
+"""The node's state in SQLite: instances, studies and versions, results, the outbox's rows, retention's
+questions, the schema's migrations."""
 import sqlite3
 import stat
 
 import pytest
 
-from edgeinfer.errors import UsageError
-from edgeinfer.node.config import Destination, NodeConfig, load_config
-from edgeinfer.node.outbox import MAX_BACKOFF_S, backoff
-from edgeinfer.node.spool import Spool, content_digest
+from edgeinfer.node.spool import content_digest
 from edgeinfer.node.state import CONFLICT, DUPLICATE, NEW, State
-
-
-def test_spool_names_are_hashes_never_paths_and_the_spool_is_private(tmp_path):
-    (tmp_path / "spool").mkdir(mode=0o755)                           # a spool made before it was kept private
-    spool = Spool(tmp_path / "spool")
-    digest = content_digest(b"data")
-    for hostile in ("../../x", "/abs/olute", "1.2.3/../../etc", "ABC^PATIENT", "1.2.840.1"):
-        p = spool.store_instance(hostile, digest, b"data")
-        assert p.resolve().is_relative_to((tmp_path / "spool" / "instances").resolve())
-        assert re.fullmatch(r"[0-9a-f]{40}-[0-9a-f]{16}\.dcm", p.name) and re.fullmatch(r"[0-9a-f]{2}", p.parent.name)
-        assert p.read_bytes() == b"data"
-        assert stat.S_IMODE(p.stat().st_mode) == 0o600 and stat.S_IMODE(p.parent.stat().st_mode) == 0o700
-    # two contents under one SOP Instance UID never share a file
-    assert spool.instance_path("1.2.3", digest) != spool.instance_path("1.2.3", content_digest(b"other"))
-    r = spool.store_result("1.2.3.99", b"sr")
-    assert stat.S_IMODE(r.stat().st_mode) == 0o600
-    for d in (spool.root, spool.instances, spool.results):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o700
-    (spool.instances / ".x.dcm-abc.tmp").write_bytes(b"half")
-    assert spool.remove_temporary() == 1
-    assert not list(spool.root.rglob("*.tmp"))
 
 
 def test_the_state_database_is_private(tmp_path):
@@ -185,37 +161,6 @@ def test_instance_arriving_while_scoring_queues_a_new_version(tmp_path):
     assert st.complete_quiet_studies(lambda m: 0, now=4) == ["5.1"] and st.next_job().version == 2
 
 
-def test_outbox_retries_then_dead_letters(tmp_path):
-    st = State(tmp_path / "s.db")
-    _add(st, "6.1", study="6.1")
-    st.complete_quiet_studies(lambda m: 0, now=1)
-    st.finish_job(st.next_job(), priority="STAT", score=1.0, record={}, sends=[("PACS@h:104", "1.99", "/r.dcm")], now=1)
-    (item_id, *_), = st.due_sends(now=1)
-    st.mark_failed(item_id, "refused", retry_at=100)
-    assert st.due_sends(now=50) == [] and len(st.due_sends(now=100)) == 1
-    st.mark_failed(item_id, "refused again", retry_at=None)
-    assert st.outbox_counts() == {"dead": 1} and st.dead_letters()[0]["last_error"] == "refused again"
-    assert [backoff(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0] and backoff(30, 2.0) == MAX_BACKOFF_S
-
-
-def test_config_file_flags_and_clear_errors(tmp_path):
-    cfg = tmp_path / "serve.toml"
-    cfg.write_text('[serve]\nport = 2000\nae_title = "NODE"\nsend_to = ["PACS@127.0.0.1:4242"]\nquiet_seconds = 1\n')
-    c = load_config(cfg, {"port": 3000, "allow_calling": "A,B"})
-    assert (c.port, c.ae_title, c.allow_calling, c.send_to) == (3000, "NODE", ("A", "B"),
-                                                               (Destination("PACS", "127.0.0.1", 4242),))
-    assert c.quiet_for("CT") == 1.0 and NodeConfig().quiet_for("CT") == 30.0 and NodeConfig().quiet_for("DX") == 5.0
-    for bad, words in (("port = 70000", "not a TCP port"), ("max_crashes = 0", "max_crashes must be at least 1"), ('ae_title = "WAY-TOO-LONG-AE-TITLE"', "not an AE title"),
-                       ('tls_cert = "/nope.pem"', "go together"), ("bogus = 1", "unknown setting"),
-                       ('send_tls_cert = "/a.pem"\nsend_tls_key = "/a.key"', "needs send_tls_ca"),
-                       ("port = [", "not valid TOML")):
-        cfg.write_text(bad + "\n")
-        with pytest.raises(UsageError, match=words):
-            load_config(cfg)
-    with pytest.raises(UsageError, match="AET@HOST:PORT"):
-        Destination.parse("PACS:104")
-
-
 def test_the_worklist_window_reads_one_page_in_worklist_order_and_counts_the_rest(tmp_path):
     st = State(tmp_path / "s.db")
     order = ["STAT", "URGENT", "INDETERMINATE", "ROUTINE"]
@@ -239,22 +184,6 @@ def test_the_worklist_window_reads_one_page_in_worklist_order_and_counts_the_res
     assert sum(n for p, n in counts.items() if p) == len(window) and counts[None] == len(range(102, 300, 3))
     assert all("not_applicable" in r for r in page[len(studies):]) and len(page) - len(studies) == 20   # capped too
     assert st.worklist_window(order, since=1000, limit=20) == ([], {})
-
-
-def test_an_operator_s_group_may_read_the_spool_and_an_unknown_group_is_refused(tmp_path):
-    import grp
-    import os
-
-    group = grp.getgrgid(os.getgid()).gr_name
-    spool = Spool(tmp_path / "spool", group=group)
-    p = spool.store_instance("1.2.3", content_digest(b"data"), b"data")
-    r = spool.store_result("1.2.3.99", b"sr")
-    for f in (p, r):
-        assert stat.S_IMODE(f.stat().st_mode) == 0o640 and f.stat().st_gid == os.getgid()
-    for d in (spool.root, spool.instances, spool.results, p.parent):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o750 and d.stat().st_gid == os.getgid()
-    with pytest.raises(UsageError, match=r"spool_group 'no-such-group-xyz': no such group on this machine"):
-        Spool(tmp_path / "other", group="no-such-group-xyz")
 
 
 def test_outbox_items_are_per_object_and_a_version_is_delivered_when_all_are(tmp_path):

@@ -7,7 +7,6 @@ import io
 import warnings
 
 import pydicom
-import pytest
 from pydicom.uid import generate_uid
 
 from test_receiver import _deflate_bomb, _send
