@@ -19,9 +19,11 @@ import numpy as np
 from . import __version__, dicomio
 from .backends import Runner
 from .bundle import Bundle
-from .errors import EdgeInferError, InferenceError
+from .errors import EdgeInferError
 from .intake import DEFAULT_IGNORE, Image, Intake, Pool
 from .vr import shown_modality, shown_uid
+from .tasks import image_scores as _image_scores
+from .tasks import task_for
 from .worklist import INDETERMINATE, priority_order, sort_studies  # noqa: F401 (re-exported)
 
 log = logging.getLogger("edgeinfer.triage")
@@ -40,11 +42,9 @@ def priority_for(score: float | None, bundle: Bundle) -> str:
 
 
 def image_scores(probs: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
-    """(N, n_labels) probabilities -> (image score, finite mask). Score = max over urgent labels."""
-    idx = [bundle.labels.index(lab) for lab in bundle.urgent_labels]
-    finite = np.isfinite(probs).all(axis=1)
-    scores = np.where(finite, probs[:, idx].max(axis=1, initial=-np.inf), np.nan)
-    return scores, finite
+    """(N, n_labels) probabilities -> (image score, finite mask). Score = max over urgent labels
+    (the classification task's rule, :func:`edgeinfer.tasks.image_scores`)."""
+    return _image_scores(probs, [bundle.labels.index(lab) for lab in bundle.urgent_labels])
 
 
 def study_score(scores: Sequence[float], how: str) -> float | None:
@@ -90,6 +90,7 @@ class TriageEngine:
         self.processes = pool.processes if pool is not None else bool(processes)
         self.input_name = bundle.manifest["inputs"][0]["name"]
         self.output_name = bundle.manifest["outputs"][0]["name"]
+        self.task = task_for(bundle)   # what turns the model's output into each image's result (edgeinfer/tasks.py)
 
     # -- public ---------------------------------------------------------------------------
     def run(self, files: Sequence[Path], progress: Callable[[int], None] | None = None) -> Worklist:
@@ -161,12 +162,7 @@ class TriageEngine:
             return [self._result(batch[0], None, (time.perf_counter() - t0) * 1e3, str(exc))]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.runner.infer({self.input_name: x}).get(self.output_name)
-        n_labels = len(self.bundle.labels)
-        if out is None or out.ndim != 2 or out.shape != (x.shape[0], n_labels):
-            shape = None if out is None else tuple(out.shape)
-            raise InferenceError(f"model output has shape {shape}, expected {(x.shape[0], n_labels)}")
-        return np.asarray(out, dtype=np.float64)
+        return self.task.check_output(self.runner.infer({self.input_name: x}).get(self.output_name), x.shape[0])
 
     def _result(self, p: Image, probs: np.ndarray | None, infer_ms: float, failure: str | None) -> dict:
         ds, pre = p.ds, p.prepared
@@ -179,12 +175,11 @@ class TriageEngine:
         if p.notes:
             res["notes"] = p.notes
         if probs is not None:
-            score, finite = image_scores(probs[None], self.bundle)
-            res["label_scores"] = {lab: (float(v) if np.isfinite(v) else None) for lab, v in zip(self.bundle.labels, probs)}
-            if finite[0] and 0.0 <= score[0] <= 1.0:
-                res.update(status="ok", score=float(score[0]))
-            else:
-                failure = "model output is not a finite probability"
+            fields = self.task.image_result(probs)
+            failure = fields.pop("reason", None) if fields.get("score") is None else None
+            res.update(fields)
+            if failure is None:
+                res["status"] = "ok"
         if failure:
             res.update(status="indeterminate", score=None, reason=failure)
         t = p.timings_ms
