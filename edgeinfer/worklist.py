@@ -3,13 +3,53 @@ serves. Light on purpose (no numpy, no model): the DICOM writers and the node's 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
     from .bundle import Bundle
 
 #: a study the model could not decide: ranked above the lowest priority, and read by a human
 INDETERMINATE = "INDETERMINATE"
+
+
+# --- the records, written down (edgeinfer/schema/worklist-v1.schema.json says the same for JSON readers) ---------
+class ImageRecord(TypedDict, total=False):
+    """One image of a study on the worklist, as triage made it and the node stores it."""
+
+    path: str                       # the file read (the node: its hash-named spool file)
+    sop_instance_uid: str
+    series_uid: str
+    modality: str
+    status: str                     # "ok" (scored) or "indeterminate" (see reason)
+    score: float | None             # the task's image score, 0..1; None when not scored
+    reason: str                     # why it was not scored
+    label_scores: dict[str, float | None]   # classification: one probability per bundle label
+    window: dict                    # the window applied: source, center, width, function (or why others were rejected)
+    frame: int                      # the frame used of a multi-frame image
+    inverted: bool                  # MONOCHROME1 inverted to the model's polarity
+    source_shape: list[int]         # the stored image's rows, columns
+    notes: list[str]                # what the reader noticed but accepted
+    timings_ms: dict[str, float | None]     # read (with decode), preprocess, infer, total
+
+
+class StudyRecord(TypedDict, total=False):
+    """One study on the worklist: its priority and score, its images, the model that scored it."""
+
+    study_uid: str
+    priority: str                   # a bundle priority, or INDETERMINATE (a human read)
+    score: float | None             # the study score (max or mean of its image scores); None: not scored
+    modality: str
+    images: list[ImageRecord]
+    failed_images: list[str]        # files of the study that were rejected before scoring
+    model: dict                     # bundle, bundle_version, precision, backend (and the artifact's sha256, provider)
+    reason: str                     # why the study needs a human read
+    version: int                    # the node: which version of the study this result is
+    timings_ms: dict[str, float | None]
+
+
+#: the keys every study and image record has (the schema's "required")
+STUDY_REQUIRED = ("study_uid", "priority", "score", "modality", "images", "failed_images", "model")
+IMAGE_REQUIRED = ("path", "status", "score")
 
 
 def priority_order(bundle: "Bundle") -> list[str]:

@@ -1,6 +1,8 @@
 """The worklist's one order, and the node's document built from result records."""
 from __future__ import annotations
 
+import pytest
+
 from edgeinfer.bundle import load_bundle
 from edgeinfer.worklist import INDETERMINATE, priority_order, sort_studies, worklist_document
 
@@ -27,3 +29,37 @@ def test_the_document_lists_studies_not_applicable_and_errors_with_a_summary():
     assert doc["summary"] == {"files": 4, "images_scored": 2, "studies": 1, "by_priority": doc["summary"]["by_priority"],
                               "not_applicable": 1, "skipped": 1, "errors": 1}
     assert doc["summary"]["by_priority"][top] == 1
+
+
+def _schema() -> dict:
+    import json
+
+    from helpers import ROOT
+
+    return json.loads((ROOT / "edgeinfer" / "schema" / "worklist-v1.schema.json").read_text())
+
+
+def test_the_records_and_the_schema_name_the_same_fields():
+    from typing import get_type_hints
+
+    from edgeinfer.worklist import IMAGE_REQUIRED, STUDY_REQUIRED, ImageRecord, StudyRecord
+
+    schema = _schema()["$defs"]
+    for record, name, required in ((StudyRecord, "study", STUDY_REQUIRED), (ImageRecord, "image", IMAGE_REQUIRED)):
+        assert set(get_type_hints(record)) == set(schema[name]["properties"]), name
+        assert tuple(schema[name]["required"]) == required, name
+
+
+def test_a_real_worklist_is_valid_against_the_schema(phantom_dir):
+    import jsonschema
+
+    from edgeinfer import autoselect
+    from edgeinfer.triage import TriageEngine
+
+    bundle = load_bundle(None)
+    runner = autoselect.choose(bundle, backend="onnxruntime", precision="fp32").create_runner().activate()
+    doc = TriageEngine(bundle, runner).run(sorted(phantom_dir.rglob("*"))).as_dict()
+    jsonschema.validate(doc, _schema())
+    broken = {**doc, "studies": [{**doc["studies"][0], "score": 1.5}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _schema())

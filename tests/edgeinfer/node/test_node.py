@@ -41,6 +41,10 @@ def test_serve_triages_each_study_and_puts_one_sr_per_study_into_pacs(node_facto
     assert all(len(orthanc.srs(uid)) == 1 for uid in study_uids)
     code, wl = node.get("/worklist")
     assert code == 200 and sorted(s["study_uid"] for s in wl["studies"]) == study_uids
+    import jsonschema
+
+    from helpers import ROOT
+    jsonschema.validate(wl, json.loads((ROOT / "edgeinfer" / "schema" / "worklist-v1.schema.json").read_text()))
     assert json.loads(wl_file.read_text())["summary"]["studies"] == len(study_uids)
     # one window of the worklist: the default (the last 24 h, 500 studies), a page of one, a window in the future
     assert wl["window"]["studies_in_window"] == len(study_uids) and wl["window"]["truncated"] is False
