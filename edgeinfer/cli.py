@@ -217,6 +217,8 @@ def cmd_triage(args) -> int:
             emit_json(wl.as_dict(), args.output)
         except OSError as exc:  # full disk, ulimit -f, a folder that became read-only: keep the results
             unwritten = f"could not write the worklist to {args.output} ({exc.strerror or exc})"
+    if args.output_dicom:
+        unwritten = _write_dicom(wl, args.output_dicom) or unwritten
     if args.json:
         emit_json(wl.as_dict(), "-")
     else:
@@ -233,6 +235,37 @@ def cmd_triage(args) -> int:
               "previous file there is unchanged. Free space or fix the path, then run again.", file=sys.stderr)
         return 1
     return wl.exit_code
+
+
+def _write_dicom(wl, folder: str) -> str | None:
+    """Each study's result objects (the node's writers, version 1) into ``folder``; why a study got none is said
+    on stderr (UIDs only), and the run goes on. Returns why the folder itself could not be written, or None."""
+    from ._io import atomic_write
+    from .dicomout import source_header, write_results
+    from .errors import EdgeInferError
+
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"could not make {folder} ({exc.strerror or exc})"
+    written = 0
+    for study in wl.studies:
+        paths = [i["path"] for i in study["images"]] + list(study.get("failed_images", []))
+        sources = [ds for ds in map(source_header, paths) if ds is not None]
+        try:
+            objects = write_results(("sr",), study, sources, bundle=wl.bundle, run=wl.run, version=1)
+        except EdgeInferError as exc:
+            print(f"study {study['study_uid']}: no DICOM result ({exc})", file=sys.stderr)
+            continue
+        for obj in objects:
+            try:
+                atomic_write(out / f"{obj.sop_uid}.dcm", obj.data)
+            except OSError as exc:
+                return f"could not write into {folder} ({exc.strerror or exc})"
+            written += 1
+    print(f"{written} DICOM result(s) written to {folder}", file=sys.stderr)
+    return None
 
 
 # --- serve ---------------------------------------------------------------------------------------
@@ -424,6 +457,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
     _add_trust(s)
     s.add_argument("--output", "-o", default=None, help="write the worklist JSON here")
+    s.add_argument("--output-dicom", dest="output_dicom", default=None, metavar="DIR",
+                   help="also write each study's result as DICOM into DIR (the SR the node sends to PACS, one "
+                        "file per object, named by its SOP Instance UID)")
     s.add_argument("--json", action="store_true", help="print the worklist JSON instead of the table")
     s.add_argument("--backend", default=os.environ.get("EDGEINFER_BACKEND", "auto"),
                    help="onnxruntime | openvino | tensorrt | auto (default: $EDGEINFER_BACKEND or auto = "

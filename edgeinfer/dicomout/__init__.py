@@ -21,7 +21,7 @@ from ..errors import SRError
 from .codes import LABEL_CODES, PRIORITY_MEANINGS, SCHEME, label_code, priority_code
 from .common import part10_bytes
 from .sr import SERIES_NUMBER_BASE, build_sr, sr_bytes, sr_uids
-from .writers import WRITERS, ResultObject, resolve
+from .writers import WRITERS, ResultObject, resolve, source_header, write_results
 
 __all__ = [
     "build_sr",
@@ -38,4 +38,6 @@ __all__ = [
     "ResultObject",
     "WRITERS",
     "resolve",
+    "write_results",
+    "source_header",
 ]

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..errors import UsageError
+from ..errors import EdgeInferError, SRError, UsageError
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,45 @@ def resolve(name: str) -> Writer:
     if not callable(fn):
         raise UsageError(f"result writer {name!r} is not a function")
     return fn
+
+
+def write_results(names: Sequence[str], study: dict, sources, *, bundle: dict, run: dict, version: int
+                  ) -> list[ResultObject]:
+    """Every object the writers called ``names`` make for one study version. An EdgeInferError (sources naming
+    two patients...) passes through; any other failure is an SRError naming the writer and the exception's
+    class only (a header value highdicom refuses may be quoted in its message)."""
+    objects: list[ResultObject] = []
+    for name in names:
+        try:
+            objects += resolve(name)(study, sources, bundle=bundle, run=run, version=version)
+        except EdgeInferError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise SRError(f"the result {name!r} could not be built from the sources' headers "
+                          f"({exc.__class__.__name__})") from None
+    return objects
+
+
+#: an SR source's header is read from the first bytes of its spool file (groups up to 0040)
+_SOURCE_HEAD_BYTES = 8 << 20
+
+
+def source_header(path: str, kept: bytes | None = None):
+    """The patient, study and image header (up to group 0040) of a received instance, without its pixel
+    data: what an SR copies and references. From ``kept``, the header the receiver kept, else from the
+    start of its spool file (an instance stored before headers were kept). Read for every instance of the
+    study, so that the SR names every image, the ones the model could not read included. None when unreadable."""
+    from ..dicomio.parse import routing_header
+    from ..dicomio.quiet import _library_quiet
+
+    try:
+        if kept is not None:
+            data = kept
+        else:
+            with open(path, "rb") as f:
+                data = f.read(_SOURCE_HEAD_BYTES)
+        with _library_quiet():
+            ds = routing_header(data)
+            return ds if str(ds.get("SOPInstanceUID", "") or "").strip() else None
+    except Exception:  # noqa: BLE001 - counted by the caller; no value is shown
+        return None

@@ -170,46 +170,14 @@ class Worker(Loop):
         each object in the spool; one outbox item per object and destination."""
         if not self.config.send_to:
             return []
-        from ..dicomout import resolve
+        from ..dicomout import source_header, write_results
         from ..errors import SRError
 
         kept = self.state.headers(job.paths)   # as received: the images are not read again
         sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
         if not sources:
             raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
-        objects = []
-        for name in self.config.results:
-            try:
-                objects += resolve(name)(study, sources, bundle=record["bundle"], run=record["run"], version=job.version)
-            except EdgeInferError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a header value highdicom refuses; its message may quote it
-                raise SRError(f"the result {name!r} could not be built from the sources' headers "
-                              f"({exc.__class__.__name__})") from None
+        objects = write_results(self.config.results, study, sources, bundle=record["bundle"], run=record["run"],
+                                version=job.version)
         paths = [(obj.sop_uid, str(self.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
         return [(str(d), sop_uid, path) for sop_uid, path in paths for d in self.config.send_to]
-
-
-#: an SR source's header is read from the first bytes of its spool file (groups up to 0040)
-_SOURCE_HEAD_BYTES = 8 << 20
-
-
-def source_header(path: str, kept: bytes | None = None):
-    """The patient, study and image header (up to group 0040) of a received instance, without its pixel
-    data: what an SR copies and references. From ``kept``, the header the receiver kept, else from the
-    start of its spool file (an instance stored before headers were kept). Read for every instance of the
-    study, so that the SR names every image, the ones the model could not read included. None when unreadable."""
-    from ..dicomio.parse import routing_header
-    from ..dicomio.quiet import _library_quiet
-
-    try:
-        if kept is not None:
-            data = kept
-        else:
-            with open(path, "rb") as f:
-                data = f.read(_SOURCE_HEAD_BYTES)
-        with _library_quiet():
-            ds = routing_header(data)
-            return ds if str(ds.get("SOPInstanceUID", "") or "").strip() else None
-    except Exception:  # noqa: BLE001 - counted by the caller; no value is shown
-        return None

@@ -272,3 +272,26 @@ def test_triage_intake_workers(tiny_bundle, phantom_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["triage", str(phantom_dir), "--bundle", str(tiny_bundle), "--workers", "-1"]) != 0
     assert "--workers at least 0" in capsys.readouterr().err
+
+
+def test_triage_writes_each_study_s_sr_with_the_node_s_writer(phantom_dir, tmp_path):
+    """--output-dicom: the same writers as the node, one file per object named by its SOP Instance UID; every
+    document passes dicom3tools' dciodvfy and sits in its source study."""
+    import pydicom
+
+    import peers
+
+    out = tmp_path / "dicom"
+    r = edgeinfer("triage", str(phantom_dir), "--output-dicom", str(out), "--backend", "onnxruntime",
+                  "--precision", "fp32", "--no-progress")
+    assert r.returncode in (0, 2), r.stderr[-2000:]
+    studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in phantom_dir.rglob("*.dcm")}
+    files = sorted(out.glob("*.dcm"))
+    assert f"{len(files)} DICOM result(s) written to {out}" in r.stderr
+    srs = [pydicom.dcmread(f) for f in files]
+    assert {str(s.StudyInstanceUID) for s in srs} == studies and all(f.stem == str(s.SOPInstanceUID)
+                                                                      for f, s in zip(files, srs))
+    assert all(s.Modality == "SR" and s.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" for s in srs)
+    dciodvfy = peers.require_binary("dciodvfy")
+    report = subprocess.run([dciodvfy, str(files[0])], capture_output=True, text=True, timeout=60)
+    assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")], report
