@@ -9,16 +9,18 @@ DEMO   := demo-out
 .PHONY: demo test test-gpu bench train clean peers
 
 # the real DICOM peers the node tests talk to: DCMTK (storescu, echoscu, dsrdump) as the modality,
-# Orthanc as the PACS, dicom3tools (dciodvfy, dcentvfy) as the independent validator of what we write.
+# Orthanc as the PACS, dicom3tools (dciodvfy, dcentvfy) as the independent validator of what we write,
+# Chromium (chromium, chromium-driver) as the browser that loads the node's console page.
 # Installed from Debian when missing (CI runs as root); never mocked.
-PEERS := /usr/bin/storescu /usr/bin/echoscu /usr/bin/dsrdump /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/dcentvfy
+PEERS := /usr/bin/storescu /usr/bin/echoscu /usr/bin/dsrdump /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/bin/dcentvfy \
+         /usr/bin/chromium /usr/bin/chromedriver
 peers:
 	@missing=0; for b in $(PEERS); do [ -x $$b ] || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing DCMTK, Orthanc and dicom3tools (the node tests' modality, PACS and DICOM validator)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools >/dev/null; \
-	  else echo "DCMTK, Orthanc or dicom3tools are missing: run 'apt-get install dcmtk orthanc dicom3tools' as root (the node tests need them)"; fi; \
+	    echo "installing DCMTK, Orthanc, dicom3tools and Chromium (the node tests' modality, PACS, DICOM validator and browser)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools chromium chromium-driver >/dev/null; \
+	  else echo "DCMTK, Orthanc, dicom3tools or Chromium are missing: run 'apt-get install dcmtk orthanc dicom3tools chromium chromium-driver' as root (the node tests need them)"; fi; \
 	fi
 
 $(BIN)/python:

@@ -44,6 +44,7 @@ class StudyRecord(TypedDict, total=False):
     model: dict                     # bundle, bundle_version, precision, backend (and the artifact's sha256, provider)
     reason: str                     # why the study needs a human read
     version: int                    # the node: which version of the study this result is
+    received_last: float            # the node: when its last instance arrived (seconds since the epoch)
     timings_ms: dict[str, float | None]
 
 

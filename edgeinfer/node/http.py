@@ -1,5 +1,6 @@
 """The node's HTTP side, for operators and monitoring: health, readiness, metrics and the worklist.
 
+``GET /``         the console page (HTML, ``console_page.py``): the worklist as a radiographer reads it;
 ``GET /healthz``  200 ``{"status": "alive", ...}`` while the process serves at all (liveness);
 ``GET /readyz``   200 ``{"status": "ready"}``, or 503 ``{"status": "not ready", "reasons": [...]}``; either
                   with the view's ``details()`` when it has any (the node: ``"notes"`` when start-up repaired
@@ -19,7 +20,7 @@ query strings are never logged, and uvicorn's access log is off unless asked for
 
 :class:`HttpServer` runs uvicorn in a background thread, bound to localhost unless told otherwise
 (the worklist is not for the network at large). Only this module and :mod:`.metrics` import
-starlette, uvicorn and prometheus_client; importing ``edgeinfer`` never imports them.
+starlette, uvicorn and prometheus_client (and the page, jinja2); importing ``edgeinfer`` never imports them.
 """
 from __future__ import annotations
 
@@ -130,7 +131,14 @@ def make_app(view: NodeView) -> Starlette:
         body = pages.get(view, query, lambda: json_text(view.worklist(**query)))
         return Response(body, media_type="application/json", headers=_NO_STORE)
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+    @_guarded
+    def console(request: Request) -> Response:
+        from .console_page import render
+
+        return Response(render(view), media_type="text/html; charset=utf-8", headers=_NO_STORE)
+
+    routes = [Route("/", console, methods=["GET"]),
+              Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), Route("/worklist", worklist, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 

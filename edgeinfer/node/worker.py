@@ -139,7 +139,7 @@ class Worker(Loop):
         study = record["study"]
         sends = []
         if study is not None:
-            study["version"] = job.version
+            study["version"], study["received_last"] = job.version, job.last_received
             try:
                 sends = self._result_for_pacs(job, study, record)
             except EdgeInferError as exc:  # e.g. sources naming two patients: no SR, and a human read

@@ -277,3 +277,21 @@ def test_importing_edgeinfer_does_not_import_the_http_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_console_page_is_html_escaped_and_most_urgent_first(server, view):
+    view.list = {**view.list, "bundle": {"name": "phantom-cxr", "version": "0.1.0"},
+                 "studies": [{"study_uid": "1.2.3", "priority": "STAT", "score": 0.97, "modality": "DX", "images": [{}],
+                              "failed_images": [], "received_last": 1.0},
+                             {"study_uid": "<script>alert(1)</script>", "priority": "INDETERMINATE", "score": None,
+                              "modality": "CR", "images": [], "failed_images": ["x"], "reason": "watchdog & more"}],
+                 "summary": {"by_priority": {"STAT": 1, "URGENT": 0, "INDETERMINATE": 1, "ROUTINE": 0}}}
+    status, headers, body = get(server.url + "/")
+    page = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "watchdog &amp; more" in page and "not for clinical" in page
+    assert page.index('data-priority="STAT"') < page.index('data-priority="INDETERMINATE"')
+    assert "Patient names and accession numbers are not shown: this HTTP side has no TLS and no access control" in page
+    view.reasons = ["the model is not loaded"]
+    assert "Not ready: the model is not loaded" in get(server.url + "/")[2].decode()
