@@ -1,7 +1,6 @@
 """The one atomic writer, the strict JSON reader and the output-path check."""
 import ast
 import json
-import os
 import resource
 from pathlib import Path
 

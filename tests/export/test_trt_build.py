@@ -337,7 +337,7 @@ def test_cli_parses_batch_and_reports_errors(bundle):
 
 # --- the build flow against the fake ---------------------------------------------------------
 def test_fp32_build_writes_plan_and_record(bundle, fake, tmp_path):
-    f = fake()
+    fake()  # installs the fake builder
     tc = tmp_path / "timing.cache"
     tc.write_bytes(b"OLD")
     rec = trt_build.build_engine(bundle, "fp32", workspace_mb=256, batch=(1, 4, 8), timing_cache=tc,

@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 from helpers import make_bundle
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edgeinfer.backends import RunnerOptions, create_runner
 from edgeinfer.backends.openvino import hint_for
