@@ -168,7 +168,7 @@ def test_worklist_pages_are_rendered_once_per_version_and_reused(server, view, m
     assert len(view.queries) == 3
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/healthz/x", "/worklist.json", "/metrics/../etc/passwd"])
+@pytest.mark.parametrize("path", ["/nope", "/index.html", "/healthz/x", "/worklist.json", "/metrics/../etc/passwd"])
 def test_unknown_paths_are_404(server, path):
     status, _, body = get(server.url + path)
     assert status == 404
