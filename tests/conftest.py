@@ -70,3 +70,16 @@ def corpus_dir():
     import pydicom
 
     return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture(autouse=True)
+def _edgeinfer_logger_as_found():
+    """``edgeinfer.cli.main`` run in-process configures the "edgeinfer" logger (its own handler, no propagation):
+    put it back after each test, so that a later test's caplog sees edgeinfer's records whatever the order."""
+    import logging
+
+    lg = logging.getLogger("edgeinfer")
+    saved = (lg.propagate, lg.level, list(lg.handlers))
+    yield
+    lg.propagate, lg.level = saved[0], saved[1]
+    lg.handlers[:] = saved[2]
