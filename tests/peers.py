@@ -101,6 +101,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def find_binary(name: str) -> str | None:
     found = shutil.which(name)
     if found:

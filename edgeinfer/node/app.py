@@ -24,6 +24,7 @@ from ..bundle import load_bundle
 from ..errors import UsageError
 from ..worklist import priority_order, worklist_document
 from .config import NodeConfig
+from .builder import ResultBuilder
 from .model import ModelHost
 from .outbox import Outbox
 from .receiver import Receiver
@@ -64,8 +65,12 @@ class Node:
         self.model = ModelHost(config, self.bundle)
         self.receiver = Receiver(config, self.spool, self.state, metrics=self.metrics, busy=self.busy)
         self.outbox = Outbox(config, self.state, self.metrics)
-        self.worker = Worker(config, self.state, self.spool, self.model, self.metrics, wake_outbox=self.outbox.wake,
-                             on_result=self.result_recorded, refresh_gauges=self.refresh_gauges)
+        #: result objects are built beside the worker (nothing to build when nothing is sent)
+        self.builder = ResultBuilder(config.result_processes if config.send_to else 0,
+                                     timeout=config.inference_timeout)
+        self.worker = Worker(config, self.state, self.spool, self.model, self.metrics, builder=self.builder,
+                             wake_outbox=self.outbox.wake, on_result=self.result_recorded,
+                             refresh_gauges=self.refresh_gauges)
         self.retention = Retention(config, self.state, self.spool, self.metrics)
         left = self.retention.remove_leftovers()
         if left:
@@ -81,6 +86,7 @@ class Node:
         self.model.runner()  # load the model before saying we receive: /readyz tells the truth from the start
         try:
             self.model.start_intake()
+            self._start_builder()
         except UsageError:
             self.stop()
             raise
@@ -116,6 +122,7 @@ class Node:
         job = self.worker.current
         if job is not None:  # a clean stop is not a crash: the study is scored after the restart, uncounted
             self.state.requeue(job)
+        self.builder.stop()
         self.outbox.stop()
         self.retention.stop()
         if self.http is not None:
@@ -123,6 +130,13 @@ class Node:
         self.model.stop()
         self.state.close()
         self._stopped.set()
+
+    def _start_builder(self) -> None:
+        try:
+            self.builder.start()
+        except Exception as exc:  # noqa: BLE001 - a start-up problem of this machine, said as such
+            raise UsageError(f"could not start the result builder process ({exc.__class__.__name__}: {exc}); "
+                             "run with --result-processes 0") from None
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly."""

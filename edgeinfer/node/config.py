@@ -120,6 +120,9 @@ class NodeConfig:
     send_to: tuple[Destination, ...] = setting((), "outbox", "send each result here; repeat for more destinations",
                                                flag="--send-to", metavar="AET@HOST:PORT", append=True,
                                                sample=("PACS@10.0.0.5:104",))
+    result_processes: int = setting(1, "outbox", "build the result objects (the SR...) in N processes of their own "
+                                    "while the worker scores the next study (0: in the worker's thread; about "
+                                    "100 MB each)", metavar="N")
     results: tuple[str, ...] = setting(("sr",), "outbox", "what to file into PACS for each study version: a result "
                                        "writer's name (sr) or module:function; repeat for more", flag="--result",
                                        metavar="WRITER", append=True)
@@ -175,6 +178,8 @@ class NodeConfig:
                 problems.append(f"{name} must be a positive number of seconds")
         if int(self.intake_processes) < 0:
             problems.append("intake_processes must be 0 (a thread) or more")
+        if int(self.result_processes) < 0:
+            problems.append("result_processes must be 0 (the worker's thread) or more")
         if not float(self.retain_hours) >= 0:
             problems.append("retain_hours must be 0 (delete once delivered) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:

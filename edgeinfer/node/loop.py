@@ -51,6 +51,9 @@ class Loop:
         """One pass; True if it did work (and the next pass should come at once)."""
         raise NotImplementedError
 
+    def on_stop(self) -> None:
+        """Called in the loop's thread after its last pass (finish what must not be left half done)."""
+
     def next_wait(self) -> float:
         """Seconds to wait before the next pass when the last one did nothing (``interval`` unless a loop
         knows when its next work is due)."""
@@ -65,3 +68,7 @@ class Loop:
                 log.error("%s pass failed (%s); going on", self.name, exc.__class__.__name__)
             self._wake.wait(self.next_wait())
             self._wake.clear()
+        try:
+            self.on_stop()
+        except Exception as exc:  # noqa: BLE001
+            log.error("%s: finishing failed (%s)", self.name, exc.__class__.__name__)

@@ -60,40 +60,90 @@ def client_tls(config: NodeConfig):
 
 #: what a result is proposed in (the SR is written in the first)
 SCU_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")   # Explicit, Implicit VR Little Endian
+#: the SOP classes result writers make, proposed on every association to PACS: Comprehensive SR, Enhanced SR,
+#: Secondary Capture, Segmentation
+RESULT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.7",
+                      "1.2.840.10008.5.1.4.1.1.66.4")
 
 
-def send_file(path: str, dest: Destination, calling_aet: str, timeout: float = 30.0, tls=None) -> str | None:
-    """C-STORE one Part 10 file to ``dest`` (over TLS with ``tls``, an SSL context). None on success,
-    else why it failed (no data values)."""
-    import pydicom
-    from pynetdicom import AE
+class Associations:
+    """The associations a drain sends over: one per destination (a PACS may serve one association at a time,
+    as DCMTK's storescp does), opened at its first item and kept for the items after it (a burst of results
+    costs one handshake, not one each), all released by :meth:`close` at the end of the drain, so nothing
+    stays open to PACS while the outbox is idle. It proposes every SOP class the result writers make
+    (:data:`RESULT_SOP_CLASSES`) and the item's own; an item whose class the PACS did not accept there gets
+    a fresh association for it. A failed send drops its association; the next item opens a fresh one."""
 
-    ds = pydicom.dcmread(path)
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(ds.SOPClassUID, list(SCU_TRANSFER_SYNTAXES))
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
-                         tls_args=(tls, dest.host) if tls is not None else None)
-    if not assoc.is_established:
-        return (f"association with {dest} was not established (rejected, aborted, no answer"
-                + (", or the TLS handshake failed)" if tls is not None else ")"))
-    nodelay(assoc.dul.socket.socket)
-    try:
-        status = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
-    if not status or "Status" not in status:
-        return f"{dest} sent no C-STORE response (connection lost or DIMSE timeout)"
-    return store_failure(int(status.Status), dest)
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
+        self._open: dict[str, object] = {}
+
+    def send(self, path: str, dest: Destination, calling_aet: str, tls=None) -> str | None:
+        """C-STORE one Part 10 file to ``dest`` (over TLS with ``tls``, an SSL context). None on success,
+        else why it failed (no data values)."""
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        key, sop_class = str(dest), str(ds.SOPClassUID)
+        assoc = self._open.get(key)
+        if assoc is not None and not (assoc.is_established and any(
+                c.abstract_syntax == sop_class for c in assoc.accepted_contexts)):
+            self._drop(key)
+            assoc = None
+        if assoc is None:
+            assoc = self._associate(sop_class, dest, calling_aet, tls)
+            if assoc is None:
+                return (f"association with {dest} was not established (rejected, aborted, no answer"
+                        + (", or the TLS handshake failed)" if tls is not None else ")"))
+            self._open[key] = assoc
+        try:
+            status = assoc.send_c_store(ds)
+        except Exception:  # noqa: BLE001 - the connection went away under the send: a fresh one next time
+            status = None
+        if not status or "Status" not in status:
+            self._drop(key, abort=True)
+            return f"{dest} sent no C-STORE response (connection lost or DIMSE timeout)"
+        return store_failure(int(status.Status), dest)
+
+    def _associate(self, sop_class, dest: Destination, calling_aet: str, tls):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        for uid in dict.fromkeys((sop_class, *RESULT_SOP_CLASSES)):
+            ae.add_requested_context(uid, list(SCU_TRANSFER_SYNTAXES))
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet,
+                             tls_args=(tls, dest.host) if tls is not None else None)
+        if not assoc.is_established:
+            return None
+        nodelay(assoc.dul.socket.socket)
+        return assoc
+
+    def _drop(self, key, *, abort: bool = False) -> None:
+        assoc = self._open.pop(key, None)
+        if assoc is not None and assoc.is_established:
+            try:
+                assoc.abort() if abort else assoc.release()
+            except Exception:  # noqa: BLE001 - it is gone either way
+                pass
+
+    def close(self) -> None:
+        """Release every association (the end of a drain)."""
+        for key in list(self._open):
+            self._drop(key)
 
 
 class Outbox(Loop):
     name = "edgeinfer-outbox"
     what = "outbox"
 
-    def __init__(self, config: NodeConfig, state: State, metrics=None, send=send_file):
+    def __init__(self, config: NodeConfig, state: State, metrics=None, send=None):
+        """``send(path, dest, calling_aet, tls=None)``: how one item goes (None: over :class:`Associations`
+        kept for the drain)."""
         super().__init__()
-        self.config, self.state, self.metrics, self.send = config, state, metrics, send
+        self.config, self.state, self.metrics = config, state, metrics
+        self.associations = Associations() if send is None else None
+        self.send = send or self.associations.send
         self.tls = client_tls(config)
 
     def step(self) -> bool:
@@ -102,6 +152,13 @@ class Outbox(Loop):
 
     def drain(self) -> int:
         """Send every item that is due now; returns how many were attempted."""
+        try:
+            return self._drain()
+        finally:
+            if self.associations is not None:
+                self.associations.close()
+
+    def _drain(self) -> int:
         due = self.state.due_sends()
         c = self.config
         for item_id, study_uid, version, destination, path, attempts, created, sop_uid in due:

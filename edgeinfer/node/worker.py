@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import EdgeInferError
 from ..triage import TriageEngine
 from ..worklist import INDETERMINATE
+from .builder import ResultBuilder
 from .loop import Loop
 from .state import Job
 
@@ -18,23 +21,43 @@ audit = logging.getLogger("edgeinfer.audit")
 
 class Worker(Loop):
     """Scores queued studies one at a time. A hung inference is stopped after ``inference_timeout``
-    seconds: the study is INDETERMINATE (a human read), a fresh runner takes over, the next study goes on."""
+    seconds: the study is INDETERMINATE (a human read), a fresh runner takes over, the next study goes on.
+
+    A scored study's result objects are built by the :class:`ResultBuilder` (a process of its own by
+    default) while the next study is scored; its result is recorded (one transaction with its outbox items)
+    once they are built, in scoring order, at most ``PIPELINE`` studies behind. Nothing waits when there
+    is no next study: the result is recorded as soon as it is built."""
 
     name = "edgeinfer-worker"
     what = "inference worker"
     interval = 0.2   # how often quiet timers are looked at
+    #: scored studies whose results may still be building while the next one is scored
+    PIPELINE = 1
 
-    def __init__(self, config, state, spool, model, metrics=None, *, wake_outbox=lambda: None,
-                 on_result=lambda job, record: None, refresh_gauges=lambda **kw: None):
+    def __init__(self, config, state, spool, model, metrics=None, *, builder: ResultBuilder | None = None,
+                 wake_outbox=lambda: None, on_result=lambda job, record: None, refresh_gauges=lambda **kw: None):
         """Exactly what it uses: the settings, the state, the spool (results go there), the model host, the
-        metrics, and three hooks: wake the outbox after a result, tell the node a result was recorded (the
-        audit line, the worklist file), refresh the gauges."""
+        metrics, the result builder (None: in this thread), and three hooks: wake the outbox after a result,
+        tell the node a result was recorded (the audit line, the worklist file), refresh the gauges."""
         super().__init__()
         self.config, self.state, self.spool, self.model, self.metrics = config, state, spool, model, metrics
+        self.builder = builder or ResultBuilder(processes=0, timeout=config.inference_timeout)
         self.wake_outbox, self.on_result, self.refresh_gauges = wake_outbox, on_result, refresh_gauges
         self.current: Job | None = None
+        #: (job, record, future of its result objects or None), in scoring order
+        self.building: deque[tuple[Job, dict, Future | None]] = deque()
+
+    def on_stop(self) -> None:
+        """The loop ends: record every result still building (a clean stop loses none)."""
+        self._commit_all()
+
+    def _commit_all(self) -> None:
+        while self.building:
+            self._commit(*self.building.popleft())
 
     def step(self) -> bool:
+        while self.building and (self.building[0][2] is None or self.building[0][2].done()):
+            self._commit(*self.building.popleft())
         for uid in self.state.complete_quiet_studies(self.config.quiet_for):
             n, senders = self.state.received_from(uid)
             audit.info("study %s received: %d instance(s) from %s (quiet period passed)", uid, n,
@@ -54,6 +77,8 @@ class Worker(Loop):
                                                            f"({exc.__class__.__name__})"))
             finally:
                 self.current = None
+        else:
+            self._commit_all()   # nothing to score meanwhile: record what is building as soon as it is built
         self.refresh_gauges(spool=False)
         return job is not None
 
@@ -133,15 +158,32 @@ class Worker(Loop):
         self._record(job, record)
 
     def _record(self, job: Job, record: dict) -> None:
-        """The result of one study version: its SR into the spool and the outbox, then one transaction."""
+        """The result of one study version: its objects go to the builder; recorded when built (:meth:`_commit`)."""
         record.update(version=job.version, bundle=self.model.bundle.summary(), received_last=job.last_received,
                       scored_at=time.time())
         study = record["study"]
-        sends = []
+        future = None
         if study is not None:
             study["version"], study["received_last"] = job.version, job.last_received
+            if self.config.send_to:
+                kept = self.state.headers(job.paths)   # as received: the images are not read again
+                future = self.builder.submit(self.config.results, study, [(p, kept.get(p)) for p in job.paths],
+                                             bundle=record["bundle"], run=record["run"], version=job.version)
+        self.building.append((job, record, future))
+        while self.building and (len(self.building) > self.PIPELINE or self.building[0][2] is None
+                                 or self.building[0][2].done()):
+            self._commit(*self.building.popleft())
+
+    def _commit(self, job: Job, record: dict, future: Future | None) -> None:
+        """Its objects into the spool, then one transaction: the result and one outbox item per object and
+        destination."""
+        study = record["study"]
+        sends = []
+        if future is not None:
             try:
-                sends = self._result_for_pacs(job, study, record)
+                objects = self.builder.result(future, job.study_uid)
+                paths = [(obj.sop_uid, str(self.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
+                sends = [(str(d), sop_uid, path) for sop_uid, path in paths for d in self.config.send_to]
             except EdgeInferError as exc:  # e.g. sources naming two patients: no SR, and a human read
                 log.error("study %s: no result can be sent to PACS (%s); it goes to a human read",
                           job.study_uid, exc)
@@ -164,20 +206,3 @@ class Worker(Loop):
         study = self._human_read_study(job, why, job.paths)
         return {"study": study, "skipped": [], "errors": [{"path": p, "code": code, "reason": why}
                                                           for p in job.paths], "run": self.model.run_record()}
-
-    def _result_for_pacs(self, job: Job, study: dict, record: dict) -> list[tuple[str, str, str]]:
-        """Run every result writer (``results``: the SR, and what else is configured) on this study version, store
-        each object in the spool; one outbox item per object and destination."""
-        if not self.config.send_to:
-            return []
-        from ..dicomout import source_header, write_results
-        from ..errors import SRError
-
-        kept = self.state.headers(job.paths)   # as received: the images are not read again
-        sources = [ds for ds in (source_header(p, kept.get(p)) for p in job.paths) if ds is not None]
-        if not sources:
-            raise SRError(f"no header of the study's {len(job.paths)} instance(s) could be read")
-        objects = write_results(self.config.results, study, sources, bundle=record["bundle"], run=record["run"],
-                                version=job.version)
-        paths = [(obj.sop_uid, str(self.spool.store_result(obj.sop_uid, obj.data))) for obj in objects]
-        return [(str(d), sop_uid, path) for sop_uid, path in paths for d in self.config.send_to]

@@ -113,3 +113,44 @@ def test_outbox_retries_then_dead_letters(tmp_path):
     st.mark_failed(item_id, "refused again", retry_at=None)
     assert st.outbox_counts() == {"dead": 1} and st.dead_letters()[0]["last_error"] == "refused again"
     assert [backoff(n, 2.0) for n in (1, 2, 3)] == [2.0, 4.0, 8.0] and backoff(30, 2.0) == MAX_BACKOFF_S
+
+
+def test_the_results_due_in_one_drain_share_one_association_released_at_its_end(tmp_path, node_phantoms):
+    """A burst of results costs one handshake with PACS, not one each (objects of different SOP classes
+    included: storescp serves one association at a time); nothing stays open while idle. The PACS is
+    DCMTK's storescp, which logs every association it acknowledges and every release."""
+    import pydicom
+
+    from edgeinfer.dicomout import build_sr, sr_bytes
+
+    storescp = peers.require_binary("storescp")
+    image, *others = sorted(node_phantoms.rglob("*.dcm"))[:3]
+    files = [image]                              # an image first: its class plus every result class proposed
+    for i, f in enumerate(others):               # then two SRs: the same association carries them
+        head = pydicom.dcmread(f, stop_before_pixels=True)
+        study = {"study_uid": str(head.StudyInstanceUID), "priority": "ROUTINE", "score": 0.1, "images": []}
+        files.append(tmp_path / f"sr{i}.dcm")
+        files[-1].write_bytes(sr_bytes(build_sr(study, [head], bundle={"name": "m", "version": "1"}, run={},
+                                                version=1)))
+    port, out = peers.free_port(), tmp_path / "received"
+    out.mkdir()
+    log = (tmp_path / "storescp.log").open("w")
+    scp = subprocess.Popen([storescp, "-v", "-aet", "PACS", "-od", str(out), str(port)], stdout=log, stderr=log)
+    try:
+        peers.wait_until(lambda: peers.port_open("127.0.0.1", port), 10, 0.05, "storescp listening")
+        st = State(tmp_path / "s.db")
+        for i, f in enumerate(files):
+            _scored(st, f"7.{i}")
+            st._db.execute("UPDATE outbox SET path=? WHERE study_uid=?", (str(f), f"7.{i}"))
+        st._db.execute(f"UPDATE outbox SET destination='PACS@127.0.0.1:{port}', next_attempt=0")
+        box = Outbox(NodeConfig(), st)
+        assert box.drain() == 3 and st.outbox_counts() == {"sent": 3}
+        peers.wait_until(lambda: len(list(out.iterdir())) == 3, 10, 0.05, "three files stored")
+        peers.wait_until(lambda: "Association Release" in (tmp_path / "storescp.log").read_text(), 10, 0.05,
+                         "the association released after the drain")
+        text = (tmp_path / "storescp.log").read_text()
+        assert text.count("Association Acknowledged") == 1 and text.count("Received Store Request") == 3
+        assert sorted(f.name.split(".")[0] for f in out.iterdir())[-2:] == ["SRc", "SRc"]  # two classes, one association
+    finally:
+        peers.stop_process(scp)
+        log.close()
