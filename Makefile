@@ -46,6 +46,8 @@ demo: $(VENV)/.runtime
 	$(BIN)/edgeinfer phantom $(DEMO)/studies --n 120 --seed 2026 --no-progress
 	$(BIN)/edgeinfer triage $(DEMO)/studies --labels $(DEMO)/studies/labels.csv --output $(DEMO)/worklist.json --no-progress
 	$(BIN)/edgeinfer preview $$(ls $(DEMO)/studies/study0001/series01/*.dcm | head -1) --out $(DEMO)/preview.png
+	$(BIN)/edgeinfer preview $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/worklist.json'))['studies'][0]['images'][0]['path'])") \
+	    --heatmap --out $(DEMO)/heatmap.png
 
 test: $(VENV)/.dev peers
 	$(BIN)/python -m pytest
@@ -70,6 +72,8 @@ train: $(VENV)/.dev
 	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 12 --difficulty 1 --threads 1
 	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 6 --lr 1.5e-3 \
 	    --difficulty 1 0.5 --resume --threads 1
+	$(BIN)/python -m edgeinfer_export.train_phantom --n-train 1200 --n-val 400 --max-size 512 --epochs 4 --lr 5e-4 \
+	    --difficulty 1 0.5 --resume --cam-weight 1 --threads 2
 
 clean:
 	rm -rf $(VENV) $(DEMO) .cache .pytest_cache

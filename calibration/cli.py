@@ -42,7 +42,8 @@ def _gate(args):
     try:
         return GateConfig(min_agreement=args.min_agreement, max_auc_drop=args.max_auc_drop,
                           max_sensitivity_drop=args.max_sensitivity_drop, max_abs_score_diff=args.max_score_diff,
-                          require_labels=args.require_labels)
+                          require_labels=args.require_labels, min_heatmap_r=args.min_heatmap_r,
+                          max_pointing_drop=args.max_pointing_drop)
     except ValueError as exc:
         from edgeinfer.errors import UsageError
 
@@ -121,9 +122,11 @@ def _print_report(d: dict, labels: bool) -> None:
                   f"{g['min_agreement']:.1%}, AUC drop <= {g['max_auc_drop']:g}, sensitivity drop <= "
                   f"{g['max_sensitivity_drop']:g}")
     table = Table()
-    for col in ("precision", "ran on", "AUC", "sens", "spec", "agreement", "max |Δ|", "p99 |Δ|", "gate"):
-        table.add_column(col)
     rows = list(d["precisions"].items()) + list(d["runtime_precisions"].items())
+    maps = any(e.get("heatmap_agreement") for _, e in rows)
+    for col in ("precision", "ran on", "AUC", "sens", "spec", "agreement", "max |Δ|", "p99 |Δ|",
+                *(("pointing", "map r") if maps else ()), "gate"):
+        table.add_column(col)
     for name, e in rows:
         ran = e.get("ran_on") or {}
         gate = {True: "[green]passed[/]", False: "[red]FAILED[/]"}.get(e.get("passed"), "[yellow]not run[/]")
@@ -132,7 +135,9 @@ def _print_report(d: dict, labels: bool) -> None:
         table.add_row(name, f"{ran.get('backend') or '-'}/{ran.get('device') or '?'}", _fmt(e.get("auc")),
                       _fmt(e.get("sensitivity"), ".3f"), _fmt(e.get("specificity"), ".3f"),
                       _fmt(e.get("agreement"), ".2%"), _fmt(e.get("max_abs_score_diff"), ".2e"),
-                      _fmt(e.get("p99_abs_score_diff"), ".2e"), gate)
+                      _fmt(e.get("p99_abs_score_diff"), ".2e"),
+                      *((_fmt((e.get("pointing_game") or {}).get("score"), ".3f"),
+                         _fmt((e.get("heatmap_agreement") or {}).get("r_mean"), ".3f")) if maps else ()), gate)
     console.print(table)
     for name, e in rows:
         for r in e.get("reasons") or []:
@@ -161,7 +166,7 @@ def cmd_validate(args) -> int:
     report = validate_bundle(bundle, args.data, labels_path=args.labels, gate=_gate(args),
                              artifacts=args.precision or None, runtime=runtime, device=args.device,
                              threads=args.threads, batch_size=args.batch_size, backend=args.backend,
-                             stages=_stages(not args.no_progress))
+                             stages=_stages(not args.no_progress), pointing_margin_mm=args.pointing_margin_mm)
     d = report.as_dict()
     if not args.no_record:
         record_validation(bundle.path, report)
@@ -177,7 +182,8 @@ def cmd_validate(args) -> int:
 
 # --- parsers ---------------------------------------------------------------------------------------
 def _gate_args(s: argparse.ArgumentParser) -> None:
-    g = s.add_argument_group("accuracy gate (defaults: agreement >= 0.995, AUC drop <= 0.005, sensitivity drop <= 0.005)")
+    g = s.add_argument_group("accuracy gate (defaults: agreement >= 0.995, AUC drop <= 0.005, sensitivity drop <= 0.005; "
+                             "with heatmaps: map r >= 0.9, pointing-game drop <= 2 points)")
     g.add_argument("--min-agreement", type=float, default=0.995, metavar="F",
                    help="fraction of studies whose priority must equal FP32's")
     g.add_argument("--max-auc-drop", type=float, default=0.005, metavar="F")
@@ -188,6 +194,10 @@ def _gate_args(s: argparse.ArgumentParser) -> None:
                         "that makes the INT8 check generalise beyond the check studies")
     g.add_argument("--require-labels", action="store_true",
                    help="fail the gate when AUC and sensitivity could not be measured (no --labels)")
+    g.add_argument("--min-heatmap-r", type=float, default=0.9, metavar="R",
+                   help="bundles with heatmaps: mean Pearson r of each precision's maps with FP32's (default 0.9)")
+    g.add_argument("--max-pointing-drop", type=float, default=0.02, metavar="F",
+                   help="bundles with heatmaps: largest drop of the pointing game against FP32 (default 0.02 = 2 points)")
 
 
 def add_parsers(subparsers, formatter_class=argparse.RawDescriptionHelpFormatter) -> None:
@@ -257,6 +267,8 @@ def add_parsers(subparsers, formatter_class=argparse.RawDescriptionHelpFormatter
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--no-record", action="store_true", help="do not write the verdicts into the manifest")
+    s.add_argument("--pointing-margin-mm", type=float, default=10.0, metavar="MM",
+                   help="bundles with heatmaps: a peak this close to the finding's box points at it (default 10)")
     _gate_args(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_validate)

@@ -13,6 +13,10 @@ The worklists are then compared study by study with FP32's:
     against reference labels (``--labels``), at the bundle's ``triage.operating_point``;
 ``per_stratum``
     the same figures per (modality, manufacturer, photometric interpretation, body part);
+``pointing_game``, ``heatmap_agreement``
+    a bundle with heatmaps: the share of flagged urgent images whose heatmap peaks on the finding
+    (``finding_box`` in the labels file, dilated by ``margin_mm``), and the Pearson r of the maps and the
+    distance between their peaks against FP32's on the same images;
 ``passed``, ``reasons``
     the accuracy gate (:func:`edgeinfer.gate.evaluate_gate`).
 
@@ -39,6 +43,7 @@ from edgeinfer.bundle import Artifact, Bundle, load_bundle, sha256_file, write_m
 from edgeinfer.errors import BackendError
 from edgeinfer.gate import GateConfig, evaluate_gate, runtime_precision_key
 from edgeinfer.evaluation import evaluate
+from edgeinfer.heatmap import CamOutput
 from edgeinfer.preprocess import PREPROCESS_IMPL
 from edgeinfer.intake import discover
 from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score
@@ -48,6 +53,8 @@ from .dataset import Scan, Stages, scan, stage
 
 #: keys every precision's entry in the validate JSON has (None when not measured)
 REQUIRED_KEYS = ("auc", "sensitivity", "specificity", "agreement", "max_abs_score_diff", "passed")
+#: how far outside the finding's box a heatmap's peak may fall and still point at it (the pointing game)
+POINTING_MARGIN_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,73 @@ def compare_outcomes(ref: Mapping[str, StudyOutcome], got: Mapping[str, StudyOut
     return m
 
 
+# --- heatmaps (pure) ----------------------------------------------------------------------------------
+def read_finding_boxes(path: str | os.PathLike) -> dict[str, tuple[str, tuple[float, float, float, float]]]:
+    """``labels.csv``'s finding locations: SOP Instance UID -> (finding, (top, left, bottom, right) in stored
+    pixels). Rows without a ``finding_box`` (normal images, or a labels file without the column) are left out."""
+    import csv
+
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parts = (row.get("finding_box") or "").split()
+            if len(parts) == 4 and row.get("sop_instance_uid"):
+                out[row["sop_instance_uid"]] = (row.get("finding") or "", tuple(float(v) for v in parts))
+    return out
+
+
+def _flagged(study: Mapping, order: Mapping[str, int]) -> bool:
+    return order.get(study["priority"], len(order)) < order[INDETERMINATE]
+
+
+def pointing_game(studies: Sequence[Mapping], labels: Mapping[str, bool], boxes: Mapping, order: Mapping[str, int],
+                  margin_mm: float) -> dict:
+    """Share of the images with a known finding, in urgent studies this precision flags, whose heatmap peaks
+    inside the finding's box dilated by ``margin_mm`` (the map of the finding's own label, else the image's
+    first). Images of those studies without a heatmap (scored below the operating point) are counted apart."""
+    hits = n = without = 0
+    for s in studies:
+        if not labels.get(s["study_uid"]) or not _flagged(s, order):
+            continue
+        for img in s["images"]:
+            known = boxes.get(img.get("sop_instance_uid", ""))
+            if known is None:
+                continue
+            maps = img.get("heatmaps") or []
+            if not maps:
+                without += 1
+                continue
+            finding, (top, left, bottom, right) = known
+            m = next((h for h in maps if h["label"] == finding), maps[0])
+            sp = m.get("spacing_mm") or [0.0, 0.0]
+            dr, dc = (margin_mm / sp[0], margin_mm / sp[1]) if sp[0] and sp[1] else (0.0, 0.0)
+            r, c = m["peak_rc"]
+            hits += bool(top - dr <= r < bottom + dr and left - dc <= c < right + dc)
+            n += 1
+    return {"score": hits / n if n else None, "hits": hits, "n": n, "margin_mm": margin_mm,
+            "flagged_images_without_heatmap": without}
+
+
+def heatmap_agreement(ref: Sequence[Mapping], got: Sequence[Mapping]) -> dict:
+    """This precision's heatmaps against FP32's on the images and labels both have one: Pearson r of the grids
+    (mean, min) and the distance between the peaks in mm (median, max)."""
+    from edgeinfer.heatmap import peak_distance_mm, pearson
+
+    def maps(studies):
+        return {(img.get("sop_instance_uid", img["path"]), h["label"]): h
+                for s in studies for img in s["images"] for h in img.get("heatmaps") or []}
+
+    a, b = maps(ref), maps(got)
+    both = sorted(set(a) & set(b))
+    rs = [r for k in both if (r := pearson(a[k]["grid"], b[k]["grid"])) is not None]
+    dist = [d for k in both if (d := peak_distance_mm(a[k]["peak_rc"], b[k]["peak_rc"], a[k].get("spacing_mm")))
+            is not None]
+    return {"n": len(both), "only_fp32": len(set(a) - set(b)), "only_this": len(set(b) - set(a)),
+            "r_mean": float(np.mean(rs)) if rs else None, "r_min": float(np.min(rs)) if rs else None,
+            "peak_distance_mm_median": float(np.median(dist)) if dist else None,
+            "peak_distance_mm_max": float(np.max(dist)) if dist else None}
+
+
 def compare_by_stratum(ref, got, strata: Mapping[str, str], **kw) -> dict[str, dict]:
     groups: dict[str, list[str]] = {}
     for u in sorted(set(ref) | set(got)):
@@ -229,7 +303,8 @@ def _entry(metrics: dict, per_stratum: dict, fp32_metrics: dict, gate: GateConfi
 def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str | os.PathLike | None = None,
                     gate: GateConfig | None = None, artifacts: Sequence[str] | None = None,
                     runtime: Sequence[RuntimeTarget] = (), device: str = "cpu", threads: int | None = None,
-                    batch_size: int = 8, backend: str | None = None, stages: Stages | None = None) -> ValidationReport:
+                    batch_size: int = 8, backend: str | None = None, stages: Stages | None = None,
+                    pointing_margin_mm: float = POINTING_MARGIN_MM) -> ValidationReport:
     """Run FP32 and every other artifact (or the ``artifacts`` ids) on ``data``; compare; gate.
 
     ``backend``: run the artifacts on this backend (default: the registry's first that can).
@@ -237,6 +312,9 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
 
     An artifact no backend can run here (a TensorRT plan on a machine without a GPU) is
     listed with ``skipped`` and ``passed: None``; it is not recorded as validated.
+
+    A bundle whose graph outputs a class-activation map also gets, per precision, ``pointing_game`` (with
+    finding boxes in the labels file) and ``heatmap_agreement`` with FP32, which the gate checks.
     """
     from edgeinfer.triage import read_study_labels
 
@@ -265,7 +343,18 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
                   ref_art.id)
     ref = outcomes_from_worklist(wl_ref.studies)
     kw = {"labels": labels, "operating_point": op}
-    ref_metrics = compare_outcomes(ref, ref, **kw)
+    has_maps = CamOutput.of(bundle) is not None
+    boxes = read_finding_boxes(labels_path) if labels_path and has_maps else {}
+    order = {name: i for i, name in enumerate(priority_order(bundle))}
+
+    def with_heatmaps(metrics: dict, studies) -> dict:
+        if has_maps:
+            metrics["heatmap_agreement"] = heatmap_agreement(wl_ref.studies, studies)
+            metrics["pointing_game"] = (pointing_game(studies, labels, boxes, order, pointing_margin_mm)
+                                        if boxes else None)
+        return metrics
+
+    ref_metrics = with_heatmaps(compare_outcomes(ref, ref, **kw), wl_ref.studies)
     report = ValidationReport(bundle=bundle.summary(),
                               date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                               data=_data_description(data, scan_result, labels_path, labels), gate=gate)
@@ -280,7 +369,7 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
                     "format": artifact.format, "artifact_sha256": artifact.sha256,
                     "skipped": f"{exc.__class__.__name__}: {exc}", "reasons": ["could not run here"]}
         got = outcomes_from_worklist(wl.studies)
-        metrics = compare_outcomes(ref, got, **kw)
+        metrics = with_heatmaps(compare_outcomes(ref, got, **kw), wl.studies)
         return _entry(metrics, compare_by_stratum(ref, got, strata, **kw), ref_metrics, gate, artifact, wl.run,
                       len(wl.errors))
 
@@ -297,7 +386,7 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
 
 # --- the manifest ------------------------------------------------------------------------------------
 _SUMMARY_KEYS = ("passed", "reasons", "auc", "sensitivity", "specificity", "agreement", "max_abs_score_diff",
-                 "p99_abs_score_diff", "n_studies", "n_labelled")
+                 "p99_abs_score_diff", "n_studies", "n_labelled", "pointing_game", "heatmap_agreement")
 
 
 def _artifact_validation(entry: dict, report: ValidationReport, data_id: str) -> dict:

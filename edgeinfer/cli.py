@@ -104,6 +104,8 @@ def cmd_preview(args) -> int:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return 2
     img = np.clip(np.rint(prepared.display * 255.0), 0, 255).astype(np.uint8)
+    if args.heatmap:
+        img, what = _heatmap_preview(bundle, prepared)
     ok, encoded = cv2.imencode(out.suffix.lower(), img)
     if not ok:
         raise UsageError(f"could not encode {out} as {out.suffix}; use a .png path")
@@ -113,6 +115,9 @@ def cmd_preview(args) -> int:
         np.save(buf, prepared.tensor)
         atomic_write(args.npy, buf.getvalue())
     w = prepared.window
+    if args.heatmap:
+        print(f"wrote {out}: {img.shape[1]}x{img.shape[0]}, {what}")
+        return 0
     print(f"wrote {out}: {img.shape[1]}x{img.shape[0]}, the image as the model sees it "
           f"(window {w.get('source')}" + (f" c={w['center']} w={w['width']}" if "center" in w else "") +
           f", {'inverted MONOCHROME1, ' if prepared.inverted else ''}frame {prepared.frame}, "
@@ -121,6 +126,31 @@ def cmd_preview(args) -> int:
     for why in w.get("rejected", []):
         print(f"  window source passed over: {why}")
     return 0
+
+
+def _heatmap_preview(bundle, prepared):
+    """(BGR image, what it shows): the image as the model saw it beside each urgent label's heatmap, from the
+    bundle's FP32 graph (the reference) on ONNX Runtime."""
+    import cv2
+    import numpy as np
+
+    from .backends import RunnerOptions, create_runner
+    from .heatmap import CamOutput, preview_panels
+
+    cam_output = CamOutput.of(bundle)
+    with create_runner(bundle.artifact(precision="fp32", format="onnx"), RunnerOptions(threads=1),
+                       backend="onnxruntime") as runner:
+        out = runner.infer({bundle.manifest["inputs"][0]["name"]: prepared.tensor[None].astype(np.float32)})
+    probs = np.asarray(out[bundle.manifest["outputs"][0]["name"]], np.float64)[0]
+    scores = {lab: float(p) for lab, p in zip(bundle.labels, probs)}
+    cam = out.get(cam_output.name)[0] if cam_output is not None else None
+    rgb = preview_panels(prepared.display, cam, cam_output, scores, bundle.urgent_labels,
+                         threshold=float(bundle.manifest["triage"].get("operating_point", 0.5)))
+    what = ("the image as the model saw it and each urgent label's class-activation map (FP32 graph): " +
+            ", ".join(f"{lab} {scores[lab]:.3f}" for lab in bundle.urgent_labels))
+    if cam_output is None:
+        what += f"; bundle {bundle.name} has no class-activation map output (export it again to get one)"
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), what
 
 
 # --- triage --------------------------------------------------------------------------------------
@@ -241,7 +271,7 @@ def _write_dicom(wl, folder: str) -> str | None:
     """Each study's result objects (the node's writers, version 1) into ``folder``; why a study got none is said
     on stderr (UIDs only), and the run goes on. Returns why the folder itself could not be written, or None."""
     from ._io import atomic_write
-    from .dicomout import source_header, write_results
+    from .dicomout import DEFAULT_RESULTS, source_header, write_results
     from .errors import EdgeInferError
 
     out = Path(folder)
@@ -254,7 +284,7 @@ def _write_dicom(wl, folder: str) -> str | None:
         paths = [i["path"] for i in study["images"]] + list(study.get("failed_images", []))
         sources = [ds for ds in map(source_header, paths) if ds is not None]
         try:
-            objects = write_results(("sr",), study, sources, bundle=wl.bundle, run=wl.run, version=1)
+            objects = write_results(DEFAULT_RESULTS, study, sources, bundle=wl.bundle, run=wl.run, version=1)
         except EdgeInferError as exc:
             print(f"study {study['study_uid']}: no DICOM result ({exc})", file=sys.stderr)
             continue
@@ -439,11 +469,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("preview", help="write the image exactly as the model sees it", formatter_class=fmt,
-                       epilog=_examples("edgeinfer preview study/img.dcm --out preview.png"))
+                       epilog=_examples("edgeinfer preview study/img.dcm --out preview.png\n"
+                                        "edgeinfer preview study/img.dcm --heatmap --out why.png"))
     s.add_argument("file")
     s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
     s.add_argument("--out", required=True, help="PNG to write")
     s.add_argument("--npy", default=None, help="also save the exact input tensor as .npy")
+    s.add_argument("--heatmap", action="store_true",
+                   help="beside the image, each urgent label's heatmap (class-activation map) and score")
     _add_trust(s)
     s.set_defaults(func=cmd_preview)
 

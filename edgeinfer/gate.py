@@ -60,16 +60,23 @@ class GateConfig:
     require_labels: bool = False
     #: refuse a validation on fewer studies than this
     min_studies: int = 1
+    #: heatmaps (a bundle whose graph outputs a class-activation map): the mean Pearson r of this
+    #: precision's maps with FP32's on the same images, and the drop of the pointing game (share of
+    #: flagged urgent images whose map peaks on the finding, with the labels' finding boxes) in points
+    min_heatmap_r: float = 0.9
+    max_pointing_drop: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("min_agreement", "max_auc_drop", "max_sensitivity_drop"):
+        for name in ("min_agreement", "max_auc_drop", "max_sensitivity_drop", "min_heatmap_r", "max_pointing_drop"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ValueError(f"GateConfig.{name} must be a finite number, got {v!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"GateConfig.min_agreement must be in [0, 1], got {self.min_agreement}")
-        if self.max_auc_drop < 0 or self.max_sensitivity_drop < 0:
+        if self.max_auc_drop < 0 or self.max_sensitivity_drop < 0 or self.max_pointing_drop < 0:
             raise ValueError("GateConfig drops must be >= 0")
+        if not -1.0 <= self.min_heatmap_r <= 1.0:
+            raise ValueError(f"GateConfig.min_heatmap_r must be in [-1, 1], got {self.min_heatmap_r}")
         if self.max_abs_score_diff is not None and not (self.max_abs_score_diff >= 0):
             raise ValueError(f"GateConfig.max_abs_score_diff must be >= 0 or None, got {self.max_abs_score_diff}")
         if int(self.min_studies) < 1:
@@ -157,6 +164,8 @@ def evaluate_gate(fp32_metrics: Mapping[str, Any], metrics: Mapping[str, Any],
         if drop > limit + 1e-12:
             reasons.append(f"{what} dropped by {drop:.4f} ({ref:.4f} -> {got:.4f}); at most {limit:g} is allowed")
 
+    _heatmap_criteria(fp32_metrics, metrics, cfg, reasons, checked, notes)
+
     if cfg.max_abs_score_diff is not None:
         checked.append("max_abs_score_diff")
         diff = _num(metrics, "max_abs_score_diff")
@@ -166,6 +175,32 @@ def evaluate_gate(fp32_metrics: Mapping[str, Any], metrics: Mapping[str, Any],
             reasons.append(f"max |score - FP32 score| is {diff:.4g}, above the allowed {cfg.max_abs_score_diff:g}")
 
     return GateResult(passed=not reasons, reasons=tuple(reasons), checked=tuple(checked), notes=tuple(notes))
+
+
+def _heatmap_criteria(fp32_metrics, metrics, cfg: GateConfig, reasons: list, checked: list, notes: list) -> None:
+    """A graph that keeps the scores but moves the evidence fails: ``heatmap_agreement`` (``r_mean``) and
+    ``pointing_game`` (``score``) against FP32's, when the bundle has heatmaps (absent: not checked)."""
+    agreement, pointing, ref = (metrics.get("heatmap_agreement"), metrics.get("pointing_game"),
+                                fp32_metrics.get("pointing_game"))
+    if agreement is None and pointing is None:
+        return
+    r = _num(agreement or {}, "r_mean")
+    checked.append("heatmap_r")
+    if r is None:
+        reasons.append("the heatmaps could not be compared with FP32's (no image has a heatmap in both)")
+    elif r < cfg.min_heatmap_r:
+        reasons.append(f"the heatmaps agree with FP32's at mean r {r:.3f}, below the required {cfg.min_heatmap_r:g}: "
+                       "the scores may hold but the evidence moved")
+    got, want = _num(pointing or {}, "score"), _num(ref or {}, "score")
+    if want is None:
+        notes.append("pointing game not checked: no finding locations (labels with finding_box)")
+        return
+    checked.append("pointing_drop")
+    if got is None:
+        reasons.append(f"the pointing game was measured for FP32 ({want:.3f}) but not for this precision")
+    elif want - got > cfg.max_pointing_drop + 1e-12:
+        reasons.append(f"the pointing game dropped by {100 * (want - got):.1f} points ({want:.3f} -> {got:.3f}); "
+                       f"at most {100 * cfg.max_pointing_drop:g} are allowed")
 
 
 # --- the runtime side ---------------------------------------------------------------------------

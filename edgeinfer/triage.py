@@ -19,7 +19,8 @@ import numpy as np
 from . import __version__, dicomio
 from .backends import Runner
 from .bundle import Bundle
-from .errors import EdgeInferError
+from .errors import EdgeInferError, UsageError
+from .heatmap import CamOutput, image_heatmaps, spacing_mm
 from .intake import DEFAULT_IGNORE, Image, Intake, Pool
 from .vr import shown_modality, shown_uid
 from .tasks import image_scores as _image_scores
@@ -27,6 +28,9 @@ from .tasks import task_for
 from .worklist import INDETERMINATE, priority_order, sort_studies  # noqa: F401 (re-exported)
 
 log = logging.getLogger("edgeinfer.triage")
+
+#: which studies' images get heatmaps (when the graph outputs a class-activation map)
+HEATMAPS = ("flagged", "none")
 
 
 # --- policy (pure) --------------------------------------------------------------------------
@@ -77,7 +81,7 @@ class Worklist:
 class TriageEngine:
     def __init__(self, bundle: Bundle, runner: Runner, *, batch_size: int = 8,
                  limits: dicomio.ReadLimits | None = None, ignore: Sequence[str] = DEFAULT_IGNORE,
-                 workers: int = 1, processes: bool = False, pool: Pool | None = None):
+                 workers: int = 1, processes: bool = False, pool: Pool | None = None, heatmaps: str = "flagged"):
         self.bundle = bundle
         self.runner = runner
         #: ``pool``: an intake pool kept between runs (the node's worker processes); it brings its own
@@ -91,6 +95,12 @@ class TriageEngine:
         self.input_name = bundle.manifest["inputs"][0]["name"]
         self.output_name = bundle.manifest["outputs"][0]["name"]
         self.task = task_for(bundle)   # what turns the model's output into each image's result (edgeinfer/tasks.py)
+        #: the graph's class-activation map, kept (as the worklist's ``heatmaps``) for the images of flagged
+        #: studies (``heatmaps="flagged"``, above the lowest priority) or for none (``"none"``)
+        if heatmaps not in HEATMAPS:
+            raise UsageError(f"heatmaps {heatmaps!r}: expected one of {', '.join(HEATMAPS)}")
+        self.cam = CamOutput.of(bundle) if heatmaps != "none" else None
+        self.operating_point = float(bundle.manifest["triage"].get("operating_point", 0.5))
 
     # -- public ---------------------------------------------------------------------------
     def run(self, files: Sequence[Path], progress: Callable[[int], None] | None = None) -> Worklist:
@@ -152,19 +162,34 @@ class TriageEngine:
         x = np.stack([p.tensor for p in batch]).astype(np.float32, copy=False)
         t0 = time.perf_counter()
         try:
-            probs = self._run(x)
+            probs, cams = self._run(x)
             per_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
-            return [self._result(p, probs[i], per_ms, None) for i, p in enumerate(batch)]
+            return [self._result(p, probs[i], per_ms, None, None if cams is None else cams[i])
+                    for i, p in enumerate(batch)]
         except EdgeInferError as exc:
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying one image at a time", len(batch), exc.__class__.__name__)
                 return [r for p in batch for r in self._infer([p])]
             return [self._result(batch[0], None, (time.perf_counter() - t0) * 1e3, str(exc))]
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.task.check_output(self.runner.infer({self.input_name: x}).get(self.output_name), x.shape[0])
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The task's checked output, and the CAM (N, labels, h, w) when kept (None if the graph gave a map of
+        another shape: scoring goes on without heatmaps, said once in the log)."""
+        out = self.runner.infer({self.input_name: x})
+        probs = self.task.check_output(out.get(self.output_name), x.shape[0])
+        if self.cam is None:
+            return probs, None
+        cam = out.get(self.cam.name)
+        want = (x.shape[0], len(self.cam.labels), *self.cam.grid)
+        if cam is None or tuple(cam.shape) != want:
+            log.warning("the model's %s output has shape %s, its manifest says %s: no heatmaps",
+                        self.cam.name, None if cam is None else tuple(cam.shape), want)
+            self.cam = None
+            return probs, None
+        return probs, np.asarray(cam, np.float32)
 
-    def _result(self, p: Image, probs: np.ndarray | None, infer_ms: float, failure: str | None) -> dict:
+    def _result(self, p: Image, probs: np.ndarray | None, infer_ms: float, failure: str | None,
+                cam: np.ndarray | None = None) -> dict:
         ds, pre = p.ds, p.prepared
         res = {"_study": p.study_uid, "path": str(p.path),
                "sop_instance_uid": shown_uid(ds.get("SOPInstanceUID", "")),
@@ -182,6 +207,8 @@ class TriageEngine:
                 res["status"] = "ok"
         if failure:
             res.update(status="indeterminate", score=None, reason=failure)
+        elif cam is not None:   # made into heatmaps if the study is flagged (_studies), then dropped
+            res["_cam"], res["_spacing"] = cam, spacing_mm(ds)
         t = p.timings_ms
         read_ms = t["read"] + t["decode"]   # the worklist's "read" has always included decoding
         res["timings_ms"] = {"read": _r(read_ms), "preprocess": _r(t["preprocess"]), "infer": _r(infer_ms),
@@ -205,6 +232,14 @@ class TriageEngine:
                 reasons.append(f"{n_bad} image(s) could not be analysed")
                 if order[priority] > order[INDETERMINATE]:   # never let a failure end up ROUTINE
                     priority = INDETERMINATE
+            flagged = order[priority] < order[INDETERMINATE]
+            for r in imgs:
+                cam, spacing = r.pop("_cam", None), r.pop("_spacing", None)
+                if flagged and cam is not None:
+                    maps = image_heatmaps(cam, r.get("label_scores") or {}, self.cam, self.bundle.urgent_labels,
+                                          self.operating_point, r["source_shape"], self.intake.spec, spacing)
+                    if maps:
+                        r["heatmaps"] = maps
             tm = {k: _r(sum(r["timings_ms"][k] for r in imgs)) for k in ("read", "preprocess", "infer", "total")}
             rec = {"study_uid": uid, "priority": priority, "score": score, "modality": meta.get(uid, {}).get("modality", ""),
                    "images": imgs, "failed_images": failed.get(uid, []), "model": model_rec, "timings_ms": tm}

@@ -30,6 +30,8 @@ class ImageRecord(TypedDict, total=False):
     source_shape: list[int]         # the stored image's rows, columns
     notes: list[str]                # what the reader noticed but accepted
     timings_ms: dict[str, float | None]     # read (with decode), preprocess, infer, total
+    heatmaps: list[dict]            # flagged studies: per urgent label at/above the operating point, the
+                                    # class-activation map's grid, its peak on the image and the pixel spacing
 
 
 class StudyRecord(TypedDict, total=False):

@@ -31,13 +31,15 @@ def cmd_export(args) -> int:
     source = {k: str(v) for k, v in (("factory", args.factory), ("weights", args.weights),
                                      ("torchscript", args.torchscript), ("exported", args.exported)) if v}
     report = export_bundle(model, config, args.out, real_inputs=real, opset=args.opset,
-                           tolerance=args.tolerance, source=source, overwrite=args.overwrite)
+                           tolerance=args.tolerance, source=source, overwrite=args.overwrite, cam=not args.no_cam)
     d = describe_report(report)
     if args.json:
         emit_json(d, "-")
     else:
         print(f"exported {d['bundle']} (opset {d['opset']}, {d['onnx_bytes']:,} bytes); "
-              f"max |ONNX Runtime - PyTorch| = {d['max_abs_diff_vs_torch']:.2e} over {', '.join(d['checked'])}")
+              f"max |ONNX Runtime - PyTorch| = {d['max_abs_diff_vs_torch']:.2e} over {', '.join(d['checked'])}; "
+              + (f"class-activation map output: {d['cam']}" if d["cam"] else
+                 "no class-activation map (the head is not one export/cam.py knows, or --no-cam)"))
     return 0
 
 
@@ -66,6 +68,8 @@ def add_parsers(sub, formatter_class=argparse.RawDescriptionHelpFormatter) -> No
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - PyTorch| allowed (default 1e-4)")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--no-cam", action="store_true",
+                   help="no class-activation map output, even for a head export/cam.py knows (no heatmaps)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
 

@@ -39,11 +39,21 @@ class TriageNet(nn.Module):
         return self.logits_and_map(x)[0]
 
     def logits_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.parts(x)[:2]
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, training-only localisation map, class-activation map on the last feature map)."""
         f = self.features[:-1](x)
         heat = self.aux(f)
         f = self.features[-1](f)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled), heat
+        return self.head(pooled), heat, nn.functional.conv2d(f, self.cam_weights()[:, :, None, None])
+
+    def cam_weights(self) -> torch.Tensor:
+        """(labels, C): each channel's weight in the class-activation map, the mean and the max half of
+        the linear head summed (what export puts in the graph: ``export/cam.py``)."""
+        c = self.head.weight.shape[1] // 2
+        return self.head.weight[:, :c] + self.head.weight[:, c:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x))

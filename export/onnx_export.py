@@ -24,6 +24,8 @@ from edgeinfer._io import publish_dir, staging_dir
 from edgeinfer.bundle import MANIFEST, artifact_record, load_bundle, validate_manifest, write_manifest
 from edgeinfer.errors import ExportError
 
+from .cam import CAM_OUTPUT, cam_output_entry
+
 DEFAULT_OPSET = 17
 
 
@@ -34,6 +36,7 @@ class ExportReport:
     checked: dict
     opset: int
     onnx_bytes: int
+    cam: dict | None = None     # the class-activation map output's manifest entry, if there is one
 
 
 def _torch():
@@ -87,20 +90,22 @@ def load_module(*, factory: str | None = None, weights: str | Path | None = None
     return model
 
 
-def to_onnx(model, sample: np.ndarray, path: Path, *, input_name: str, output_name: str,
+def to_onnx(model, sample: np.ndarray, path: Path, *, input_name: str, output_name: str | Sequence[str],
             opset: int = DEFAULT_OPSET) -> None:
-    """Export with the TorchScript-based exporter: BatchNorm folded, a dynamic batch axis."""
+    """Export with the TorchScript-based exporter: BatchNorm folded, a dynamic batch axis on every output
+    (``output_name``: one name, or one per output of a model returning a tuple)."""
     torch = _torch()
     import onnx
 
     if opset < 17:
         raise ExportError(f"opset {opset} asked; edgeinfer needs opset >= 17 (LayerNormalization, TensorRT 10).")
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     try:
         with torch.no_grad():
             torch.onnx.export(model, (x,), str(path), opset_version=opset, input_names=[input_name],
-                              output_names=[output_name], do_constant_folding=True, dynamo=False,
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+                              output_names=names, do_constant_folding=True, dynamo=False,
+                              dynamic_axes={input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}})
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {exc.__class__.__name__}: {exc}") from exc
     m = onnx.load(str(path))
@@ -110,32 +115,62 @@ def to_onnx(model, sample: np.ndarray, path: Path, *, input_name: str, output_na
         raise ExportError(f"the exported graph fails onnx.checker: {exc}") from exc
 
 
-def compare_with_torch(model, onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Largest |ORT - PyTorch| per named input set."""
+def _outputs(model, x) -> list[np.ndarray]:
     torch = _torch()
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    return [t.detach().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def compare_with_torch(model, onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Largest |ORT - PyTorch| per named input set, over every output; an output other than the first (a
+    class-activation map, whose values are not probabilities) is compared relative to its largest |value|
+    when that is above 1."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     diffs = {}
     for label, x in inputs.items():
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x)).detach().numpy()
-        got = sess.run(None, {in_name: x})[0]
-        if got.shape != ref.shape:
-            raise ExportError(f"{label}: ONNX output shape {got.shape} differs from PyTorch's {ref.shape}.")
-        diffs[label] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+        refs, gots = _outputs(model, x), sess.run(None, {in_name: x})
+        if len(gots) != len(refs):
+            raise ExportError(f"{label}: the ONNX graph has {len(gots)} output(s), PyTorch gave {len(refs)}.")
+        worst = 0.0
+        for k, (ref, got) in enumerate(zip(refs, gots)):
+            if got.shape != ref.shape:
+                raise ExportError(f"{label}: ONNX output {k} has shape {got.shape}, PyTorch's {ref.shape}.")
+            d = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+            worst = max(worst, d / max(1.0, float(np.max(np.abs(ref)))) if k else d)
+        diffs[label] = worst
     return diffs
+
+
+def _graph_with_cam(model, sample: np.ndarray, tolerance: float):
+    """``(module to export, CAM head)``: ``model`` returning (probabilities, CAM) when :mod:`export.cam`
+    knows its head, checked to give the very probabilities ``model`` gives; else ``(model, None)``."""
+    from .cam import find_cam_head, with_cam
+
+    head = find_cam_head(model)
+    if head is None:
+        return model, None
+    graph = with_cam(model, head)
+    (ref,), (probs, _) = _outputs(model, sample), _outputs(graph, sample)
+    worst = float(np.max(np.abs(ref.astype(np.float64) - probs)))
+    if not worst <= tolerance:
+        raise ExportError(f"the model's head looks like '{head.kind}' but computing its class-activation map "
+                          f"changes its output by {worst:.3g} (> {tolerance:g}); export it with --no-cam")
+    return graph, head
 
 
 def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.ndarray | None = None,
                   opset: int = DEFAULT_OPSET, tolerance: float = 1e-4, source: dict | None = None,
-                  overwrite: bool = False, seed: int = 0) -> ExportReport:
+                  overwrite: bool = False, seed: int = 0, cam: bool = True) -> ExportReport:
     """Export ``model`` into a new bundle at ``out_dir``.
 
     ``config`` is a manifest without ``inputs``, ``outputs`` and ``artifacts`` (see
     export/configs/phantom-cxr.json). ``real_inputs`` (N, C, H, W) are preprocessed real
-    images used for the comparison with PyTorch, next to random ones.
+    images used for the comparison with PyTorch, next to random ones. With ``cam`` (default), a
+    classifier whose head :mod:`export.cam` recognises gets its class-activation map as a second output.
     """
     out_dir = Path(out_dir)
     pp = config["preprocessing"]
@@ -154,8 +189,11 @@ def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.n
         stage = Path(tmp) / "bundle"
         stage.mkdir()
         onnx_path = stage / "model.onnx"
-        to_onnx(model, checks["random_b1"], onnx_path, input_name=in_name, output_name=out_name, opset=opset)
-        diffs = compare_with_torch(model, onnx_path, checks)
+        graph, head = (_graph_with_cam(model, checks["random_b3"], tolerance) if cam and config.get("task") ==
+                       "classification" else (model, None))
+        names = [out_name] + ([CAM_OUTPUT] if head else [])
+        to_onnx(graph, checks["random_b1"], onnx_path, input_name=in_name, output_name=names, opset=opset)
+        diffs = compare_with_torch(graph, onnx_path, checks)
         worst = max(diffs.values())
         if not np.isfinite(worst) or worst > tolerance:
             raise ExportError(f"ONNX Runtime and PyTorch disagree: max |diff| {worst:.3g} > tolerance {tolerance:g} "
@@ -170,6 +208,9 @@ def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.n
             "inputs": [{"name": in_name, "shape": ["batch", c, h, w], "dtype": "float32", "layout": "NCHW"}],
             "outputs": [{"name": out_name, "shape": ["batch", n_out], "dtype": "float32", "labels": config["labels"]}],
         })
+        if head is not None:
+            grid = _outputs(graph, checks["random_b1"])[1].shape[2:]
+            manifest["outputs"].append(cam_output_entry(config["labels"], grid, (h, w), head.kind))
         manifest["artifacts"] = [artifact_record(
             stage, "model.onnx", id="fp32", precision="fp32", format="onnx",
             produced_by={"tool": "edgeinfer export", "edgeinfer": edgeinfer_version, "torch": torch.__version__,
@@ -186,7 +227,8 @@ def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.n
             publish_dir(staged, out_dir, replace=True)  # old bundle or new one, never half of each
         finally:
             shutil.rmtree(staged, ignore_errors=True)
-    return ExportReport(out_dir, worst, diffs, opset, (out_dir / "model.onnx").stat().st_size)
+    cam_entry = next((o for o in manifest["outputs"] if o.get("role")), None)
+    return ExportReport(out_dir, worst, diffs, opset, (out_dir / "model.onnx").stat().st_size, cam_entry)
 
 
 def load_config(path: str | Path) -> dict:
@@ -220,7 +262,8 @@ def real_inputs_from_dicom(paths: Sequence[str | Path], config: dict, limit: int
 
 def describe_report(r: ExportReport) -> dict[str, Any]:
     return {"bundle": str(r.bundle_dir), "opset": r.opset, "onnx_bytes": r.onnx_bytes,
-            "max_abs_diff_vs_torch": r.max_abs_diff, "checked": r.checked}
+            "max_abs_diff_vs_torch": r.max_abs_diff, "checked": r.checked,
+            "cam": None if r.cam is None else f"{r.cam['name']} {r.cam['shape']} ({r.cam['geometry']['head']})"}
 
 
 __all__ = ["load_module", "to_onnx", "compare_with_torch", "export_bundle", "load_config",

@@ -130,8 +130,10 @@ def train(args) -> dict:
             xb[flip] = xb[flip].flip(-1)           # left/right: findings occur in either lung
             mb[flip] = mb[flip].flip(-1)
             yb = torch.from_numpy(ytr[idx])
-            logits, heat = model.logits_and_map(xb)
+            logits, heat, cam = model.parts(xb)
             loss = loss_fn(logits, yb) + args.aux_weight * heat_loss(heat, mb)
+            if args.cam_weight:
+                loss = loss + args.cam_weight * cam_pointing_loss(cam, mb, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -144,6 +146,23 @@ def train(args) -> dict:
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), WEIGHTS)
     return {"history": history, "val_auc": history[-1]["val_auc"]}
+
+
+def cam_pointing_loss(cam, masks, labels):
+    """-log of the share of each present finding's class-activation map (softmax over its grid) that falls
+    on the finding: the map's peak is pulled onto the finding without fixing the map's scale, which the
+    classification loss owns. ``masks`` are at the training map's size (a multiple of the CAM grid)."""
+    import torch
+    import torch.nn.functional as F
+
+    k = masks.shape[-1] // cam.shape[-1]
+    on = (F.max_pool2d(masks, k) if k > 1 else masks).flatten(2) > 0          # N, L, cells
+    present = on.any(-1) & (labels > 0)
+    if not present.any():
+        return cam.sum() * 0.0
+    logp = F.log_softmax(cam.flatten(2), dim=-1)
+    inside = torch.logsumexp(logp.masked_fill(~on, float("-inf")), dim=-1)
+    return -inside[present].mean()
 
 
 def predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -167,6 +186,7 @@ def export(args, training: dict | None) -> None:
     record = {"script": "export/train_phantom.py", "train_seed": TRAIN_SEED, "val_seed": VAL_SEED, "paired": True,
               "n_train": args.n_train, "n_val": args.n_val, "epochs": args.epochs, "max_size": args.max_size,
               "difficulty": args.difficulty, "resumed": bool(getattr(args, "resume", False)),
+              "lr": getattr(args, "lr", None), "cam_weight": getattr(args, "cam_weight", 0.0),
               "date": _dt.date.today().isoformat(), "weights_sha256": _sha(WEIGHTS)}
     if training:
         record["val_auc"] = training["val_auc"]
@@ -191,6 +211,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-train", type=int, default=1600, help="patients; each gives a normal and an urgent image")
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the localisation loss")
+    ap.add_argument("--cam-weight", type=float, default=0.0,
+                    help="weight of the loss that puts the class-activation map's peak on the finding")
     ap.add_argument("--n-val", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--batch", type=int, default=32)

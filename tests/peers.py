@@ -580,8 +580,18 @@ NODE_AET = "EDGEINFER"
 class NodeProcess:
     """``edgeinfer serve`` in a subprocess, as a service runs it."""
 
-    def __init__(self, workdir: Path, *args: str, port: int | None = None, http_port: int | None = None):
+    def __init__(self, workdir: Path, *args: str, port: int | None = None, http_port: int | None = None,
+                 http_ca: Path | None = None, auth: tuple[str, str] | None = None):
+        """``http_ca``: the node serves HTTPS (``--http-tls-cert``) with a certificate from this CA; ``auth``:
+        (user, password) that :meth:`get` sends (``--http-auth``)."""
         self.workdir = workdir
+        self.scheme = "https" if "--http-tls-cert" in args else "http"
+        self.ssl = None
+        if self.scheme == "https":
+            import ssl
+
+            self.ssl = ssl.create_default_context(cafile=str(http_ca)) if http_ca else ssl._create_unverified_context()
+        self.auth = auth
         self.port = port or free_port()
         self.http_port = http_port or free_port()
         self.spool = workdir / "spool"
@@ -596,9 +606,18 @@ class NodeProcess:
                          "the node's HTTP side")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
 
-    def get(self, path: str) -> tuple[int, dict | str]:
+    def get(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, dict | str]:
+        """GET over the node's HTTP side: (status, JSON or text); with ``auth`` (or the node's) as Basic
+        credentials."""
+        import base64
+
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"   # the test certificate's name
+        request = urllib.request.Request(f"{self.scheme}://{host}:{self.http_port}{path}")
+        creds = auth or self.auth
+        if creds:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(creds).encode()).decode())
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(request, timeout=5, context=self.ssl) as r:
                 body = r.read()
                 code = r.status
         except urllib.error.HTTPError as e:

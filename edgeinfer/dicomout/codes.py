@@ -41,6 +41,7 @@ _HUMAN_READ = ("HUMANREAD", SCHEME, "Needs a human read")
 _REASON = ("HUMANREADREASON", SCHEME, "Reason a human read is needed")
 _PROBABILITY_UNIT = ("{probability}", "UCUM", "probability")
 _SOURCE = ("260753009", "SCT", "Source")
+_HEATMAP = ("HEATMAP", SCHEME, "AI heatmap (class-activation map), not for diagnosis")
 
 _CODE_VALUE_OK = re.compile(r"[A-Z0-9_]{1,16}")
 

@@ -47,12 +47,14 @@ from ..dicomio.quiet import _library_quiet
 from ..errors import EdgeInferError, SRError
 from ..worklist import INDETERMINATE
 from ..vr import shown_uid, valid_uid
-from .codes import (_DCM_FOLLOW_UP, _HUMAN_READ, _MAXIMUM, _PROBABILITY_UNIT, _PROCEDURE, _REASON, _SCT_PRIORITY,
+from .codes import (_DCM_FOLLOW_UP, _HEATMAP, _HUMAN_READ, _MAXIMUM, _PROBABILITY_UNIT, _PROCEDURE, _REASON, _SCT_PRIORITY,
                     _SOURCE, _STUDY_SCORE, _coding_scheme, _private_code, label_code, priority_code)
 from .common import (_character_set, _copy_patient_and_study, _image_sources, _lo, _neutral_header,
                      _quiet_highdicom, _uid, part10_bytes)
 
 log = logging.getLogger("edgeinfer.dicomout.sr")
+
+SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"   # Secondary Capture Image Storage (the heatmaps)
 
 SERIES_NUMBER_BASE = 9900
 
@@ -60,7 +62,8 @@ SERIES_NUMBER_BASE = 9900
 # --- public -----------------------------------------------------------------------------------
 def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict, version: int,
              manufacturer: str = "edgeinfer", now: _dt.datetime | None = None,
-             device_uid: str | None = None, uid_prefix: str = PYDICOM_ROOT_UID) -> Dataset:
+             device_uid: str | None = None, uid_prefix: str = PYDICOM_ROOT_UID,
+             heatmaps: Sequence[tuple[str, str]] = ()) -> Dataset:
     """The triage result of one study as a TID 1500 Comprehensive SR in that study.
 
     ``study``: a study record of the triage worklist; ``sources``: the headers (pixel data may be
@@ -69,7 +72,8 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
     ``Bundle.summary()``; ``run``: the runner report; ``version``: the study version (1, 2, ...).
     ``now``: content date/time (default: the current local time); ``device_uid``: the observer
     device UID (default: derived from the manufacturer and the bundle); ``uid_prefix``: root of the
-    generated UIDs. Raises :class:`SRError` (no patient data in the message).
+    generated UIDs; ``heatmaps``: (Series, SOP Instance UID) of the heatmap Secondary Captures sent with it
+    (one IMAGE item each in the measurement group, listed as evidence). Raises :class:`SRError` (no patient data in the message).
     """
     try:
         import highdicom as hd
@@ -108,13 +112,14 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
     try:
         with _library_quiet() as caught:
             report = _report(hd, codes, study, images, bundle=bundle, run=run, version=version,
-                             manufacturer=manufacturer, device_uid=device_uid, tracking_uid=tracking_uid)
+                             manufacturer=manufacturer, device_uid=device_uid, tracking_uid=tracking_uid,
+                             heatmaps=heatmaps)
             stage = "document"
             # highdicom reads the patient/study values of evidence[0] in its constructor (and echoes
             # some in warnings or errors): give it a neutral stand-in, then copy the real modules
             stand_in = _neutral_header(images[0])
             sr = hd.sr.ComprehensiveSR(
-                evidence=[stand_in, *images[1:]],
+                evidence=[stand_in, *images[1:], *(_evidence(study_uid, series, uid) for series, uid in heatmaps)],
                 content=report,
                 series_instance_uid=series_uid,
                 series_number=SERIES_NUMBER_BASE + version,
@@ -155,6 +160,14 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
     return sr
 
 
+def _evidence(study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+    """What the SR lists as evidence for a heatmap image it references (no patient data: it is ours)."""
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, sop_uid
+    ds.SOPClassUID = SC_SOP_CLASS
+    return ds
+
+
 def sr_bytes(ds: Dataset) -> bytes:
     """The Part 10 encoding of ``ds`` (preamble, file meta, Explicit VR Little Endian)."""
     return part10_bytes(ds, what="SR", error=SRError)
@@ -167,7 +180,7 @@ def sr_uids(study_uid: str, version: int, digest: str, uid_prefix: str = PYDICOM
 
 # --- content -----------------------------------------------------------------------------------
 def _report(hd, codes, study: dict, images: list[Dataset], *, bundle: dict, run: dict, version: int,
-            manufacturer: str, device_uid: str, tracking_uid: str):
+            manufacturer: str, device_uid: str, tracking_uid: str, heatmaps: Sequence[tuple[str, str]] = ()):
     def cc(code: tuple[str, str, str]):
         return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
 
@@ -221,6 +234,11 @@ def _report(hd, codes, study: dict, images: list[Dataset], *, bundle: dict, run:
     if reason is not None:   # TID 1501 allows TEXT qualitative evaluations; highdicom only builds CODE ones
         group[0].ContentSequence.append(hd.sr.TextContentItem(
             name=cc(_REASON), value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+
+    for _, uid in heatmaps:   # the heatmap images sent with this SR (edgeinfer/dicomout/sc.py)
+        group[0].ContentSequence.append(hd.sr.ImageContentItem(
+            name=cc(_HEATMAP), referenced_sop_class_uid=SC_SOP_CLASS, referenced_sop_instance_uid=uid,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=cc(_PROCEDURE),
                                      imaging_measurements=[group])

@@ -10,10 +10,13 @@ in :data:`WRITERS`; a writer outside the package is named ``module:function`` (`
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import EdgeInferError, SRError, UsageError
+
+log = logging.getLogger("edgeinfer.dicomout")
 
 
 @dataclass(frozen=True)
@@ -23,22 +26,43 @@ class ResultObject:
     sop_uid: str
     data: bytes
     kind: str = "sr"
+    #: its Series Instance UID (what an SR referencing it lists as evidence)
+    series_uid: str = ""
 
 
 #: (study, sources, *, bundle, run, version) -> the objects to send
 Writer = Callable[..., Sequence[ResultObject]]
 
 
-def write_sr(study: dict, sources, *, bundle: dict, run: dict, version: int) -> list[ResultObject]:
-    """The TID 1500 Comprehensive SR of the study version (:func:`edgeinfer.dicomout.sr.build_sr`)."""
+def write_sr(study: dict, sources, *, bundle: dict, run: dict, version: int,
+             made: Sequence[ResultObject] = ()) -> list[ResultObject]:
+    """The TID 1500 Comprehensive SR of the study version (:func:`edgeinfer.dicomout.sr.build_sr`), referencing
+    the heatmap images ``made`` beside it."""
     from .sr import build_sr, sr_bytes
 
-    ds = build_sr(study, sources, bundle=bundle, run=run, version=version)
+    ds = build_sr(study, sources, bundle=bundle, run=run, version=version,
+                  heatmaps=[(o.series_uid, o.sop_uid) for o in made if o.kind == "heatmap"])
     return [ResultObject(str(ds.SOPInstanceUID), sr_bytes(ds), "sr")]
 
 
+def write_heatmaps(study: dict, sources, *, bundle: dict, run: dict, version: int) -> list[ResultObject]:
+    """One Secondary Capture per heatmap of a flagged study (:func:`edgeinfer.dicomout.sc.build_heatmap_scs`);
+    none for a study without heatmaps. Evidence must not cost the result: when they cannot be made (an image
+    that cannot be read again), none are, the reason is logged (UIDs only) and the SR goes without them."""
+    from .sc import build_heatmap_scs, sc_bytes
+
+    try:
+        return [ResultObject(str(ds.SOPInstanceUID), sc_bytes(ds), "heatmap", str(ds.SeriesInstanceUID))
+                for ds in build_heatmap_scs(study, sources, bundle=bundle, run=run, version=version)]
+    except SRError as exc:
+        log.error("study %s: no heatmap images (%s); its SR goes without them", study.get("study_uid", "?"), exc)
+        return []
+
+
 #: the writers the node knows by name
-WRITERS: dict[str, Writer] = {"sr": write_sr}
+WRITERS: dict[str, Writer] = {"sr": write_sr, "heatmaps": write_heatmaps}
+#: what the node and ``triage --output-dicom`` write by default: the SR and the heatmap images it references
+DEFAULT_RESULTS = ("sr", "heatmaps")
 
 
 def resolve(name: str) -> Writer:
@@ -64,9 +88,10 @@ def write_results(names: Sequence[str], study: dict, sources, *, bundle: dict, r
     two patients...) passes through; any other failure is an SRError naming the writer and the exception's
     class only (a header value highdicom refuses may be quoted in its message)."""
     objects: list[ResultObject] = []
-    for name in names:
+    for name in sorted(names, key=lambda n: n == "sr"):   # the SR last: it references what the others made
         try:
-            objects += resolve(name)(study, sources, bundle=bundle, run=run, version=version)
+            extra = {"made": tuple(objects)} if name == "sr" else {}
+            objects += resolve(name)(study, sources, bundle=bundle, run=run, version=version, **extra)
         except EdgeInferError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -4,6 +4,8 @@
 ``--study UID`` puts dead letters back in the queue with a fresh horizon; a running node sends them
 within seconds (the state database is shared safely: SQLite in WAL mode), a stopped one when it starts.
 The spool comes from ``--spool`` or the node's ``--config``. UIDs and AE titles only: no patient data.
+
+``edgeinfer http-user FILE USER`` adds a user who may log in to the node's console (``--http-auth FILE``).
 """
 from __future__ import annotations
 
@@ -62,7 +64,32 @@ def cmd_outbox_retry(args) -> int:
     return 0 if n or args.all else 1
 
 
+def cmd_http_user(args) -> int:
+    """Add a console user to an ``--http-auth`` file (or change their password); the password from the terminal
+    (asked twice) or, with ``--password-stdin``, the first line of standard input."""
+    import getpass
+
+    from .auth import set_user
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing was changed")
+    set_user(args.file, args.user, password)
+    print(f"{args.file}: user {args.user} set (scrypt hash; the file is readable by its owner only)")
+    return 0
+
+
 def add_parsers(sub, formatter_class=None) -> None:
+    s = sub.add_parser("http-user", help="add a user who may log in to the node's console (--http-auth FILE)",
+                       formatter_class=formatter_class)
+    s.add_argument("file", help="the users file (created mode 0600 if absent)")
+    s.add_argument("user", help="user name: letters, digits and . _ - @")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.set_defaults(func=cmd_http_user)
+
     o = sub.add_parser("outbox", help="the node's undelivered results: list them, send dead letters again",
                        formatter_class=formatter_class, description=__doc__.split("\n\n")[0])
     osub = o.add_subparsers(dest="outbox_command", required=True)

@@ -104,7 +104,13 @@ class Node:
             from .http import HttpServer, make_app
 
             try:
-                self.http = HttpServer(make_app(self), host=c.http_host, port=c.http_port).start()
+                guard = None
+                if c.http_auth is not None:
+                    from .auth import Guard, load_users
+
+                    guard = Guard(load_users(c.http_auth))
+                self.http = HttpServer(make_app(self, guard), host=c.http_host, port=c.http_port,
+                                       tls_cert=c.http_tls_cert, tls_key=c.http_tls_key).start()
             except OSError as exc:
                 self.stop()
                 raise UsageError(f"cannot serve HTTP on {c.http_host}:{c.http_port} ({exc.strerror or exc}); "
@@ -221,6 +227,64 @@ class Node:
             {"backlog": {"studies": waiting, "oldest_waiting_s": round(oldest, 1)}} if waiting else {}) | (
             {"without_sr": {"studies": no_sr, "why": "no SR could be made (e.g. images naming two patients): "
                                                      "each is on the worklist as a human read"}} if no_sr else {})
+
+    def identity_hidden(self) -> str | None:
+        """Why the console must not show patient names and accession numbers, or None when it may: only over
+        HTTPS and to a logged-in user (``http_tls_cert``/``http_tls_key`` and ``http_auth``)."""
+        tls, auth = self.config.http_tls_cert is not None, self.config.http_auth is not None
+        if tls and auth:
+            return None
+        missing = [what for what, given in (("no TLS (--http-tls-cert, --http-tls-key)", tls),
+                                            ("no login (--http-auth FILE)", auth)) if not given]
+        return "this HTTP side has " + " and ".join(missing)
+
+    def identity(self, study_uids) -> dict[str, dict]:
+        """Patient name and accession number of each study, from the header kept of its first received
+        instance: only for the console, only when :meth:`identity_hidden` is None."""
+        if self.identity_hidden() is not None:
+            return {}
+        from ..dicomio.parse import routing_header
+        from ..dicomio.quiet import _library_quiet
+
+        out = {}
+        for uid, data in self.state.first_headers(list(study_uids)).items():
+            try:
+                with _library_quiet():
+                    ds = routing_header(data)
+                    name = ds.get("PatientName")
+                    out[uid] = {"patient_name": name.family_comma_given() if name else "",
+                                "accession": str(ds.get("AccessionNumber", "") or "")}
+            except Exception:  # noqa: BLE001 - an unreadable header shows no identity, never an error page
+                continue
+        return out
+
+    def heatmap_png(self, study_uid: str, sop_uid: str, label: str, max_side: int) -> bytes | None:
+        """The heatmap of ``label`` on image ``sop_uid`` of the study's current result, rendered on the image
+        (windowed as the model saw it, at most ``max_side`` pixels, with its banner) as PNG; None when there
+        is no such heatmap or its image has left the spool."""
+        import cv2
+
+        from ..dicomout.sc import banner_lines
+        from ..errors import InputError
+        from ..heatmap import render_on_source
+        from ..preprocess import PreprocessSpec
+
+        study = (self.state.current_result(study_uid) or {}).get("study") or {}
+        for img in study.get("images") or []:
+            if img.get("sop_instance_uid") != sop_uid:
+                continue
+            for heat in img.get("heatmaps") or []:
+                if heat.get("label") != label:
+                    continue
+                try:
+                    rgb = render_on_source(img["path"], img["source_shape"], heat,
+                                           PreprocessSpec.from_manifest(self.bundle.manifest["preprocessing"]),
+                                           max_side=max_side, lines=banner_lines(heat, self.bundle.summary()))
+                except (InputError, OSError):
+                    return None
+                ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                return png.tobytes() if ok else None
+        return None
 
     def worklist(self, *, since: float | None = None, limit: int | None = None, offset: int = 0) -> dict:
         """One window of the worklist: the results made since ``since`` (default: the last

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dicomout.writers import DEFAULT_RESULTS
 from ..errors import UsageError
 
 #: quiet period (s) after a study's last instance before it counts as complete, by modality:
@@ -123,8 +124,10 @@ class NodeConfig:
     result_processes: int = setting(1, "outbox", "build the result objects (the SR...) in N processes of their own "
                                     "while the worker scores the next study (0: in the worker's thread; about "
                                     "100 MB each)", metavar="N")
-    results: tuple[str, ...] = setting(("sr",), "outbox", "what to file into PACS for each study version: a result "
-                                       "writer's name (sr) or module:function; repeat for more", flag="--result",
+    results: tuple[str, ...] = setting(DEFAULT_RESULTS, "outbox", "what to file into PACS for each study "
+                                       "version: a result writer's name (sr: the structured report; heatmaps: one "
+                                       "Secondary Capture per heatmap of a flagged study, referenced by the SR) or "
+                                       "module:function; repeat for more", flag="--result",
                                        metavar="WRITER", append=True)
     send_tls_ca: Path | None = setting(None, "outbox", "PEM CA that signed the PACS's certificate: send results over "
                                        "TLS, checking it", sample="/etc/edgeinfer/tls/pacs-ca.pem")
@@ -142,6 +145,14 @@ class NodeConfig:
     http_port: int | None = setting(8080, "http", "HTTP side port (--no-http: none)")
     worklist: Path | None = setting(None, "http", "also keep the live worklist JSON (the default window) in this "
                                     "file, written atomically", sample="/var/lib/edgeinfer/worklist.json")
+    http_tls_cert: Path | None = setting(None, "http", "PEM certificate: serve the HTTP side over HTTPS",
+                                         sample="/etc/edgeinfer/tls/console.pem")
+    http_tls_key: Path | None = setting(None, "http", "PEM private key for http_tls_cert",
+                                        sample="/etc/edgeinfer/tls/console.key")
+    http_auth: Path | None = setting(None, "http", "users allowed on the console, /worklist and /heatmap (HTTP Basic; "
+                                     "lines made by 'edgeinfer http-user FILE USER'); with HTTPS too, the console "
+                                     "shows patient names and accession numbers", metavar="FILE",
+                                     sample="/etc/edgeinfer/console-users")
 
     def quiet_for(self, modality: str) -> float:
         if self.quiet_seconds is not None:
@@ -163,9 +174,12 @@ class NodeConfig:
             problems.append("tls_ca (mutual TLS) needs tls_cert and tls_key too")
         if (self.send_tls_cert is None) != (self.send_tls_key is None):
             problems.append("send_tls_cert and send_tls_key go together: give both or neither")
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            problems.append("http_tls_cert and http_tls_key go together: give both or neither")
         if self.send_tls_cert is not None and self.send_tls_ca is None:
             problems.append("send_tls_cert needs send_tls_ca (the CA that signed the PACS's certificate)")
-        for name in ("tls_cert", "tls_key", "tls_ca", "send_tls_ca", "send_tls_cert", "send_tls_key"):
+        for name in ("tls_cert", "tls_key", "tls_ca", "send_tls_ca", "send_tls_cert", "send_tls_key", "http_tls_cert",
+                     "http_tls_key", "http_auth"):
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 problems.append(f"{name} {p}: no such file")
@@ -191,6 +205,13 @@ class NodeConfig:
 
             try:
                 resolve(name)
+            except UsageError as exc:
+                problems.append(str(exc))
+        if self.http_auth is not None and Path(self.http_auth).is_file():
+            from .auth import load_users
+
+            try:
+                load_users(self.http_auth)
             except UsageError as exc:
                 problems.append(str(exc))
         if problems:

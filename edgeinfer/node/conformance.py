@@ -28,6 +28,11 @@ def _name(uid: str) -> str:
     return NEWER_TRANSFER_SYNTAXES.get(uid, name if name != uid else "(named in a newer DICOM edition)")
 
 
+#: what the node sends in each result SOP class it proposes
+_SENT = {"1.2.840.10008.5.1.4.1.1.88.33": "the triage result of every study version (`--result sr`)",
+         "1.2.840.10008.5.1.4.1.1.7": "one per heatmap of a flagged study (`--result heatmaps`)"}
+
+
 def tables() -> dict[str, str]:
     """Markdown of each generated table, by marker name."""
     from pydicom.uid import UID
@@ -52,11 +57,12 @@ def tables() -> dict[str, str]:
 
     verif_ts = ["| transfer syntax | UID |", "|---|---|"] + [f"| {_name(t)} | `{t}` |" for t in verification[0][1]]
 
-    from pydicom.uid import ComprehensiveSRStorage
+    from .outbox import RESULT_SOP_CLASSES
 
-    scu = ["| SOP class | UID | role | transfer syntaxes proposed |", "|---|---|---|---|",
-           f"| {_name(ComprehensiveSRStorage)} | `{ComprehensiveSRStorage}` | SCU | "
-           + ", ".join(f"{_name(t)} (`{t}`)" for t in SCU_TRANSFER_SYNTAXES) + " |"]
+    syntaxes = ", ".join(f"{_name(t)} (`{t}`)" for t in SCU_TRANSFER_SYNTAXES)
+    scu = ["| SOP class | UID | role | transfer syntaxes proposed | sent |", "|---|---|---|---|---|"]
+    scu += [f"| {_name(a)} | `{a}` | SCU | {syntaxes} | {_SENT.get(a, 'by a result writer named module:function')} |"
+            for a in RESULT_SOP_CLASSES]
     return {"scp-sop-classes": "\n".join(scp), "transfer-syntaxes": "\n".join(ts_rows),
             "verification-transfer-syntaxes": "\n".join(verif_ts), "scu-sop-classes": "\n".join(scu)}
 

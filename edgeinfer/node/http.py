@@ -6,6 +6,9 @@
                   with the view's ``details()`` when it has any (the node: ``"notes"`` when start-up repaired
                   something, ``"backlog"`` while studies wait for inference);
 ``GET /metrics``  the Prometheus text exposition of the node's :class:`NodeMetrics`;
+``GET /heatmap/STUDY/IMAGE/LABEL`` the heatmap of LABEL on image IMAGE of the study's current result, drawn on
+                  the image as the model saw it with its "not for diagnosis" banner (PNG; ``?size=`` 64-2048, the
+                  long side, default 1024); 404 when there is none or the image has left the spool;
 ``GET /worklist`` the current worklist, the same JSON as ``edgeinfer triage --output``, one window of it:
                   ``?since=`` (seconds since the epoch, or an ISO 8601 time; default: the view's, the node's is
                   the last 24 hours), ``?limit=`` (1-10000 studies; default the view's, 500), ``?offset=``. A
@@ -42,6 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._io import json_text
+from ..vr import valid_uid
 from .metrics import NodeMetrics
 
 log = logging.getLogger("edgeinfer.node.http")
@@ -96,9 +100,32 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
     return endpoint
 
 
-def make_app(view: NodeView) -> Starlette:
+def _protected(guard, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """``handler`` behind ``guard`` (an :class:`~edgeinfer.node.auth.Guard`; None: open)."""
+    if guard is None:
+        return handler
+
+    @functools.wraps(handler)
+    def endpoint(request: Request) -> Response:
+        from .auth import REALM, WINDOW_S
+
+        status, _ = guard.check(request.headers.get("authorization"), request.client.host if request.client else "-")
+        if status == 429:
+            return Response(f"too many failed logins from this address; try again in {WINDOW_S:.0f} s\n",
+                            status_code=429, headers={"Retry-After": f"{WINDOW_S:.0f}", **_NO_STORE})
+        if status != 200:
+            return Response("log in to see the console\n", status_code=401,
+                            headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"', **_NO_STORE})
+        return handler(request)
+
+    return endpoint
+
+
+def make_app(view: NodeView, guard=None) -> Starlette:
     """The Starlette app serving ``view``. The handlers are plain functions: Starlette runs them in
-    its worker threads, so the view may block briefly (SQLite) without stalling the event loop."""
+    its worker threads, so the view may block briefly (SQLite) without stalling the event loop. With
+    ``guard`` the console, ``/worklist`` and ``/heatmap`` need a user of it; health, readiness and metrics
+    (which carry no study or patient data) stay open to monitoring."""
 
     @_guarded
     def healthz(request: Request) -> Response:
@@ -137,7 +164,28 @@ def make_app(view: NodeView) -> Starlette:
 
         return Response(render(view), media_type="text/html; charset=utf-8", headers=_NO_STORE)
 
+    @_guarded
+    def heatmap(request: Request) -> Response:
+        p = request.path_params
+        try:
+            size = int(request.query_params.get("size", HEATMAP_SIZE))
+        except ValueError:
+            size = -1
+        if not HEATMAP_MIN <= size <= HEATMAP_MAX:
+            return _json({"status": "error", "error": f"size must be an integer from {HEATMAP_MIN} to {HEATMAP_MAX}"},
+                         status=400)
+        render = getattr(view, "heatmap_png", None)
+        png = None
+        if render is not None and valid_uid(p["study"]) and valid_uid(p["image"]):
+            png = render(p["study"], p["image"], p["label"], size)
+        if png is None:
+            return _json({"status": "error", "error": "no such heatmap in the current results (or its image has left "
+                                                      "the spool)"}, status=404)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+    console, worklist, heatmap = (_protected(guard, h) for h in (console, worklist, heatmap))
     routes = [Route("/", console, methods=["GET"]),
+              Route("/heatmap/{study}/{image}/{label}", heatmap, methods=["GET"]),
               Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
               Route("/metrics", metrics, methods=["GET"]), Route("/worklist", worklist, methods=["GET"])]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
@@ -145,6 +193,8 @@ def make_app(view: NodeView) -> Starlette:
 
 #: the most studies one worklist page holds
 MAX_LIMIT = 10_000
+#: a heatmap image's long side: default and bounds of ``?size=``
+HEATMAP_SIZE, HEATMAP_MIN, HEATMAP_MAX = 1024, 64, 2048
 
 
 def _worklist_query(params) -> dict:
@@ -243,8 +293,10 @@ class HttpServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "warning",
-                 access_log: bool = False, graceful_timeout_s: int = 3, start_timeout_s: float = 10.0) -> None:
+                 access_log: bool = False, graceful_timeout_s: int = 3, start_timeout_s: float = 10.0,
+                 tls_cert: str | os.PathLike | None = None, tls_key: str | os.PathLike | None = None) -> None:
         self.app = app
+        self.tls = (str(tls_cert), str(tls_key)) if tls_cert and tls_key else None
         self.host = host
         self.port = port
         self.log_level = log_level
@@ -259,7 +311,7 @@ class HttpServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -288,7 +340,8 @@ class HttpServer:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, host=self.host, port=self.port, lifespan="off", log_config=None, log_level=self.log_level,
-            access_log=self.access_log, timeout_graceful_shutdown=self.graceful_timeout_s, server_header=False)
+            access_log=self.access_log, timeout_graceful_shutdown=self.graceful_timeout_s, server_header=False,
+            **({"ssl_certfile": self.tls[0], "ssl_keyfile": self.tls[1]} if self.tls else {}))
         if self.access_log:  # undo an earlier server's access_log=False on the shared logger
             logging.getLogger("uvicorn.access").propagate = True
         self._server = server = _ThreadedServer(config)

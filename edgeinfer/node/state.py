@@ -284,6 +284,16 @@ class State:
                                  f"({','.join('?' * len(chunk))})", chunk))
         return out
 
+    def first_headers(self, study_uids: list[str]) -> dict[str, bytes]:
+        """The header kept of one instance (the first received) of each study that has one."""
+        out: dict[str, bytes] = {}
+        for i in range(0, len(study_uids), 500):
+            chunk = study_uids[i:i + 500]
+            for uid, header in self._all(f"SELECT study_uid, header FROM instances WHERE header IS NOT NULL AND "
+                                         f"study_uid IN ({','.join('?' * len(chunk))}) ORDER BY rowid", chunk):
+                out.setdefault(uid, header)
+        return out
+
     def received_from(self, study_uid: str) -> tuple[int, list[str]]:
         """How many instances the study holds, and the calling AE titles that sent them (for its audit line)."""
         rows = self._all("SELECT coalesce(calling_aet, ''), count(*) FROM instances WHERE study_uid=? "
@@ -360,6 +370,11 @@ class State:
     # -- results --------------------------------------------------------------------------------
     def current_results(self) -> list[dict]:
         return [json.loads(r[0]) for r in self._all("SELECT record FROM results WHERE superseded=0")]
+
+    def current_result(self, study_uid: str) -> dict | None:
+        """The current result record of one study, or None."""
+        row = self._one("SELECT record FROM results WHERE superseded=0 AND study_uid=?", (study_uid,))
+        return json.loads(row[0]) if row else None
 
     def worklist_window(self, order: list[str], *, since: float, limit: int, offset: int = 0
                         ) -> tuple[list[dict], dict[str, int]]:

@@ -83,7 +83,7 @@ def _add_mass(extra: np.ndarray, an: _Anatomy, fd: _Finding, fr: _Frame) -> dict
     amp = _MASS_GAIN * (1 - an.lung_density) * 20.0 * (rb / 10.0) ** 0.6 * fd.contrast
     extra += amp * prof
     return dict(center_mm=(cx, cy), size_mm=round(float(d), 1), side=("right", "left")[fd.side],
-                peak_density=round(float(amp), 3))
+                peak_density=round(float(amp), 3), box_px_work=_box(prof > 0.05))
 
 
 def _add_pneumothorax(extra: np.ndarray, markings: np.ndarray, an: _Anatomy, fd: _Finding, fr: _Frame,
@@ -124,7 +124,16 @@ def _add_pneumothorax(extra: np.ndarray, markings: np.ndarray, an: _Anatomy, fd:
     else:
         cpx = tuple(fr.px([(ax_, ay_)])[0])
     return dict(center_px_work=cpx, width_mm=round(float(w0), 1), extent_mm=round(float(ext), 1), zone=zone,
-                side=("right", "left")[s], area_px_work=int(len(yy)))
+                side=("right", "left")[s], area_px_work=int(len(yy)), box_px_work=_box(region > 0.5))
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The bounding box ``(top, left, bottom, right)`` of ``mask`` in working pixels (bottom and right
+    exclusive); None when it is empty (a finding too faint to have an extent)."""
+    yy, xx = np.nonzero(mask)
+    if not len(yy):
+        return None
+    return int(yy.min()), int(xx.min()), int(yy.max()) + 1, int(xx.max()) + 1
 
 
 def _finding_layer(an: _Anatomy, fd: _Finding | None, fr: _Frame, lungs: _Lungs,

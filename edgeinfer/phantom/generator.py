@@ -33,7 +33,7 @@ from .render import _render
 #: columns of ``labels.csv``, in order
 LABELS_COLUMNS = (
     "path", "study_uid", "series_uid", "sop_instance_uid", "label", "finding", "modality",
-    "photometric", "bits_stored", "rows", "columns", "transfer_syntax",
+    "photometric", "bits_stored", "rows", "columns", "transfer_syntax", "finding_box",
 )
 
 
@@ -222,6 +222,10 @@ def _make_study(rng: np.random.Generator, *, index: int, n_images: int, plan: di
             cx, cy = truth.pop("center_px_work")
             truth["center_rc"] = (round(cy * rows / wh, 1), round(cx * cols / ww, 1))
             truth["area_fraction"] = round(truth.pop("area_px_work") / float(wh * ww), 5)
+        box = truth.pop("box_px_work", None)
+        if box is not None:   # in output pixels, as center_rc
+            truth["box_rc"] = (round(box[0] * rows / wh, 1), round(box[1] * cols / ww, 1),
+                               round(box[2] * rows / wh, 1), round(box[3] * cols / ww, 1))
         details.update(truth)
 
         series_number = 1 if (k == 0 or same_series) else k + 1
@@ -297,7 +301,9 @@ def generate(out_dir, n: int, seed: int, *, max_size: int | None = None,
     or more images holds a two-image study. ``max_size`` caps the larger image dimension (the
     pixel spacing grows accordingly). ``progress(1)`` is called after each file is written (an
     increment, like a progress bar's ``advance``). Returns the rows of ``labels.csv`` as dicts (``bits_stored``,
-    ``rows`` and ``columns`` as int). The same ``(n, seed, max_size, difficulty)`` writes
+    ``rows`` and ``columns`` as int). ``finding_box`` is where the finding lies, ``top left bottom right``
+    in pixels of the stored image (bottom and right exclusive; empty for a normal image or a finding too
+    faint to have an extent). The same ``(n, seed, max_size, difficulty)`` writes
     byte-identical files.
 
     ``out_dir`` must be empty or absent: a stale file would make ``labels.csv`` incomplete.
@@ -336,6 +342,7 @@ def generate(out_dir, n: int, seed: int, *, max_size: int | None = None,
                 "modality": str(ds.Modality), "photometric": str(ds.PhotometricInterpretation),
                 "bits_stored": int(ds.BitsStored), "rows": int(ds.Rows), "columns": int(ds.Columns),
                 "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
+                "finding_box": " ".join(f"{v:g}" for v in case.details.get("box_rc") or ()),
             })
             if progress is not None:
                 progress(1)

@@ -104,7 +104,7 @@ which the tests hold it to.
 ``tests/edgeinfer/preprocess/test_preprocess_fast.py`` asserts these bounds and that the shipped
 model's decisions are unchanged.
 """
-from .geometry import BLOCK_MARGIN, DECODE_MARGIN, REDUCE_FACTOR, resize
+from .geometry import BLOCK_MARGIN, DECODE_MARGIN, REDUCE_FACTOR, content_box, resize
 from .modality import modality_lut, padding_mask, select_frame
 from .pipeline import decode_size, preprocess_pixels
 from .spec import Prepared, PreprocessSpec
@@ -120,5 +120,5 @@ PREPROCESS_IMPL = "4"
 __all__ = [
     "PREPROCESS_IMPL", "REDUCE_FACTOR", "BLOCK_MARGIN", "DECODE_MARGIN", "MIN_CONTRAST", "CONTRAST_PERCENTILES",
     "PreprocessSpec", "Window", "Prepared", "select_frame", "modality_lut", "padding_mask", "auto_window",
-    "apply_window", "contrast", "voi", "resize", "decode_size", "preprocess_pixels",
+    "apply_window", "contrast", "voi", "resize", "content_box", "decode_size", "preprocess_pixels",
 ]

@@ -36,13 +36,21 @@ def _fitted(shape: tuple[int, ...], spec: PreprocessSpec) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def content_box(shape: tuple[int, ...], spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the part of the model's input that an image of ``shape`` fills
+    (the whole target, or with ``keep_aspect`` the region inside the letterbox): where a map over the
+    model's input is cut before it is stretched back onto the image."""
+    th, tw = spec.target_size
+    nh, nw = _fitted(shape, spec)
+    return (th - nh) // 2, (tw - nw) // 2, nh, nw
+
+
 def _letterbox(small: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     th, tw = spec.target_size
     if small.shape[:2] == (th, tw):
         return small
-    nh, nw = small.shape[:2]
+    y0, x0, nh, nw = (th - small.shape[0]) // 2, (tw - small.shape[1]) // 2, *small.shape[:2]
     out = np.zeros((th, tw), dtype=small.dtype)
-    y0, x0 = (th - nh) // 2, (tw - nw) // 2
     out[y0:y0 + nh, x0:x0 + nw] = small
     return out
 

@@ -44,3 +44,18 @@ def test_codec_bench_encodes_every_syntax_the_plugin_decodes_and_runs(phantom_di
         assert row["model_size"]["decode_ms"] > 0
         assert row["model_size"]["shape"] == row["shape"] or "JPEG 2000" in row["transfer_syntax"]
     assert "| RLE Lossless |" in mod.render({"machine": "test", "repeats": 1, "rows": rows})
+
+
+def test_heatmap_cost_runs_and_the_pruned_graph_has_no_map(phantom_dir, tmp_path):
+    import onnx
+
+    from edgeinfer.bundle import load_bundle
+
+    mod = _script("heatmap_cost")
+    bundle = load_bundle()
+    pruned = mod.without_map(bundle.artifact(precision="fp32").path, "probs", tmp_path / "p.onnx")
+    assert [o.name for o in onnx.load(str(pruned)).graph.output] == ["probs"]
+    files = sorted(phantom_dir.rglob("*.dcm"))[:2]
+    (row,) = mod.measure(bundle, files, ["fp32"], rounds=4, threads=1)
+    assert row["call_with_map_s"] > 0 and row["call_without_map_s"] > 0 and row["heatmaps_per_image_s"] > 0
+    assert "| fp32 |" in mod.render({"machine": "test", "bundle": "b", "images": 2, "rounds": 4, "rows": [row]})

@@ -130,7 +130,7 @@ def test_an_impossible_gate_stops_at_max_kept_and_says_so(tmp_path, model_bundle
     r = quantize_with_fallback(model_bundle / "model.onnx", tmp_path / "int8.onnx", cal.reader("image"),
                                CheckSet.from_calibration_set(cal), b, gate=strict, max_kept=2)
     assert not r.passed and len(r.kept_fp32) == 2 and len(r.steps) == 2
-    assert len(r.ranking) == 11                                  # every Conv and the Gemm was tried
+    assert len(r.ranking) == 12        # every Conv (the 10 of the network, the CAM output's) and the Gemm was tried
     assert any("max |score - FP32 score|" in x for x in r.final.reasons)
     verify_int8_form(tmp_path / "int8.onnx")                     # the closest graph is still well-formed
 

@@ -55,7 +55,7 @@ def test_fp16_graph_has_fp32_io_fp16_weights_and_sensitive_ops_in_fp32(graphs):
     d, res, _ = graphs
     m = onnx.load(str(d / "model.fp16.onnx"))
     assert [i.type.tensor_type.elem_type for i in m.graph.input] == [TensorProto.FLOAT]
-    assert [o.type.tensor_type.elem_type for o in m.graph.output] == [TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in m.graph.output] == [TensorProto.FLOAT] * 2   # scores, CAM
     inits = [t for t in m.graph.initializer]
     assert sum(t.data_type == TensorProto.FLOAT16 for t in inits) >= 10   # every conv weight
     assert res.fp16_initializers == sum(t.data_type == TensorProto.FLOAT16 for t in inits)

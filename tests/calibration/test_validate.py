@@ -173,9 +173,11 @@ def test_fp16_is_close_and_the_int8_gate_check_matches_validate(validated):
     for e in (fp16, int8):
         assert e["passed"] == evaluate_gate(ref, e, GateConfig()).passed
     # INT8 was gate-checked on these very studies while calibrating (layers kept in FP32 as needed):
-    # the runtime's engine must see what the search saw
-    assert res.int8_passed is True
+    # the runtime's engine must see what the search saw. (Whether INT8 passes this small model's gate on 24
+    # studies depends on the CPU's INT8 kernels: it passed on an AVX2 EPYC and fails by one study's AUC on an
+    # AVX-512 VNNI Xeon, with every layer kept; the figures must agree either way.)
     check = res.int8_check["final"]
+    assert res.int8_passed is check["passed"]
     assert abs(int8["agreement"] - check["agreement"]) <= 1 / n
     assert abs(int8["max_abs_score_diff"] - check["max_abs_score_diff"]) < 1e-3
 
@@ -328,3 +330,78 @@ def test_compare_outcomes_counts_missing_and_indeterminate_studies():
     assert m["n_studies"] == 3 and m["agreement"] == pytest.approx(1 / 3) and m["disagreements"] == 2
     assert m["max_abs_score_diff"] == pytest.approx(0.02) and m["n_scored_both"] == 1
     assert m["indeterminate"] == 1 and m["n_labelled"] == 1
+
+
+# --- heatmaps -----------------------------------------------------------------------------------
+ORDER = {"STAT": 0, "URGENT": 1, "INDETERMINATE": 2, "ROUTINE": 3}
+
+
+def _study(uid, priority, *images):
+    return {"study_uid": uid, "priority": priority, "images": list(images)}
+
+
+def _img(sop, *maps):
+    return {"path": f"/x/{sop}.dcm", "sop_instance_uid": sop, "heatmaps": list(maps)}
+
+
+def _map(label, peak, grid=None, spacing=(0.5, 0.5)):
+    return {"label": label, "score": 0.9, "peak_rc": list(peak), "spacing_mm": list(spacing),
+            "grid": grid if grid is not None else [[0.0, 1.0], [2.0, 3.0]]}
+
+
+def test_pointing_game_counts_flagged_urgent_images_with_a_known_finding():
+    from edgeinfer_calibration.validate import pointing_game
+
+    boxes = {"a": ("mass", (100, 100, 140, 140)), "b": ("pneumothorax", (0, 0, 50, 50)),
+             "c": ("mass", (10, 10, 20, 20)), "d": ("mass", (10, 10, 20, 20)), "e": ("mass", (10, 10, 20, 20))}
+    studies = [
+        _study("s1", "STAT", _img("a", _map("pneumothorax", (0, 0)), _map("mass", (145, 120)))),  # mass map: 5 px out
+        _study("s2", "URGENT", _img("b", _map("pneumothorax", (70, 10)))),     # 20 px = 10 mm out: a miss at 5 mm
+        _study("s3", "URGENT", _img("c")),                                        # flagged, no map on this image
+        _study("s4", "ROUTINE", _img("d", _map("mass", (15, 15)))),             # not flagged: not counted
+        _study("s5", "STAT", _img("e", _map("mass", (15, 15)))),                # labelled normal: not counted
+    ]
+    labels = {"s1": True, "s2": True, "s3": True, "s4": True, "s5": False}
+    at5 = pointing_game(studies, labels, boxes, ORDER, margin_mm=5.0)
+    assert at5 == {"score": 0.5, "hits": 1, "n": 2, "margin_mm": 5.0, "flagged_images_without_heatmap": 1}
+    assert pointing_game(studies, labels, boxes, ORDER, margin_mm=10.5)["score"] == 1.0
+    assert pointing_game(studies, labels, boxes, ORDER, margin_mm=0.0)["hits"] == 0
+    assert pointing_game([], labels, boxes, ORDER, 5.0)["score"] is None
+
+
+def test_heatmap_agreement_pairs_maps_by_image_and_label():
+    from edgeinfer_calibration.validate import heatmap_agreement
+
+    g = [[0.0, 1.0], [2.0, 3.0]]
+    ref = [_study("s", "STAT", _img("a", _map("mass", (10, 10), g)), _img("b", _map("mass", (0, 0), g)))]
+    got = [_study("s", "STAT", _img("a", _map("mass", (13, 14), [[0.0, 2.0], [4.0, 6.0]])),
+                  _img("b", _map("mass", (0, 0), [[3.0, 2.0], [1.0, 0.0]]), _map("pneumothorax", (0, 0))))]
+    a = heatmap_agreement(ref, got)
+    assert a["n"] == 2 and a["only_this"] == 1 and a["only_fp32"] == 0
+    assert a["r_mean"] == pytest.approx(0.0) and a["r_min"] == pytest.approx(-1.0)
+    assert a["peak_distance_mm_max"] == pytest.approx(2.5) and a["peak_distance_mm_median"] == pytest.approx(1.25)
+    assert heatmap_agreement(ref, [])["r_mean"] is None
+
+
+def test_finding_boxes_come_from_the_phantom_labels(tmp_path):
+    from edgeinfer import phantom
+    from edgeinfer_calibration.validate import read_finding_boxes
+
+    rows = phantom.generate(tmp_path / "p", 8, seed=5, max_size=256)
+    boxes = read_finding_boxes(tmp_path / "p" / "labels.csv")
+    with_finding = [r for r in rows if r["finding"] != "none" and r["finding_box"]]
+    assert with_finding and set(boxes) == {r["sop_instance_uid"] for r in with_finding}
+    for r in with_finding:
+        finding, (top, left, bottom, right) = boxes[r["sop_instance_uid"]]
+        assert finding == r["finding"] and 0 <= top < bottom <= r["rows"] and 0 <= left < right <= r["columns"]
+
+
+def test_validate_json_carries_pointing_game_and_heatmap_agreement_per_precision(validated):
+    _, _, d, _ = validated
+    for name, e in d["precisions"].items():
+        assert {"pointing_game", "heatmap_agreement"} <= set(e), name
+        assert e["heatmap_agreement"]["n"] > 0, name
+    ref = d["precisions"]["fp32"]
+    assert ref["heatmap_agreement"]["r_mean"] == pytest.approx(1.0)
+    assert ref["pointing_game"]["n"] > 0 and 0.0 <= ref["pointing_game"]["score"] <= 1.0
+    assert "heatmap_r" in d["precisions"]["fp16"]["checked"]

@@ -72,6 +72,28 @@ def test_preview_writes_what_the_model_sees(tiny_bundle, phantom_dir, tmp_path):
     np.testing.assert_array_equal(np.load(npy), ref.tensor)
 
 
+def test_preview_heatmap_shows_the_image_beside_each_urgent_label_s_map(phantom_dir, tmp_path, capsys):
+    """The embedded bundle (with a class-activation map): three panels at twice the model's size, each under
+    a title band; the map panels are coloured where the map is high, the first is the grey image."""
+    f = sorted(phantom_dir.rglob("*.dcm"))[0]
+    png = tmp_path / "why.png"
+    assert main(["preview", str(f), "--heatmap", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "class-activation map (FP32 graph): pneumothorax 0." in out and "mass 0." in out
+    img = cv2.imread(str(png), cv2.IMREAD_COLOR)
+    band = img.shape[0] - 512
+    assert img.shape[1] == 3 * 512 and 10 < band < 60
+    panels = [img[band:, k * 512:(k + 1) * 512].astype(int) for k in range(3)]
+    assert (panels[0][:, :, 0] == panels[0][:, :, 2]).all()                        # the image, grey
+    assert any((np.abs(p[:, :, 0] - p[:, :, 2]) > 60).any() for p in panels[1:])   # a map, coloured
+
+
+def test_preview_heatmap_of_a_bundle_without_a_map_says_so(tiny_bundle, phantom_dir, tmp_path, capsys):
+    f = sorted(phantom_dir.rglob("*.dcm"))[0]
+    assert main(["preview", str(f), "--bundle", str(tiny_bundle), "--heatmap", "--out", str(tmp_path / "w.png")]) == 0
+    assert "has no class-activation map output (export it again to get one)" in capsys.readouterr().out
+
+
 def test_preview_of_a_bad_file_is_a_clear_refusal(tmp_path, capsys):
     bad = tmp_path / "x.dcm"
     bad.write_text("nope")
@@ -274,7 +296,7 @@ def test_triage_intake_workers(tiny_bundle, phantom_dir, tmp_path, capsys):
     assert "--workers at least 0" in capsys.readouterr().err
 
 
-def test_triage_writes_each_study_s_sr_with_the_node_s_writer(phantom_dir, tmp_path):
+def test_triage_writes_each_study_s_sr_and_heatmaps_with_the_node_s_writers(phantom_dir, tmp_path):
     """--output-dicom: the same writers as the node, one file per object named by its SOP Instance UID; every
     document passes dicom3tools' dciodvfy and sits in its source study."""
     import pydicom
@@ -288,10 +310,16 @@ def test_triage_writes_each_study_s_sr_with_the_node_s_writer(phantom_dir, tmp_p
     studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in phantom_dir.rglob("*.dcm")}
     files = sorted(out.glob("*.dcm"))
     assert f"{len(files)} DICOM result(s) written to {out}" in r.stderr
-    srs = [pydicom.dcmread(f) for f in files]
-    assert {str(s.StudyInstanceUID) for s in srs} == studies and all(f.stem == str(s.SOPInstanceUID)
-                                                                      for f, s in zip(files, srs))
-    assert all(s.Modality == "SR" and s.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" for s in srs)
+    objects = [pydicom.dcmread(f) for f in files]
+    assert all(f.stem == str(s.SOPInstanceUID) for f, s in zip(files, objects))
+    srs = [s for s in objects if s.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"]
+    heatmaps = [s for s in objects if s.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
+    assert len(srs) + len(heatmaps) == len(objects) and all(s.Modality == "SR" for s in srs)
+    assert sorted(str(s.StudyInstanceUID) for s in srs) == sorted(studies)          # one SR per study
+    wl = json.loads(edgeinfer("triage", str(phantom_dir), "--backend", "onnxruntime", "--precision", "fp32",
+                              "--no-progress", "--json").stdout)
+    assert len(heatmaps) == sum(len(i.get("heatmaps", [])) for s in wl["studies"] for i in s["images"]) > 0
     dciodvfy = peers.require_binary("dciodvfy")
-    report = subprocess.run([dciodvfy, str(files[0])], capture_output=True, text=True, timeout=60)
-    assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")], report
+    for f in (files[0], next(f for f, s in zip(files, objects) if s in heatmaps)):
+        report = subprocess.run([dciodvfy, str(f)], capture_output=True, text=True, timeout=60)
+        assert not [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")], report

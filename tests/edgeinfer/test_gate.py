@@ -77,8 +77,41 @@ def test_nan_counts_as_not_measured():
     assert not evaluate_gate(FP32, ok(agreement=float("nan"))).passed
 
 
+MAPS_FP32 = FP32 | {"pointing_game": {"score": 0.90, "n": 100}, "heatmap_agreement": {"r_mean": 1.0}}
+
+
+def maps(r_mean=0.95, pointing=0.89):
+    return ok(heatmap_agreement={"r_mean": r_mean, "n": 100}, pointing_game={"score": pointing, "n": 100})
+
+
+def test_heatmaps_are_checked_when_the_bundle_has_them():
+    r = evaluate_gate(MAPS_FP32, maps())
+    assert r.passed and {"heatmap_r", "pointing_drop"} <= set(r.checked)
+    assert evaluate_gate(MAPS_FP32, maps(r_mean=0.9, pointing=0.88)).passed          # both bounds inclusive
+    assert "heatmap_r" not in evaluate_gate(FP32, ok()).checked                     # no maps: nothing to check
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"r_mean": 0.85}, "mean r 0.850, below the required 0.9: the scores may hold but the evidence moved"),
+    ({"pointing": 0.86}, "pointing game dropped by 4.0 points (0.900 -> 0.860)"),
+    ({"r_mean": None}, "could not be compared with FP32's"),
+    ({"pointing": None}, "measured for FP32 (0.900) but not for this precision"),
+])
+def test_a_graph_that_keeps_the_scores_but_moves_the_evidence_fails(kw, words):
+    r = evaluate_gate(MAPS_FP32, maps(**kw))
+    assert not r.passed and any(words in x for x in r.reasons), r.reasons
+
+
+def test_without_finding_locations_the_pointing_game_is_a_note():
+    r = evaluate_gate(FP32 | {"heatmap_agreement": {"r_mean": 1.0}, "pointing_game": None}, maps(pointing=None)
+                      | {"pointing_game": None})
+    assert r.passed and any("pointing game not checked" in n for n in r.notes)
+    assert evaluate_gate(MAPS_FP32, maps(r_mean=0.5), GateConfig(min_heatmap_r=0.4)).passed
+
+
 @pytest.mark.parametrize("bad", [{"min_agreement": 1.5}, {"max_auc_drop": -0.1}, {"min_studies": 0},
-                                 {"max_sensitivity_drop": float("inf")}])
+                                 {"max_sensitivity_drop": float("inf")}, {"min_heatmap_r": 1.5},
+                                 {"max_pointing_drop": -0.01}])
 def test_config_is_checked(bad):
     with pytest.raises(ValueError):
         GateConfig(**bad)

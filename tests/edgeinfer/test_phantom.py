@@ -284,3 +284,24 @@ def test_importing_the_module_pulls_in_no_heavy_dependency():
             "print(sorted(bad)); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr or r.stdout
+
+
+def test_the_finding_box_holds_where_the_finding_changed_the_image():
+    """The same patient with and without the finding: every pixel the finding changed markedly lies in
+    ``box_rc`` (labels.csv's ``finding_box``), and the box is a small part of the image."""
+    from pydicom.pixels import apply_modality_lut
+
+    for i in range(6):
+        kind = phantom.FINDINGS[i % 2]
+        sick = phantom.make_case(np.random.default_rng([7, i]), index=i, finding=kind, max_size=256)
+        well = phantom.make_case(np.random.default_rng([7, i]), index=i, finding="none", max_size=256)
+        diff = np.abs(apply_modality_lut(sick.dataset.pixel_array, sick.dataset).astype(float)
+                      - apply_modality_lut(well.dataset.pixel_array, well.dataset).astype(float))
+        top, left, bottom, right = sick.details["box_rc"]
+        yy, xx = np.nonzero(diff > 0.25 * diff.max())
+        inside = (yy >= top - 2) & (yy < bottom + 2) & (xx >= left - 2) & (xx < right + 2)
+        assert inside.mean() > 0.98, (kind, i, inside.mean())
+        r, c = sick.details["center_rc"]
+        assert top <= r < bottom and left <= c < right
+        assert (bottom - top) * (right - left) < 0.4 * diff.size
+        assert "box_rc" not in well.details

@@ -245,3 +245,63 @@ def test_surplus_pixel_data_is_used_as_described_and_noted(tiny_bundle, phantom_
     img = wl.studies[0]["images"][0]
     assert img["status"] == "ok"
     assert any("only those were used" in n for n in img["notes"])
+
+
+# --- heatmaps -----------------------------------------------------------------------------------
+def test_flagged_studies_carry_heatmaps_placed_on_their_images(phantom_dir):
+    """The embedded bundle outputs a class-activation map: each image of a STAT/URGENT study gets one heatmap per
+    urgent label at or above the operating point, in the worklist's schema; other studies get none; none
+    at all with heatmaps="none"."""
+    import jsonschema
+
+    from helpers import ROOT
+
+    bundle = load_bundle()
+    with create_runner(bundle.artifact(precision="fp32")) as runner:
+        wl = TriageEngine(bundle, runner).run(discover([phantom_dir]))
+        bare = TriageEngine(bundle, runner, heatmaps="none").run(discover([phantom_dir]))
+    flagged = [s for s in wl.studies if s["priority"] in ("STAT", "URGENT")]
+    assert flagged and len(flagged) < len(wl.studies)
+    for s in wl.studies:
+        maps = [(i, h) for i in s["images"] for h in i.get("heatmaps", [])]
+        assert bool(maps) == (s in flagged), s["priority"]
+        for img, h in maps:
+            assert h["label"] in bundle.urgent_labels and h["score"] >= 0.5
+            assert h["score"] == img["label_scores"][h["label"]]
+            assert np.array(h["grid"]).shape == (8, 8) and h["input"] == {"size": [256, 256], "keep_aspect": False}
+            rows, cols = img["source_shape"]
+            assert 0 <= h["peak_rc"][0] < rows and 0 <= h["peak_rc"][1] < cols and len(h["spacing_mm"]) == 2
+    assert not any(k.startswith("_") for s in wl.studies for i in s["images"] for k in i)
+    jsonschema.validate(wl.as_dict(), json.loads((ROOT / "edgeinfer" / "schema" / "worklist-v1.schema.json").read_text()))
+    assert not any("heatmaps" in i for s in bare.studies for i in s["images"])
+    assert [s["score"] for s in bare.studies] == [s["score"] for s in wl.studies]   # the scores do not change
+
+
+def test_a_map_of_another_shape_than_the_manifest_says_is_dropped_not_fatal(phantom_dir, caplog):
+    bundle = load_bundle()
+
+    class WrongMap:
+        def __init__(self, runner):
+            self.runner = runner
+
+        def __getattr__(self, name):
+            return getattr(self.runner, name)
+
+        def infer(self, feeds):
+            out = dict(self.runner.infer(feeds))
+            out["cam"] = out["cam"][:, :, :4]
+            return out
+
+    with create_runner(bundle.artifact(precision="fp32")) as runner:
+        wl = TriageEngine(bundle, WrongMap(runner)).run(discover([phantom_dir]))
+    assert any(s["priority"] == "STAT" for s in wl.studies)
+    assert not any("heatmaps" in i for s in wl.studies for i in s["images"])
+    assert "its manifest says (" in caplog.text and "no heatmaps" in caplog.text
+
+
+def test_an_unknown_heatmaps_setting_is_refused(tiny_bundle):
+    from edgeinfer.errors import UsageError
+
+    bundle = load_bundle(tiny_bundle)
+    with create_runner(bundle.artifact(precision="fp32")) as runner, pytest.raises(UsageError, match="heatmaps 'all'"):
+        TriageEngine(bundle, runner, heatmaps="all")

@@ -292,6 +292,19 @@ def test_the_console_page_is_html_escaped_and_most_urgent_first(server, view):
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "watchdog &amp; more" in page and "not for clinical" in page
     assert page.index('data-priority="STAT"') < page.index('data-priority="INDETERMINATE"')
-    assert "Patient names and accession numbers are not shown: this HTTP side has no TLS and no access control" in page
+    assert "Patient names and accession numbers are not shown: this HTTP side has no TLS and no login" in page
+    assert "/heatmap/" not in page                              # no heatmaps in these results: no thumbnail
     view.reasons = ["the model is not loaded"]
     assert "Not ready: the model is not loaded" in get(server.url + "/")[2].decode()
+
+
+def test_the_console_links_a_flagged_study_s_strongest_heatmap_and_heatmap_urls_are_checked(server, view):
+    heat = {"label": "mass & more", "score": 0.99, "grid": [[0.0]], "peak_rc": [1, 1]}
+    view.list = {**view.list, "studies": [{
+        "study_uid": "1.2.3", "priority": "STAT", "score": 0.99, "modality": "DX", "failed_images": [], "version": 2,
+        "images": [{"sop_instance_uid": "1.2.3.4", "heatmaps": [heat | {"label": "weak", "score": 0.6}, heat]}]}]}
+    page = get(server.url + "/")[2].decode()
+    assert 'href="/heatmap/1.2.3/1.2.3.4/mass%20%26%20more?v=2"' in page
+    assert 'src="/heatmap/1.2.3/1.2.3.4/mass%20%26%20more?v=2&amp;size=96"' in page
+    assert get(server.url + "/heatmap/1.2.3/1.2.3.4/mass?size=99999")[0] == 400
+    assert get(server.url + "/heatmap/not-a-uid/1.2.3.4/mass")[0] == 404      # the view (no heatmap_png) is not asked

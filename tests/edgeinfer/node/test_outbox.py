@@ -90,13 +90,16 @@ def test_a_pacs_outage_longer_than_the_old_retry_window_loses_no_sr_even_across_
     peers.wait_until(lambda: "retry 9 in" in node.log.read_text(), 60, 0.2, "ten failed attempts")
     node.kill()                                                # and the node restarts during the outage
     again = node_factory(*args, "--spool", str(node.spool), name="after")
-    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="pending"} ' + f"{float(len(studies))}"
-                     in again.get("/metrics")[1], 30, 0.2, "the pending SRs counted after the restart")
+    # one SR per study, and one heatmap image per heatmap of a flagged study
+    objects = len(studies) + sum(len(i.get("heatmaps", [])) for s in again.get("/worklist")[1]["studies"]
+                                 for i in s["images"])
+    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="pending"} ' + f"{float(objects)}"
+                     in again.get("/metrics")[1], 30, 0.2, "the pending results counted after the restart")
     pacs = orthanc_factory(extra_config={"DicomPort": port})    # PACS is back
     for uid in studies:
         assert len(pacs.wait_for_srs(uid, 1, timeout=60)) == 1
-    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="sent"} ' + f"{float(len(studies))}"
-                     in again.get("/metrics")[1], 30, 0.2, "every SR counted as sent")
+    peers.wait_until(lambda: 'edgeinfer_outbox_items{state="sent"} ' + f"{float(objects)}"
+                     in again.get("/metrics")[1], 30, 0.2, "every result counted as sent")
     assert 'edgeinfer_outbox_items{state="dead"} 0.0' in again.get("/metrics")[1]
 
 
