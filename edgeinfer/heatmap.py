@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 #: the manifest's ``role`` of a CAM output
 CAM_ROLE = "class_activation_map"
-#: digits kept of each grid value in the worklist
-GRID_DIGITS = 4
+#: decimals kept of each grid value in the worklist
+GRID_DECIMALS = 4
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,23 @@ def to_source(grid: np.ndarray, source_shape: Sequence[int], spec: PreprocessSpe
 
 
 def peak_rc(grid: np.ndarray, source_shape: Sequence[int], spec: PreprocessSpec) -> tuple[float, float]:
-    """Where the map peaks, as (row, column) of the stored image (pixel centres at integers)."""
+    """Where the map peaks, as (row, column) of the stored image (pixel centres at integers).
+
+    A bilinear stretch of a grid peaks where the grid does, at the centre of its highest cell, so no
+    stretched map is made: the highest cell whose centre lies on the image (not in a letterbox) is taken
+    and its centre mapped back."""
+    g = np.asarray(grid, np.float64)
+    h, w = g.shape
+    th, tw = spec.target_size
     top, left, nh, nw = content_box(tuple(source_shape), spec)
-    inside = to_input(grid, spec.target_size)[top:top + nh, left:left + nw]
-    r, c = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    ys, xs = (np.arange(h) + 0.5) * th / h - 0.5, (np.arange(w) + 0.5) * tw / w - 0.5   # cell centres, input px
+    on = np.outer((ys >= top - 0.5) & (ys < top + nh - 0.5), (xs >= left - 0.5) & (xs < left + nw - 0.5))
+    r, c = np.unravel_index(int(np.argmax(np.where(on, g, -np.inf))), g.shape) if on.any() else (h // 2, w // 2)
     rows, cols = int(source_shape[0]), int(source_shape[1])
-    return round(float((r + 0.5) * rows / nh - 0.5), 1), round(float((c + 0.5) * cols / nw - 0.5), 1)
+    y = min(max(ys[r] - top, -0.5), nh - 0.5)
+    x = min(max(xs[c] - left, -0.5), nw - 0.5)
+    return (round(float(min(max((y + 0.5) * rows / nh - 0.5, 0), rows - 1)), 1),
+            round(float(min(max((x + 0.5) * cols / nw - 0.5, 0), cols - 1)), 1))
 
 
 def normalise(heat: np.ndarray) -> np.ndarray:
@@ -146,7 +157,7 @@ def image_heatmaps(cam: np.ndarray, label_scores: dict, cam_output: CamOutput, u
                    threshold: float, source_shape: Sequence[int], spec: PreprocessSpec,
                    spacing: list[float] | None) -> list[dict]:
     """The worklist's ``heatmaps`` of one image: one per urgent label scoring at least ``threshold``, highest
-    first: the label, its score, the grid (model geometry, :data:`GRID_DIGITS` significant digits), the
+    first: the label, its score, the grid (model geometry, :data:`GRID_DECIMALS` decimals), the
     model input it covers (size, letterboxed or not: :func:`input_spec`), the peak on the stored image and
     the pixel spacing the peak is measured with."""
     out = []
@@ -158,7 +169,7 @@ def image_heatmaps(cam: np.ndarray, label_scores: dict, cam_output: CamOutput, u
         if not np.isfinite(grid).all():
             continue
         out.append({"label": label, "score": score,
-                    "grid": [[float(f"{v:.{GRID_DIGITS}g}") for v in row] for row in grid.tolist()],
+                    "grid": np.round(grid.astype(np.float64), GRID_DECIMALS).tolist(),
                     "input": {"size": list(spec.target_size), "keep_aspect": spec.keep_aspect},
                     "peak_rc": list(peak_rc(grid, source_shape, spec)), "spacing_mm": spacing})
     return sorted(out, key=lambda h: -h["score"])
@@ -169,6 +180,8 @@ def with_banner(rgb: np.ndarray, lines: Sequence[str], *, height: int | None = N
     what an image someone may mistake for a diagnostic one must say about itself."""
     import cv2
 
+    if not lines:
+        return rgb
     w = rgb.shape[1]
     scale = max(0.4, w / 1400)
     step = int(round(28 * scale)) + 4

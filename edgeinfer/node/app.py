@@ -279,7 +279,8 @@ class Node:
                 try:
                     rgb = render_on_source(img["path"], img["source_shape"], heat,
                                            PreprocessSpec.from_manifest(self.bundle.manifest["preprocessing"]),
-                                           max_side=max_side, lines=banner_lines(heat, self.bundle.summary()))
+                                           max_side=max_side,   # a thumbnail is too small for the text
+                                           lines=banner_lines(heat, self.bundle.summary()) if max_side >= 256 else [])
                 except (InputError, OSError):
                     return None
                 ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -124,6 +124,8 @@ def test_identity_is_shown_only_over_https_to_a_logged_in_user(browser, node_fac
     assert len(_rows(browser)) == len(studies)
     shot = tmp_path / "console-identity.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("EDGEINFER_SCREENSHOTS"):     # docs/node.md's picture (synthetic phantom patients)
+        (Path(os.environ["EDGEINFER_SCREENSHOTS"]) / "console-identity.png").write_bytes(shot.read_bytes())
     # a login without TLS: still no identity, and the page says why
     node.stop()
     plain = node_factory("--quiet-seconds", "1", "--spool", str(node.spool), "--http-auth", str(users),

@@ -76,7 +76,8 @@ def test_flagged_studies_send_heatmap_images_with_the_sr_and_orthanc_decodes_the
     sop, label = with_maps[uid][0]
     base = f"http://127.0.0.1:{node.http_port}/heatmap/{uid}/{sop}/{label}"
     big, small = _png(base), _png(base + "?size=96")
-    assert max(big.shape[:2]) > max(small.shape[:2]) and max(small.shape[:2]) <= 96 + 60   # + the banner band
+    assert max(big.shape[:2]) > max(small.shape[:2]) and max(small.shape[:2]) == 96   # a thumbnail: no banner
+    assert (big[:20] < 30).mean() > 0.7 and (big[:40] > 200).any()      # the full image: its black banner, text
     assert node.get(f"/heatmap/{uid}/{sop}/no-such-label")[0] == 404
     assert node.get(f"/heatmap/{uid}/{sop}/{label}?size=5")[0] == 400
     page = node.get("/")[1]
