@@ -13,11 +13,8 @@ import pytest
 
 import peers
 from edgeinfer import phantom
-from edgeinfer.backends import create_runner
-from edgeinfer.bundle import load_bundle
 from edgeinfer.dicomout import SRError, build_sr, sr_bytes, sr_uids
-from edgeinfer.intake import discover
-from edgeinfer.triage import INDETERMINATE, TriageEngine
+from edgeinfer.triage import INDETERMINATE
 
 CANARY = "CANARY^PHI"
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -25,22 +22,6 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def triaged(tmp_path_factory):
-    """(worklist, {study uid: [source headers with a canary patient name]}) from a real triage run."""
-    folder = tmp_path_factory.mktemp("sr_phantoms") / "set"
-    phantom.generate(folder, 4, seed=1, max_size=256)
-    bundle = load_bundle()
-    with create_runner(bundle.artifact(precision="fp32")) as runner:
-        wl = TriageEngine(bundle, runner).run(discover([folder]))
-    headers: dict[str, list[pydicom.Dataset]] = {}
-    for f in sorted(folder.rglob("*.dcm")):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        ds.PatientName = CANARY
-        headers.setdefault(str(ds.StudyInstanceUID), []).append(ds)
-    return wl, headers
-
-
 @pytest.fixture
 def two_image(triaged):
     """(study record, sources, bundle, run) of the phantom study with two images (deep copies)."""
@@ -245,7 +226,6 @@ def test_dicom3tools_dciodvfy_finds_no_error_in_the_document(two_image, tmp_path
 
 def test_dicom3tools_dcentvfy_finds_no_error_in_phantom_studies(tmp_path):
     # series-level attributes are the same across a series (a repeat view used to name itself in one)
-    from edgeinfer import phantom
 
     dcentvfy = peers.require_binary("dcentvfy")
     phantom.generate(tmp_path / "set", 30, seed=7, max_size=128)
