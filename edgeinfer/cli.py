@@ -50,6 +50,19 @@ def cmd_phantom(args) -> int:
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     out = Path(args.out_dir)
+    if args.kind == "ct-head":
+        from .phantom.ct_head import generate_ct
+
+        if args.max_size is not None:
+            raise UsageError("--max-size is for radiographs; a head CT takes --size (slice rows and columns)")
+        with progress_bar(args.n, f"writing {args.n} head CT studies", not args.no_progress) as advance:
+            rows = generate_ct(out, args.n, args.seed, size=args.size or 512, progress=advance)
+        print(f"wrote {len(rows)} head CT studies ({sum(r['slices'] for r in rows)} slices, "
+              f"{sum(r['label'] == 'urgent' for r in rows)} with a bleed) to {out}; labels in {out / 'labels.csv'}, "
+              "masks beside each series")
+        return 0
+    if args.size is not None:
+        raise UsageError("--size is for --kind ct-head; radiographs take --max-size")
     with progress_bar(args.n, f"writing {args.n} phantom images", not args.no_progress) as advance:
         rows = phantom.generate(out, args.n, args.seed, max_size=args.max_size, progress=advance)
     studies = {r["study_uid"] for r in rows}
@@ -452,12 +465,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show a traceback for internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("phantom", help="write synthetic chest radiographs as DICOM (labelled)", formatter_class=fmt,
-                       epilog=_examples("edgeinfer phantom out/ --n 100 --seed 1\nedgeinfer phantom out/ --n 8 --max-size 768"))
+    s = sub.add_parser("phantom", help="write synthetic chest radiographs (or head CTs) as DICOM (labelled)",
+                       formatter_class=fmt,
+                       epilog=_examples("edgeinfer phantom out/ --n 100 --seed 1\nedgeinfer phantom out/ --n 8 --max-size 768\n"
+                                        "edgeinfer phantom ct/ --kind ct-head --n 4 --seed 1"))
     s.add_argument("out_dir")
-    s.add_argument("--n", type=int, default=20, help="number of images (default 20)")
+    s.add_argument("--kind", choices=("cxr", "ct-head"), default="cxr",
+                   help="cxr: chest radiographs (default); ct-head: non-contrast head CT series with bleed masks")
+    s.add_argument("--n", type=int, default=20, help="number of images, or of studies for ct-head (default 20)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-size", type=int, default=None, help="cap the larger image side (default: detector sizes)")
+    s.add_argument("--size", type=int, default=None, help="ct-head: slice rows and columns (default 512)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_phantom)
 

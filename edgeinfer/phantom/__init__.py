@@ -46,7 +46,8 @@ the soft-tissue layers), :mod:`.skeleton` (bones), :mod:`.vessels` (lung marking
 :mod:`.findings` (mass and pneumothorax), :mod:`.detector` (acquisition, processing, noise,
 stored values), :mod:`.render` (one image: the layers in order), :mod:`.dicom` (datasets,
 UIDs, headers, encodings) and :mod:`.generator` (study planning, strata, :func:`make_case`,
-:func:`generate`, ``labels.csv``). :data:`DIFFICULTY` and :data:`FINDING_CONTRAST` are
+:func:`generate`, ``labels.csv``); :mod:`.ct_head` makes head CT series with intracranial bleeds, their
+masks and volumes (``edgeinfer phantom --kind ct-head``). :data:`DIFFICULTY` and :data:`FINDING_CONTRAST` are
 defined here and read from this package at call time, so setting
 ``edgeinfer.phantom.DIFFICULTY`` takes effect.
 """
