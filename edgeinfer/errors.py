@@ -63,6 +63,13 @@ class PreprocessError(InputError):
     code = "preprocess"
 
 
+class SeriesError(InputError):
+    """The slices of a series do not make one volume the runtime will use as it is (mixed orientations, a
+    gantry tilt, slices of different sizes): refused with a reason, never silently resampled."""
+
+    code = "series-geometry"
+
+
 class NotApplicable(InputError):
     """Valid input that this bundle does not handle (not an image, wrong modality...).
 

@@ -1,0 +1,168 @@
+"""A CT or MR series as a volume: its slices ordered along their normal, the geometry checked, the modality
+values (HU for CT) stacked slice by slice.
+
+:func:`plan_series` is pure (headers in, an order and notes out): every slice must share one orientation,
+size and pixel spacing, and its position must move along the slice normal only. Refused with a reason
+(:class:`~edgeinfer.errors.SeriesError`), never silently resampled: mixed orientations, a gantry tilt (the
+positions drift in-plane from slice to slice), slices of different sizes or spacings, fewer than two
+slices. Said, and kept going: a duplicated position (one slice kept, the others listed), a gap (a spacing
+more than 1.5 times the series' usual one: a slice missing), slices that arrived in any order.
+
+:func:`read_volume` reads the files through the checked reader (``edgeinfer.dicomio``), plans, then
+allocates the volume once and decodes one slice at a time into it (the modality LUT from
+``edgeinfer.preprocess``): the memory held is the volume plus one slice in flight.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .errors import SeriesError
+
+#: two positions closer than this share of the usual spacing are the same slice
+DUPLICATE_TOLERANCE = 0.05
+#: a spacing more than this many times the usual one is a gap
+GAP_FACTOR = 1.5
+#: orientation cosines that differ by more than this are another orientation
+ORIENTATION_TOLERANCE = 1e-3
+#: in-plane drift (mm per mm along the normal) beyond which the series is tilted or sheared
+TILT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the geometry needs of one slice."""
+
+    key: str                                   # the path (or any label for messages)
+    sop_uid: str
+    orientation: tuple[float, ...]             # ImageOrientationPatient: row and column direction cosines
+    position: tuple[float, float, float]       # ImagePositionPatient: the first pixel's centre, mm
+    shape: tuple[int, int]                     # rows, columns
+    spacing: tuple[float, float]               # PixelSpacing: between rows, between columns, mm
+
+    @classmethod
+    def of(cls, ds, key: str) -> "SliceHeader":
+        try:
+            return cls(key, str(ds.SOPInstanceUID), tuple(float(v) for v in ds.ImageOrientationPatient),
+                       tuple(float(v) for v in ds.ImagePositionPatient), (int(ds.Rows), int(ds.Columns)),
+                       tuple(float(v) for v in ds.PixelSpacing))
+        except (AttributeError, TypeError, ValueError):
+            raise SeriesError("a slice has no usable Image Orientation, Image Position or Pixel Spacing (Patient)",
+                              hint="a volume needs the image plane module on every slice") from None
+
+
+@dataclass
+class SeriesPlan:
+    """The slices to use, in order along the normal (indices into the headers), and what was noticed."""
+
+    order: list[int]
+    positions: list[float]                     # along the normal, mm, ascending
+    normal: tuple[float, float, float]
+    slice_spacing: float                       # the usual spacing between slices, mm
+    spacing: tuple[float, float]
+    shape: tuple[int, int]
+    duplicates: list[str] = field(default_factory=list)     # keys left out: another slice has their position
+    gaps: list[tuple[float, float]] = field(default_factory=list)   # (position before, position after), mm
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_series(headers: Sequence[SliceHeader]) -> SeriesPlan:
+    """Order ``headers`` along their normal and check that they make one volume (see the module's text)."""
+    if len(headers) < 2:
+        raise SeriesError(f"a volume needs at least 2 slices; the series has {len(headers)}")
+    first = headers[0]
+    iop = np.array(first.orientation, np.float64)
+    if iop.shape != (6,):
+        raise SeriesError("Image Orientation (Patient) must hold 6 values")
+    mixed = sum(1 for h in headers if np.abs(np.array(h.orientation) - iop).max() > ORIENTATION_TOLERANCE)
+    if mixed:
+        raise SeriesError(f"the series mixes image orientations ({mixed} of {len(headers)} slices differ from the "
+                          "first)", hint="choose a series of one orientation, e.g. the axial reconstruction")
+    sizes = {(h.shape, h.spacing) for h in headers}
+    if len(sizes) > 1:
+        raise SeriesError(f"the slices differ in size or pixel spacing ({len(sizes)} kinds)",
+                          hint="a volume needs one grid; check that the series was not assembled from two")
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    if not (abs(np.linalg.norm(row) - 1) < 1e-2 and abs(np.linalg.norm(col) - 1) < 1e-2 and abs(row @ col) < 1e-2):
+        raise SeriesError("Image Orientation (Patient) is not two orthogonal unit vectors")
+    normal /= np.linalg.norm(normal)
+    pos = np.array([h.position for h in headers], np.float64)
+    along = pos @ normal
+    idx = np.argsort(along, kind="stable")
+    along, pos = along[idx], pos[idx]
+    # whatever moves from slice to slice other than along the normal is a tilt (or a shear)
+    drift = (pos - pos[0]) - np.outer(along - along[0], normal)
+    extent = max(along[-1] - along[0], 1e-6)
+    if np.linalg.norm(drift, axis=1).max() / extent > TILT_TOLERANCE and np.linalg.norm(drift, axis=1).max() > 0.05:
+        raise SeriesError(f"the slices drift in-plane by {np.linalg.norm(drift, axis=1).max():.1f} mm over "
+                          f"{extent:.0f} mm along the normal: a gantry tilt or a sheared series",
+                          hint="have the scanner send a reconstruction corrected for the tilt; the runtime does "
+                               "not resample it silently")
+    steps = np.diff(along)
+    usual = float(np.median(steps[steps > 1e-6])) if (steps > 1e-6).any() else 0.0
+    if usual <= 0:
+        raise SeriesError("every slice of the series has the same position")
+    keep, duplicates = [0], []
+    for i in range(1, len(along)):
+        if along[i] - along[keep[-1]] < DUPLICATE_TOLERANCE * usual:
+            duplicates.append(headers[int(idx[i])].key)
+        else:
+            keep.append(i)
+    kept = along[keep]
+    gaps = [(float(a), float(b)) for a, b in zip(kept[:-1], kept[1:]) if b - a > GAP_FACTOR * usual]
+    plan = SeriesPlan([int(idx[i]) for i in keep], [float(v) for v in kept], tuple(float(v) for v in normal), usual,
+                      first.spacing, first.shape, duplicates, gaps)
+    if duplicates:
+        plan.notes.append(f"{len(duplicates)} slice(s) repeat the position of another; one of each kept")
+    for a, b in gaps:
+        plan.notes.append(f"a gap of {b - a:.2f} mm between the slices at {a:.2f} and {b:.2f} mm (usual spacing "
+                          f"{usual:.2f} mm): a slice may be missing")
+    return plan
+
+
+@dataclass
+class Volume:
+    """Modality values (slices, rows, columns), float32, slices ascending along ``normal``."""
+
+    values: np.ndarray
+    plan: SeriesPlan
+    sop_uids: list[str]
+
+    @property
+    def voxel_mm(self) -> tuple[float, float, float]:
+        return self.plan.slice_spacing, self.plan.spacing[0], self.plan.spacing[1]
+
+
+def read_volume(paths: Sequence[str | os.PathLike], limits=None) -> Volume:
+    """The volume of the series in ``paths`` (one series; any order). InputError subclasses for a file that
+    cannot be read and :class:`SeriesError` for a geometry the runtime refuses, each with its reason."""
+    from . import dicomio
+    from .preprocess import modality_lut
+
+    limits = limits or dicomio.ReadLimits()
+    headers = [SliceHeader.of(_header(p, limits), os.fspath(p)) for p in paths]   # no pixel data held
+    plan = plan_series(headers)
+    out = np.empty((len(plan.order), *plan.shape), np.float32)
+    for k, i in enumerate(plan.order):
+        ds = dicomio.read_dataset(paths[i], limits)                               # one slice in flight
+        out[k] = modality_lut(dicomio.decode_frame(ds, 0, limits), ds)
+    return Volume(out, plan, [headers[i].sop_uid for i in plan.order])
+
+
+def _header(path, limits):
+    """The header of one file, without its pixel data; a file pydicom cannot parse gets the checked reader's
+    verdict (an InputError with its reason)."""
+    import pydicom
+
+    from . import dicomio
+    from .dicomio.quiet import _library_quiet
+
+    try:
+        with _library_quiet():
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - the checked reader says what is wrong, or reads it after all
+        return dicomio.read_dataset(path, limits)
