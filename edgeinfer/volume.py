@@ -166,3 +166,73 @@ def _header(path, limits):
             return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - the checked reader says what is wrong, or reads it after all
         return dicomio.read_dataset(path, limits)
+
+
+# --- which series of a study -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeriesRule:
+    """Which series of a study a volume model takes (a bundle's ``series`` rules): the modality, words the
+    Image Type must hold (``AXIAL``; a scout says ``LOCALIZER``), the orientation, kernels or descriptions
+    to avoid (a bone reconstruction), a slice thickness range and the fewest slices."""
+
+    modalities: tuple[str, ...] = ("CT",)
+    image_type: tuple[str, ...] = ("AXIAL",)
+    orientation: str = "axial"                          # axial | coronal | sagittal | any
+    avoid: tuple[str, ...] = ("bone", "lung", "h70", "b70", "sharp")   # in the kernel or the description
+    thickness: tuple[float, float] = (0.5, 5.0)
+    min_slices: int = 10
+
+
+_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+
+def _why_not(headers: Sequence, rule: SeriesRule) -> str | None:
+    """Why this series (headers of its slices) is not the one, or None when it fits ``rule``."""
+    ds = headers[0]
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in rule.modalities:
+        return f"modality {modality or 'missing'}, not {'/'.join(rule.modalities)}"
+    image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
+    missing = [w for w in rule.image_type if w.upper() not in image_type]
+    if missing:
+        return f"Image Type lacks {', '.join(missing)}" + (" (a localizer)" if "LOCALIZER" in image_type else "")
+    text = " ".join(str(ds.get(k, "") or "") for k in ("ConvolutionKernel", "SeriesDescription")).lower()
+    hit = next((w for w in rule.avoid if w in text), None)
+    if hit:
+        return f"a '{hit}' reconstruction"
+    try:
+        thickness = float(ds.SliceThickness)
+    except (AttributeError, TypeError, ValueError):
+        return "no Slice Thickness"
+    if not rule.thickness[0] <= thickness <= rule.thickness[1]:
+        return f"slices of {thickness:g} mm, outside {rule.thickness[0]:g}-{rule.thickness[1]:g} mm"
+    if len(headers) < rule.min_slices:
+        return f"{len(headers)} slice(s), fewer than {rule.min_slices}"
+    if rule.orientation != "any":
+        try:
+            iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        except (AttributeError, TypeError, ValueError):
+            return "no Image Orientation (Patient)"
+        normal = np.cross(iop[:3], iop[3:])
+        if abs(normal[_AXES[rule.orientation]]) < np.cos(np.radians(15)) * np.linalg.norm(normal):
+            return f"not {rule.orientation}"
+    return None
+
+
+def choose_series(series: dict[str, Sequence], rule: SeriesRule) -> tuple[str | None, dict[str, str]]:
+    """The series (by Series Instance UID, headers of its slices) that ``rule`` takes, and why each other
+    one was passed over. Of several that fit, the one with the most slices (then the lowest Series Number)."""
+    fits, passed = [], {}
+    for uid, headers in series.items():
+        why = _why_not(headers, rule) if headers else "no slices"
+        if why is None:
+            fits.append(uid)
+        else:
+            passed[uid] = why
+    if not fits:
+        return None, passed
+    best = max(fits, key=lambda u: (len(series[u]), -int(series[u][0].get("SeriesNumber", 0) or 0)))
+    for uid in fits:
+        if uid != best:
+            passed[uid] = f"another series fits too; the one with more slices ({len(series[best])}) is used"
+    return best, passed

@@ -307,3 +307,62 @@ def generate_ct(out_dir, n: int, seed: int, *, size: int = 512, progress: Callab
     w.writerows(rows)
     atomic_write(out / "labels.csv", text.getvalue())
     return rows
+
+
+#: the awkward series a real study brings, each with the outcome the runtime must reach (tests/edgeinfer/test_volume.py)
+AWKWARD = {
+    "scout": "a localizer series beside the axial one: passed over (its Image Type says LOCALIZER)",
+    "bone": "a bone-kernel reconstruction of the same slices: passed over for the brain one",
+    "missing": "a slice missing: the volume is made and the gap is said",
+    "duplicate": "a slice sent twice under two SOP Instance UIDs: one kept, the other listed",
+    "tilt": "a gantry tilt (positions drift in-plane): refused with a reason, never resampled",
+    "mixed": "one slice of another orientation: refused with a reason",
+    "shuffled": "slices in random order (as over two associations): sorted along the normal",
+}
+
+
+def awkward_series(ct: HeadCT, kind: str, rng: np.random.Generator) -> list[Dataset]:
+    """Datasets for ``kind`` (a key of :data:`AWKWARD`) made from ``ct``'s series: a new series (scout, bone)
+    or the series altered (copies: ``ct`` is not changed)."""
+    import copy
+
+    token = f"{int(rng.integers(0, 2**62)):x}"
+    slices = [copy.deepcopy(d) for d in ct.datasets]
+
+    def renumber(dss, series_number, description, **extra):
+        series_uid = _uid(token, kind, "series")
+        for k, ds in enumerate(dss):
+            ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = series_uid, series_number, description
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid(token, kind, "image", k)
+            for key, value in extra.items():
+                setattr(ds, key, value)
+        return dss
+
+    if kind == "scout":
+        ds = renumber(slices[len(slices) // 2:len(slices) // 2 + 1], 1, "Topogram 0.6 T20f",
+                      ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])[0]
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+        return [ds]
+    if kind == "bone":
+        return renumber(slices, 3, f"Head {ct.thickness:g}mm bone", ConvolutionKernel="H70s")
+    if kind == "missing":
+        del slices[len(slices) // 2]
+        return slices
+    if kind == "duplicate":
+        extra = copy.deepcopy(slices[len(slices) // 3])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = _uid(token, kind, "copy")
+        return slices + [extra]
+    if kind == "tilt":
+        angle = float(rng.uniform(10, 25))
+        for ds in slices:
+            x, y, z = (float(v) for v in ds.ImagePositionPatient)
+            ds.ImagePositionPatient = [_ds(x), _ds(y + z * math.tan(math.radians(angle))), _ds(z)]
+            ds.GantryDetectorTilt = _ds(angle)
+        return slices
+    if kind == "mixed":
+        slices[len(slices) // 2].ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
+        return slices
+    if kind == "shuffled":
+        order = rng.permutation(len(slices))
+        return [slices[i] for i in order]
+    raise ValueError(f"awkward series {kind!r}: one of {', '.join(AWKWARD)}")

@@ -92,3 +92,66 @@ def test_plan_series_on_headers_alone():
         plan_series([h(0)])
     with pytest.raises(SeriesError, match="same position"):
         plan_series([h(0, "a"), h(0, "b")])
+
+
+# --- a real study's awkward series, each with its stated outcome ------------------------------------------
+@pytest.fixture(scope="module")
+def head():
+    from edgeinfer.phantom.ct_head import make_head_ct
+
+    return make_head_ct(np.random.default_rng([9, 1]), index=1, finding="iph", size=64, thickness=5.0)
+
+
+def _write(datasets, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, ds in enumerate(datasets):
+        p = folder / f"{k:03d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def _by_series(datasets):
+    out = {}
+    for ds in datasets:
+        out.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    return out
+
+
+def test_the_axial_brain_series_is_chosen_over_the_scout_and_the_bone_reconstruction(head):
+    from edgeinfer.phantom.ct_head import awkward_series
+    from edgeinfer.volume import SeriesRule, choose_series
+
+    rng = np.random.default_rng(3)
+    study = head.datasets + awkward_series(head, "scout", rng) + awkward_series(head, "bone", rng)
+    chosen, passed = choose_series(_by_series(study), SeriesRule())
+    assert chosen == head.series_uid and len(passed) == 2
+    assert sorted(passed.values()) == sorted(["Image Type lacks AXIAL (a localizer)", "a 'bone' reconstruction"])
+    none, why = choose_series(_by_series(study), SeriesRule(modalities=("MR",)))
+    assert none is None and set(why.values()) == {"modality CT, not MR"}
+    thin, why = choose_series(_by_series(head.datasets), SeriesRule(thickness=(0.5, 2.5)))
+    assert thin is None and "slices of 5 mm, outside 0.5-2.5 mm" in why.values()
+
+
+@pytest.mark.parametrize("kind", ["missing", "duplicate", "shuffled", "tilt", "mixed"])
+def test_each_awkward_series_has_its_stated_outcome(head, tmp_path, kind):
+    from edgeinfer.phantom.ct_head import AWKWARD, awkward_series
+
+    paths = _write(awkward_series(head, kind, np.random.default_rng(4)), tmp_path / kind)
+    n = len(head.datasets)
+    if kind in ("tilt", "mixed"):
+        with pytest.raises(SeriesError, match="gantry tilt" if kind == "tilt" else "mixes image orientations"):
+            read_volume(paths)
+        assert "refused" in AWKWARD[kind]
+        return
+    v = read_volume(paths)
+    if kind == "missing":
+        assert v.values.shape[0] == n - 1 and len(v.plan.gaps) == 1
+    elif kind == "duplicate":
+        assert v.values.shape[0] == n and len(v.plan.duplicates) == 1
+    else:
+        assert v.values.shape[0] == n and v.plan.notes == []
+        assert v.sop_uids == [str(d.SOPInstanceUID) for d in head.datasets]       # back in order
+    m = head.mask.astype(bool)
+    assert v.values.shape[1:] == m.shape[1:]
