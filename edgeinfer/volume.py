@@ -137,20 +137,50 @@ class Volume:
         return self.plan.slice_spacing, self.plan.spacing[0], self.plan.spacing[1]
 
 
-def read_volume(paths: Sequence[str | os.PathLike], limits=None) -> Volume:
+def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: float | None = None) -> Volume:
     """The volume of the series in ``paths`` (one series; any order). InputError subclasses for a file that
-    cannot be read and :class:`SeriesError` for a geometry the runtime refuses, each with its reason."""
+    cannot be read and :class:`SeriesError` for a geometry the runtime refuses, each with its reason.
+
+    ``pixel_mm``: each slice is resampled in-plane to this pixel size as it is read (OpenCV, area averaging
+    when shrinking), so the volume is held at the model's resolution only; ``Volume.voxel_mm`` then says the
+    size used. Slices are not resampled along the normal: their spacing is the series'."""
+    import cv2
+
     from . import dicomio
     from .preprocess import modality_lut
 
     limits = limits or dicomio.ReadLimits()
     headers = [SliceHeader.of(_header(p, limits), os.fspath(p)) for p in paths]   # no pixel data held
     plan = plan_series(headers)
-    out = np.empty((len(plan.order), *plan.shape), np.float32)
+    rows, cols = plan.shape
+    if pixel_mm is not None:
+        if not pixel_mm > 0:
+            raise ValueError(f"pixel_mm must be positive, got {pixel_mm!r}")
+        rows = max(1, round(rows * plan.spacing[0] / pixel_mm))
+        cols = max(1, round(cols * plan.spacing[1] / pixel_mm))
+    out = np.empty((len(plan.order), rows, cols), np.float32)
     for k, i in enumerate(plan.order):
         ds = dicomio.read_dataset(paths[i], limits)                               # one slice in flight
-        out[k] = modality_lut(dicomio.decode_frame(ds, 0, limits), ds)
+        values = modality_lut(dicomio.decode_frame(ds, 0, limits), ds)
+        if values.shape != (rows, cols):
+            shrink = rows < values.shape[0]
+            values = cv2.resize(values, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out[k] = values
+    if (rows, cols) != plan.shape:
+        plan.spacing = (plan.spacing[0] * plan.shape[0] / rows, plan.spacing[1] * plan.shape[1] / cols)
+        plan.shape = (rows, cols)
     return Volume(out, plan, [headers[i].sop_uid for i in plan.order])
+
+
+def windows(values: np.ndarray, levels: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Modality values -> one channel per (centre, width) window, linear, clipped to [0, 1]: (channels, *shape)
+    float32 (e.g. brain 40/80 and subdural 80/200 for a head CT)."""
+    out = np.empty((len(levels), *values.shape), np.float32)
+    for c, (centre, width) in enumerate(levels):
+        if not width > 0:
+            raise ValueError(f"window {centre}/{width}: the width must be positive")
+        np.clip((values - (centre - width / 2)) / width, 0, 1, out=out[c])
+    return out
 
 
 def _header(path, limits):

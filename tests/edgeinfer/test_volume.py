@@ -155,3 +155,24 @@ def test_each_awkward_series_has_its_stated_outcome(head, tmp_path, kind):
         assert v.sop_uids == [str(d.SOPInstanceUID) for d in head.datasets]       # back in order
     m = head.mask.astype(bool)
     assert v.values.shape[1:] == m.shape[1:]
+
+
+def test_slices_are_brought_to_the_model_s_pixel_size_as_they_are_read_and_windowed(series):
+    from edgeinfer.volume import windows
+
+    files, mask = series
+    full = read_volume(files)
+    half = read_volume(files, pixel_mm=2 * full.plan.spacing[0])
+    assert half.values.shape == (mask.shape[0], mask.shape[1] // 2, mask.shape[2] // 2)
+    assert half.plan.spacing == pytest.approx((2 * full.plan.spacing[0], 2 * full.plan.spacing[1]))
+    # area averaging: each output pixel is the mean of its 2 x 2 block
+    k = mask.shape[0] // 2
+    block = full.values[k].reshape(half.values.shape[1], 2, half.values.shape[2], 2).mean(axis=(1, 3))
+    assert np.allclose(half.values[k], block, atol=1e-3)
+    ch = windows(full.values[k:k + 1], [(40, 80), (600, 2800)])
+    assert ch.shape == (2, 1, *mask.shape[1:]) and ch.min() >= 0 and ch.max() <= 1
+    brain = (full.values[k] > 20) & (full.values[k] < 60)
+    assert np.allclose(ch[0, 0][brain], (full.values[k][brain] - 0) / 80, atol=1e-6)
+    assert (ch[0, 0][full.values[k] > 200] == 1).all() and (ch[0, 0][full.values[k] < -100] == 0).all()
+    with pytest.raises(ValueError, match="width must be positive"):
+        windows(full.values[:1], [(40, 0)])
