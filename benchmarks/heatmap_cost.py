@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     files = dicom_files(phantom_set(args.data, args.n, args.seed, prefix="edgeinfer-heatmap-"))
     rows = measure(bundle, files, args.precisions.split(","), args.rounds, args.threads)
-    report = {"format": FORMAT, "machine": machine_line(flags=True), "bundle": f"{bundle.name} {bundle.version}",
+    report = {"edgeinfer_heatmap_cost": FORMAT, "machine": machine_line(flags=True), "bundle": f"{bundle.name} {bundle.version}",
               "images": len(files), "rounds": args.rounds, "threads": args.threads, "target": TARGET, "rows": rows,
               "command": " ".join(["python", "benchmarks/heatmap_cost.py", *(argv or sys.argv[1:])])}
     publish(report, render(report), args.json, args.report)
