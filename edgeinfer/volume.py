@@ -126,24 +126,30 @@ def plan_series(headers: Sequence[SliceHeader]) -> SeriesPlan:
 
 @dataclass
 class Volume:
-    """Modality values (slices, rows, columns), float32, slices ascending along ``normal``."""
+    """Modality values (slices, rows, columns), float32, slices ascending along ``normal`` at ``positions``
+    (mm along it); ``sop_uids``: the source slices used, in order (their positions: ``plan.positions``)."""
 
     values: np.ndarray
     plan: SeriesPlan
     sop_uids: list[str]
+    positions: list[float] = field(default_factory=list)
 
     @property
     def voxel_mm(self) -> tuple[float, float, float]:
-        return self.plan.slice_spacing, self.plan.spacing[0], self.plan.spacing[1]
+        dz = self.positions[1] - self.positions[0] if len(self.positions) > 1 else self.plan.slice_spacing
+        return float(dz), self.plan.spacing[0], self.plan.spacing[1]
 
 
-def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: float | None = None) -> Volume:
+def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: float | None = None,
+                slice_mm: float | None = None) -> Volume:
     """The volume of the series in ``paths`` (one series; any order). InputError subclasses for a file that
     cannot be read and :class:`SeriesError` for a geometry the runtime refuses, each with its reason.
 
     ``pixel_mm``: each slice is resampled in-plane to this pixel size as it is read (OpenCV, area averaging
     when shrinking), so the volume is held at the model's resolution only; ``Volume.voxel_mm`` then says the
-    size used. Slices are not resampled along the normal: their spacing is the series'."""
+    size used. ``slice_mm``: slices every ``slice_mm`` along the normal from the first, each interpolated
+    linearly between the two source slices around it as they stream past (two source slices held, never
+    the source volume); across a gap the interpolation spans it (the gap is in ``plan.notes``)."""
     import cv2
 
     from . import dicomio
@@ -158,18 +164,34 @@ def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: fl
             raise ValueError(f"pixel_mm must be positive, got {pixel_mm!r}")
         rows = max(1, round(rows * plan.spacing[0] / pixel_mm))
         cols = max(1, round(cols * plan.spacing[1] / pixel_mm))
-    out = np.empty((len(plan.order), rows, cols), np.float32)
+    targets = list(plan.positions)
+    if slice_mm is not None:
+        if not slice_mm > 0:
+            raise ValueError(f"slice_mm must be positive, got {slice_mm!r}")
+        n = int(np.floor((plan.positions[-1] - plan.positions[0]) / slice_mm + 1e-6)) + 1
+        targets = [plan.positions[0] + j * slice_mm for j in range(n)]
+    out = np.empty((len(targets), rows, cols), np.float32)
+    prev: tuple[float, np.ndarray] | None = None
+    j = 0
     for k, i in enumerate(plan.order):
         ds = dicomio.read_dataset(paths[i], limits)                               # one slice in flight
         values = modality_lut(dicomio.decode_frame(ds, 0, limits), ds)
         if values.shape != (rows, cols):
             shrink = rows < values.shape[0]
             values = cv2.resize(values, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out[k] = values
+        z = plan.positions[k]
+        while j < len(targets) and targets[j] <= z + 1e-6:   # every target up to this slice: between prev and it
+            if prev is None or z - prev[0] < 1e-9:
+                out[j] = values
+            else:
+                w = (targets[j] - prev[0]) / (z - prev[0])
+                out[j] = (1 - w) * prev[1] + w * values
+            j += 1
+        prev = (z, values)
     if (rows, cols) != plan.shape:
         plan.spacing = (plan.spacing[0] * plan.shape[0] / rows, plan.spacing[1] * plan.shape[1] / cols)
         plan.shape = (rows, cols)
-    return Volume(out, plan, [headers[i].sop_uid for i in plan.order])
+    return Volume(out, plan, [headers[i].sop_uid for i in plan.order], [float(t) for t in targets])
 
 
 def windows(values: np.ndarray, levels: Sequence[tuple[float, float]]) -> np.ndarray:

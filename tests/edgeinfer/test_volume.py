@@ -176,3 +176,16 @@ def test_slices_are_brought_to_the_model_s_pixel_size_as_they_are_read_and_windo
     assert (ch[0, 0][full.values[k] > 200] == 1).all() and (ch[0, 0][full.values[k] < -100] == 0).all()
     with pytest.raises(ValueError, match="width must be positive"):
         windows(full.values[:1], [(40, 0)])
+
+
+def test_slices_are_interpolated_to_the_model_s_spacing_as_they_stream_past(series):
+    files, _ = series
+    native = read_volume(files)
+    dz = native.voxel_mm[0]
+    half = read_volume(files, slice_mm=dz / 2)                      # twice as many slices
+    assert half.values.shape[0] == 2 * native.values.shape[0] - 1 and half.voxel_mm[0] == pytest.approx(dz / 2)
+    assert np.allclose(half.values[::2], native.values)                                  # the source slices
+    assert np.allclose(half.values[1::2], (native.values[:-1] + native.values[1:]) / 2, atol=1e-3)  # midway
+    coarse = read_volume(files, slice_mm=2 * dz)
+    assert np.allclose(coarse.values, native.values[::2]) and coarse.positions == pytest.approx(native.positions[::2])
+    assert native.positions == pytest.approx(native.plan.positions)
