@@ -1,0 +1,52 @@
+"""Segmentation postprocessing: 3-D components across slices, small ones removed, volumes in mL against the
+phantom's truth, and priorities from volumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeinfer.segmentation import VolumePolicy, components, masks_from, remove_small, volume_ml
+
+
+def test_a_blob_spanning_slices_is_one_component_and_separate_blobs_are_not():
+    m = np.zeros((5, 20, 20), bool)
+    m[0:4, 2:6, 2:6] = True                 # one blob over 4 slices
+    m[1, 14:16, 14:16] = True               # a small one on its own
+    m[3, 10:12, 2:4] = True                 # touches nothing on slices 2 or 4
+    m[2, 8:10, 8:10] = m[3, 9:11, 9:11] = True   # two pieces overlapping from one slice to the next: one
+    labels, n = components(m)
+    assert n == 4 and labels[m].min() >= 1 and (labels[~m] == 0).all()
+    assert len(np.unique(labels[0:4, 2:6, 2:6])) == 1
+    assert labels[2, 8, 8] == labels[3, 10, 10] != labels[1, 14, 14]
+    # a U-shape that meets only on a later slice is one component too
+    u = np.zeros((3, 10, 10), bool)
+    u[0, 2, 2] = u[0, 2, 7] = True
+    u[1, 2, 2] = u[1, 2, 7] = True
+    u[2, 2, 2:8] = True
+    assert components(u)[1] == 1
+
+
+def test_small_components_go_and_volumes_are_in_ml():
+    m = np.zeros((4, 10, 10), bool)
+    m[0:2, 0:3, 0:3] = True                   # 18 voxels
+    m[3, 8, 8] = True                         # 1 voxel
+    kept = remove_small(m, 5)
+    assert kept.sum() == 18 and not kept[3, 8, 8]
+    assert volume_ml(kept, (2.5, 0.5, 0.5)) == pytest.approx(18 * 0.625 / 1000)
+    assert masks_from(np.array([[0.2, 0.5, 0.9]]), 0.5).tolist() == [[False, True, True]]
+
+
+def test_the_phantom_s_volume_is_its_mask_s():
+    from edgeinfer.phantom.ct_head import make_head_ct
+
+    ct = make_head_ct(np.random.default_rng([2, 2]), index=2, finding="iph", size=64, thickness=2.5)
+    assert volume_ml(ct.mask, (ct.thickness, ct.spacing, ct.spacing)) == pytest.approx(ct.volume_ml, abs=1e-3)
+    assert components(ct.mask)[1] >= 1
+
+
+def test_priority_from_volumes():
+    p = VolumePolicy()
+    assert p.priority({"bleed": 0.6}) == "STAT" and p.priority({"bleed": 0.2}) == "URGENT"
+    assert p.priority({"bleed": 0.0}) == "ROUTINE" and p.priority({}) == "ROUTINE"
+    only = VolumePolicy(rules=(("STAT", "sdh", 1.0),), otherwise="ROUTINE")
+    assert only.priority({"iph": 50.0, "sdh": 0.5}) == "ROUTINE" and only.priority({"sdh": 1.0}) == "STAT"
