@@ -28,7 +28,6 @@ Determinism as for the radiographs: the same seed writes the same files.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import io
 import math
@@ -39,12 +38,12 @@ from typing import Callable
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
 from .._io import atomic_write
 from ..errors import UsageError
-from .dicom import _INSTITUTIONS, _ds, _uid
+from .dicom import _INSTITUTIONS, _ds, _uid, file_meta
+from .generator import write_labels
 
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"   # CT Image Storage
 BLEEDS = ("iph", "sdh", "sah")
@@ -209,14 +208,8 @@ def make_head_ct(rng: np.random.Generator, *, index: int, finding: str | None = 
 def _ct_slice(hu: np.ndarray, *, index, k, z, n, spacing, thickness, unsigned, study_uid, series_uid, for_uid,
               token, when, institution, accession) -> Dataset:
     sop_uid = _uid(token, "ct-image", k)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = file_meta(CT_SOP_CLASS, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID, ds.SOPInstanceUID = CT_SOP_CLASS, sop_uid
@@ -301,11 +294,7 @@ def generate_ct(out_dir, n: int, seed: int, *, size: int = 512, progress: Callab
                      "pixel_spacing": round(ct.spacing, 4), "mask": f"{folder}/mask.npy"})
         if progress is not None:
             progress(1)
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(CT_LABELS_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(out / "labels.csv", text.getvalue())
+    write_labels(out / "labels.csv", CT_LABELS_COLUMNS, rows)
     return rows
 
 

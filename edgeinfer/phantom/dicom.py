@@ -67,6 +67,17 @@ def _uid(token: str, *parts: Any) -> str:
     return str(generate_uid(entropy_srcs=[_UID_NAMESPACE, token, *map(str, parts)]))
 
 
+def file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+    """The file meta of a phantom instance (Explicit VR Little Endian; a compressor changes the syntax)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    return meta
+
+
 def _window_values(pixels: np.ndarray, dev: dict, img: dict) -> list[tuple[float, float, str]]:
     sub = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)].astype(np.float64)
     if dev["photometric"] == "MONOCHROME1":
@@ -96,15 +107,8 @@ def _dataset(*, dev, img, pixels, rows, cols, spacing, sex, age, birth, index, s
     sop_class = DX_SOP_CLASS if modality == "DX" else CR_SOP_CLASS
     view = dev["view"]
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
-
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = file_meta(sop_class, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SOPClassUID = sop_class

@@ -346,9 +346,14 @@ def generate(out_dir, n: int, seed: int, *, max_size: int | None = None,
             })
             if progress is not None:
                 progress(1)
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(LABELS_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows_out)
-    atomic_write(out / "labels.csv", text.getvalue())
+    write_labels(out / "labels.csv", LABELS_COLUMNS, rows_out)
     return rows_out
+
+
+def write_labels(path: Path, columns, rows: list[dict]) -> None:
+    """A phantom set's ``labels.csv``: ``columns`` in order, one row per dict, written atomically."""
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, text.getvalue())
