@@ -1,8 +1,9 @@
 """The DICOM objects edgeinfer writes back into a study, built with highdicom.
 
 Now: the triage result of a study as a TID 1500 Comprehensive SR (``sr``) and one Secondary Capture per
-heatmap of a flagged study (``sc``), which the SR references. A DICOM SEG comes with its issue, one module
-beside them, as highdicom keeps one package per object type (``highdicom.sr``, ``highdicom.sc``,
+heatmap of a flagged study (``sc``), which the SR references; and a DICOM Segmentation of a volume's masks
+(``seg``; not yet one of the node's writers: the segmentation task that makes masks comes with its model).
+One module per object type, as highdicom keeps one package each (``highdicom.sr``, ``highdicom.sc``,
 ``highdicom.seg``).
 
 Modules: ``common`` (what every object shares: deterministic UIDs, the source images of one
