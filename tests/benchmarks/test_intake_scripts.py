@@ -59,3 +59,12 @@ def test_heatmap_cost_runs_and_the_pruned_graph_has_no_map(phantom_dir, tmp_path
     (row,) = mod.measure(bundle, files, ["fp32"], rounds=4, threads=1)
     assert row["call_with_map_s"] > 0 and row["call_without_map_s"] > 0 and row["heatmaps_per_image_s"] > 0
     assert "| fp32 |" in mod.render({"machine": "test", "bundle": "b", "images": 2, "rounds": 4, "rows": [row]})
+
+
+def test_seg_bench_runs_and_keeps_every_frame_by_default():
+    mod = _script("seg_bench")
+    r = mod.measure(size=64, thickness=5.0, repeats=1)
+    kept, slim = r["rows"]
+    assert kept["frames"] == r["slices"] and 0 < slim["frames"] < kept["frames"]
+    assert all(x["build_s"] > 0 and x["encode_s"] > 0 and x["bytes"] > 0 for x in r["rows"])
+    assert "| kept |" in mod.render({"machine": "test", "repeats": 1, **r})
