@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from edgeinfer.heatmap import CamOutput
 from edgeinfer.preprocess import PREPROCESS_IMPL
 from edgeinfer.intake import discover
 from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score
+from edgeinfer.worklist import flagged_priorities
 
 from . import CalibrationError
 from .dataset import Scan, Stages, scan, stage
@@ -172,18 +173,14 @@ def read_finding_boxes(path: str | os.PathLike) -> dict[str, tuple[str, tuple[fl
     return out
 
 
-def _flagged(study: Mapping, order: Mapping[str, int]) -> bool:
-    return order.get(study["priority"], len(order)) < order[INDETERMINATE]
-
-
-def pointing_game(studies: Sequence[Mapping], labels: Mapping[str, bool], boxes: Mapping, order: Mapping[str, int],
+def pointing_game(studies: Sequence[Mapping], labels: Mapping[str, bool], boxes: Mapping, flagged: Collection[str],
                   margin_mm: float) -> dict:
     """Share of the images with a known finding, in urgent studies this precision flags, whose heatmap peaks
     inside the finding's box dilated by ``margin_mm`` (the map of the finding's own label, else the image's
     first). Images of those studies without a heatmap (scored below the operating point) are counted apart."""
     hits = n = without = 0
     for s in studies:
-        if not labels.get(s["study_uid"]) or not _flagged(s, order):
+        if not labels.get(s["study_uid"]) or s["priority"] not in flagged:
             continue
         for img in s["images"]:
             known = boxes.get(img.get("sop_instance_uid", ""))
@@ -345,12 +342,12 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
     kw = {"labels": labels, "operating_point": op}
     has_maps = CamOutput.of(bundle) is not None
     boxes = read_finding_boxes(labels_path) if labels_path and has_maps else {}
-    order = {name: i for i, name in enumerate(priority_order(bundle))}
+    flagged = flagged_priorities(bundle)
 
     def with_heatmaps(metrics: dict, studies) -> dict:
         if has_maps:
             metrics["heatmap_agreement"] = heatmap_agreement(wl_ref.studies, studies)
-            metrics["pointing_game"] = (pointing_game(studies, labels, boxes, order, pointing_margin_mm)
+            metrics["pointing_game"] = (pointing_game(studies, labels, boxes, flagged, pointing_margin_mm)
                                         if boxes else None)
         return metrics
 

@@ -38,21 +38,19 @@ GRID_DECIMALS = 4
 
 @dataclass(frozen=True)
 class CamOutput:
-    """A bundle's CAM output: its name, the labels of its channels, the grid and the input it covers."""
+    """A bundle's CAM output: its name, the labels of its channels and its grid (over the whole model input,
+    whose size is the preprocessing spec's target)."""
 
     name: str
     labels: tuple[str, ...]
     grid: tuple[int, int]
-    input_size: tuple[int, int]
 
     @classmethod
     def of(cls, bundle: "Bundle") -> "CamOutput | None":
         """The CAM output of ``bundle``, or None when its graph has none."""
         for out in bundle.manifest.get("outputs", [])[1:]:
             if out.get("role") == CAM_ROLE:
-                g = out["geometry"]
-                return cls(out["name"], tuple(out.get("labels") or bundle.labels), tuple(g["grid"]),
-                           tuple(g["input_size"]))
+                return cls(out["name"], tuple(out.get("labels") or bundle.labels), tuple(out["geometry"]["grid"]))
         return None
 
 
@@ -129,9 +127,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     if x.shape != y.shape:
         raise ValueError(f"maps of different shapes {np.shape(a)} and {np.shape(b)}")
-    x, y = x - x.mean(), y - y.mean()
-    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / den) if den > 0 else None
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def peak_distance_mm(a: Sequence[float], b: Sequence[float], spacing_mm: Sequence[float] | None) -> float | None:

@@ -25,7 +25,7 @@ from .intake import DEFAULT_IGNORE, Image, Intake, Pool
 from .vr import shown_modality, shown_uid
 from .tasks import image_scores as _image_scores
 from .tasks import task_for
-from .worklist import INDETERMINATE, priority_order, sort_studies  # noqa: F401 (re-exported)
+from .worklist import INDETERMINATE, flagged_priorities, priority_order, sort_studies  # noqa: F401 (re-exported)
 
 log = logging.getLogger("edgeinfer.triage")
 
@@ -101,6 +101,7 @@ class TriageEngine:
             raise UsageError(f"heatmaps {heatmaps!r}: expected one of {', '.join(HEATMAPS)}")
         self.cam = CamOutput.of(bundle) if heatmaps != "none" else None
         self.operating_point = float(bundle.manifest["triage"].get("operating_point", 0.5))
+        self.flagged = flagged_priorities(bundle)
 
     # -- public ---------------------------------------------------------------------------
     def run(self, files: Sequence[Path], progress: Callable[[int], None] | None = None) -> Worklist:
@@ -232,7 +233,7 @@ class TriageEngine:
                 reasons.append(f"{n_bad} image(s) could not be analysed")
                 if order[priority] > order[INDETERMINATE]:   # never let a failure end up ROUTINE
                     priority = INDETERMINATE
-            flagged = order[priority] < order[INDETERMINATE]
+            flagged = priority in self.flagged
             for r in imgs:
                 cam, spacing = r.pop("_cam", None), r.pop("_spacing", None)
                 if flagged and cam is not None:

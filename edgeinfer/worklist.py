@@ -61,6 +61,13 @@ def priority_order(bundle: "Bundle") -> list[str]:
     return names[:-1] + [INDETERMINATE] + names[-1:]
 
 
+def flagged_priorities(bundle: "Bundle") -> frozenset[str]:
+    """The priorities that flag a study for a read before the others: every one above INDETERMINATE (a
+    heatmap is made for these studies' images, and the pointing game counts them)."""
+    order = priority_order(bundle)
+    return frozenset(order[:order.index(INDETERMINATE)])
+
+
 def sort_studies(studies: list[dict], bundle: "Bundle") -> list[dict]:
     """``studies`` in worklist order (in place, and returned): priority, then the higher score, then the UID."""
     order = {name: i for i, name in enumerate(priority_order(bundle))}

@@ -22,6 +22,12 @@ LABEL_CODES: dict[str, tuple[str, str, str]] = {
     "pleural_effusion": ("60046008", "SCT", "Pleural effusion"),
     "pulmonary edema": ("19242006", "SCT", "Pulmonary edema"),
     "pulmonary_edema": ("19242006", "SCT", "Pulmonary edema"),
+    "hemorrhage": ("50960005", "SCT", "Hemorrhage"),
+    "bleed": ("50960005", "SCT", "Hemorrhage"),
+    "ich": ("1386000", "SCT", "Intracranial hemorrhage"),
+    "iph": ("274100004", "SCT", "Cerebral hemorrhage"),
+    "sdh": ("35486000", "SCT", "Subdural hemorrhage"),
+    "sah": ("21454007", "SCT", "Subarachnoid hemorrhage"),
 }
 
 #: triage priorities (private codes); a bundle's other priority names get a private code too
@@ -41,6 +47,7 @@ _HUMAN_READ = ("HUMANREAD", SCHEME, "Needs a human read")
 _REASON = ("HUMANREADREASON", SCHEME, "Reason a human read is needed")
 _PROBABILITY_UNIT = ("{probability}", "UCUM", "probability")
 _SOURCE = ("260753009", "SCT", "Source")
+_MORPHOLOGICALLY_ABNORMAL = ("49755003", "SCT", "Morphologically abnormal structure")   # a SEG segment's category
 _HEATMAP = ("HEATMAP", SCHEME, "AI heatmap (class-activation map), not for diagnosis")
 
 _CODE_VALUE_OK = re.compile(r"[A-Z0-9_]{1,16}")

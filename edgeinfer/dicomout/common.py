@@ -138,6 +138,11 @@ def _character_set(source: Dataset) -> str | list[str] | None:
     return candidate
 
 
+def _model(bundle: dict) -> tuple[str, str]:
+    """The bundle's name and version as our objects write them (Long String values)."""
+    return _lo(str(bundle.get("name") or "model")), _lo(str(bundle.get("version") or "unknown"))
+
+
 def _lo(text: str) -> str:
     """A Long String value of our own: printable ASCII without backslash, at most 64 characters."""
     return re.sub(r"[^\x20-\x5b\x5d-\x7e]", "?", str(text)).strip()[:64]

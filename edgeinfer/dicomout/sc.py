@@ -31,8 +31,8 @@ from .. import __version__
 from ..dicomio.quiet import _library_quiet
 from ..errors import EdgeInferError, InputError, SRError
 from ..vr import shown_uid, valid_uid
-from .common import _character_set, _copy_patient_and_study, _image_sources, _lo, _neutral_header, _quiet_highdicom, \
-    _uid, part10_bytes
+from .common import (_character_set, _copy_patient_and_study, _image_sources, _lo, _model, _neutral_header,
+                     _quiet_highdicom, _uid, part10_bytes)
 
 log = logging.getLogger("edgeinfer.dicomout.sc")
 
@@ -74,7 +74,7 @@ def banner_lines(heat: dict, bundle: dict) -> list[str]:
     """What a heatmap image says about itself: not for diagnosis, the label and score, the algorithm."""
     from ..heatmap import NOT_FOR_DIAGNOSIS
 
-    name, version = _lo(str(bundle.get("name") or "model")), _lo(str(bundle.get("version") or "unknown"))
+    name, version = _model(bundle)
     return [NOT_FOR_DIAGNOSIS, f"{_lo(heat['label'])}: score {float(heat['score']):.3f}",
             f"{name} {version} (edgeinfer {__version__}), class-activation map"]
 
@@ -101,7 +101,7 @@ def build_heatmap_scs(study: dict, sources: Sequence[Dataset], *, bundle: dict, 
     images = _image_sources(study_uid, sources, what="heatmap image", error=SRError)
     by_uid = {str(d.SOPInstanceUID): d for d in images}
     spec, digest = _spec(bundle), str(bundle.get("digest") or "")
-    name, bver = _lo(str(bundle.get("name") or "model")), _lo(str(bundle.get("version") or "unknown"))
+    name, bver = _model(bundle)
     now = now or _dt.datetime.now().astimezone()
     out = []
     for number, (img, heat) in enumerate(pairs, start=1):

@@ -14,26 +14,17 @@ from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID
+from pydicom.uid import PYDICOM_ROOT_UID, SegmentationStorage
 
 from .. import __version__
 from ..dicomio.quiet import _library_quiet
 from ..errors import EdgeInferError, SRError
 from ..vr import shown_uid, valid_uid
-from .common import _lo, _quiet_highdicom, _uid, part10_bytes
+from .codes import _MORPHOLOGICALLY_ABNORMAL, LABEL_CODES
+from .common import _lo, _model, _quiet_highdicom, _uid, part10_bytes
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASS = SegmentationStorage
 SERIES_NUMBER_BASE = 9700
-#: (category, type) per label: SNOMED CT where a standard code is obvious
-_CATEGORY = ("49755003", "SCT", "Morphologically abnormal structure")
-SEG_TYPES = {
-    "bleed": ("50960005", "SCT", "Hemorrhage"),
-    "hemorrhage": ("50960005", "SCT", "Hemorrhage"),
-    "ich": ("1386000", "SCT", "Intracranial hemorrhage"),
-    "iph": ("274100004", "SCT", "Cerebral hemorrhage"),
-    "sdh": ("35486000", "SCT", "Subdural hemorrhage"),
-    "sah": ("21454007", "SCT", "Subarachnoid hemorrhage"),
-}
 
 
 def seg_uids(study_uid: str, version: int, digest: str, uid_prefix: str = PYDICOM_ROOT_UID) -> tuple[str, str]:
@@ -64,7 +55,7 @@ def build_seg(masks: dict[str, np.ndarray], sources: Sequence[Dataset], *, bundl
     labels = list(masks)
     stack = np.stack([np.asarray(masks[lab], bool) for lab in labels], axis=-1).astype(np.uint8)  # (f, r, c, segs)
     series_uid, sop_uid = seg_uids(study_uid, version, str(bundle.get("digest") or ""), uid_prefix)
-    name, bver = _lo(str(bundle.get("name") or "model")), _lo(str(bundle.get("version") or "unknown"))
+    name, bver = _model(bundle)
 
     def cc(code):
         return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
@@ -75,8 +66,8 @@ def build_seg(masks: dict[str, np.ndarray], sources: Sequence[Dataset], *, bundl
             algorithm = hd.AlgorithmIdentificationSequence(name=name, version=bver,
                                                            family=codes.cid7162.ArtificialIntelligence)
             segments = [hd.seg.SegmentDescription(
-                segment_number=i + 1, segment_label=_lo(lab), segmented_property_category=cc(_CATEGORY),
-                segmented_property_type=cc(SEG_TYPES.get(str(lab).lower(), SEG_TYPES["bleed"])),
+                segment_number=i + 1, segment_label=_lo(lab), segmented_property_category=cc(_MORPHOLOGICALLY_ABNORMAL),
+                segmented_property_type=cc(LABEL_CODES.get(str(lab).lower(), LABEL_CODES["hemorrhage"])),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
                 for i, lab in enumerate(labels)]
             stage = "segmentation"

@@ -40,7 +40,7 @@ import math
 from typing import Any, Sequence
 
 from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID
+from pydicom.uid import PYDICOM_ROOT_UID, SecondaryCaptureImageStorage
 
 from .. import __version__
 from ..dicomio.quiet import _library_quiet
@@ -54,7 +54,7 @@ from .common import (_character_set, _copy_patient_and_study, _image_sources, _l
 
 log = logging.getLogger("edgeinfer.dicomout.sr")
 
-SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"   # Secondary Capture Image Storage (the heatmaps)
+SC_SOP_CLASS = SecondaryCaptureImageStorage   # the heatmaps
 
 SERIES_NUMBER_BASE = 9900
 

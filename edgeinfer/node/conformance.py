@@ -16,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
 STORED_NOT_ANALYSED = "stored, not analysed: the study goes to a human read with that reason"
 
 
@@ -29,8 +31,8 @@ def _name(uid: str) -> str:
 
 
 #: what the node sends in each result SOP class it proposes
-_SENT = {"1.2.840.10008.5.1.4.1.1.88.33": "the triage result of every study version (`--result sr`)",
-         "1.2.840.10008.5.1.4.1.1.7": "one per heatmap of a flagged study (`--result heatmaps`)"}
+_SENT = {ComprehensiveSRStorage: "the triage result of every study version (`--result sr`)",
+         SecondaryCaptureImageStorage: "one per heatmap of a flagged study (`--result heatmaps`)"}
 
 
 def tables() -> dict[str, str]:

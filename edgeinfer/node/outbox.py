@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import time
 
+from pydicom.uid import ComprehensiveSRStorage, EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+
 from .config import Destination, NodeConfig
 from .loop import Loop
 from .receiver import nodelay
@@ -62,8 +64,7 @@ def client_tls(config: NodeConfig):
 SCU_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")   # Explicit, Implicit VR Little Endian
 #: the SOP classes result writers make, proposed on every association to PACS: Comprehensive SR, Enhanced SR,
 #: Secondary Capture, Segmentation
-RESULT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.7",
-                      "1.2.840.10008.5.1.4.1.1.66.4")
+RESULT_SOP_CLASSES = (ComprehensiveSRStorage, EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage)
 
 
 class Associations:

@@ -52,12 +52,17 @@ class Worker(Loop):
         self._commit_all()
 
     def _commit_all(self) -> None:
-        while self.building:
+        self._commit_ready(behind=0)
+
+    def _commit_ready(self, behind: int | None = None) -> None:
+        """Record, in scoring order, the results at the front that are built; and, waiting for them, any that
+        leave more than ``behind`` studies building (0: all; None: wait for none)."""
+        while self.building and ((behind is not None and len(self.building) > behind)
+                                 or self.building[0][2] is None or self.building[0][2].done()):
             self._commit(*self.building.popleft())
 
     def step(self) -> bool:
-        while self.building and (self.building[0][2] is None or self.building[0][2].done()):
-            self._commit(*self.building.popleft())
+        self._commit_ready()
         for uid in self.state.complete_quiet_studies(self.config.quiet_for):
             n, senders = self.state.received_from(uid)
             audit.info("study %s received: %d instance(s) from %s (quiet period passed)", uid, n,
@@ -170,9 +175,7 @@ class Worker(Loop):
                 future = self.builder.submit(self.config.results, study, [(p, kept.get(p)) for p in job.paths],
                                              bundle=record["bundle"], run=record["run"], version=job.version)
         self.building.append((job, record, future))
-        while self.building and (len(self.building) > self.PIPELINE or self.building[0][2] is None
-                                 or self.building[0][2].done()):
-            self._commit(*self.building.popleft())
+        self._commit_ready(behind=self.PIPELINE)
 
     def _commit(self, job: Job, record: dict, future: Future | None) -> None:
         """Its objects into the spool, then one transaction: the result and one outbox item per object and

@@ -39,13 +39,14 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
 from .._io import atomic_write
 from ..errors import UsageError
 from .dicom import _INSTITUTIONS, _ds, _uid, file_meta
 from .generator import write_labels
 
-CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"   # CT Image Storage
+CT_SOP_CLASS = CTImageStorage
 BLEEDS = ("iph", "sdh", "sah")
 THICKNESSES = (0.625, 1.25, 2.5, 5.0)
 #: columns of a CT phantom set's ``labels.csv``, in order

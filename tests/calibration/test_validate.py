@@ -333,7 +333,7 @@ def test_compare_outcomes_counts_missing_and_indeterminate_studies():
 
 
 # --- heatmaps -----------------------------------------------------------------------------------
-ORDER = {"STAT": 0, "URGENT": 1, "INDETERMINATE": 2, "ROUTINE": 3}
+FLAGGED = {"STAT", "URGENT"}
 
 
 def _study(uid, priority, *images):
@@ -362,11 +362,11 @@ def test_pointing_game_counts_flagged_urgent_images_with_a_known_finding():
         _study("s5", "STAT", _img("e", _map("mass", (15, 15)))),                # labelled normal: not counted
     ]
     labels = {"s1": True, "s2": True, "s3": True, "s4": True, "s5": False}
-    at5 = pointing_game(studies, labels, boxes, ORDER, margin_mm=5.0)
+    at5 = pointing_game(studies, labels, boxes, FLAGGED, margin_mm=5.0)
     assert at5 == {"score": 0.5, "hits": 1, "n": 2, "margin_mm": 5.0, "flagged_images_without_heatmap": 1}
-    assert pointing_game(studies, labels, boxes, ORDER, margin_mm=10.5)["score"] == 1.0
-    assert pointing_game(studies, labels, boxes, ORDER, margin_mm=0.0)["hits"] == 0
-    assert pointing_game([], labels, boxes, ORDER, 5.0)["score"] is None
+    assert pointing_game(studies, labels, boxes, FLAGGED, margin_mm=10.5)["score"] == 1.0
+    assert pointing_game(studies, labels, boxes, FLAGGED, margin_mm=0.0)["hits"] == 0
+    assert pointing_game([], labels, boxes, FLAGGED, 5.0)["score"] is None
 
 
 def test_heatmap_agreement_pairs_maps_by_image_and_label():

@@ -90,7 +90,7 @@ def test_spacing_from_the_header():
 
 
 def test_one_heatmap_per_urgent_label_at_or_above_the_threshold_highest_first():
-    cam_out = CamOutput("cam", ("a", "b", "c"), (8, 8), (256, 256))
+    cam_out = CamOutput("cam", ("a", "b", "c"), (8, 8))
     cam = np.stack([_hot(at=(1, 1)), _hot(at=(6, 6)), _hot(at=(3, 3))])
     spec = PreprocessSpec(target_size=(256, 256))
     maps = image_heatmaps(cam, {"a": 0.6, "b": 0.95, "c": 0.99}, cam_out, ["a", "b"], 0.5, (512, 512), spec,
