@@ -137,6 +137,12 @@ def calibrate_bundle(bundle_path: str | os.PathLike, data: str | os.PathLike, *,
     ref = bundle.artifact(precision="fp32", format="onnx")
     input_name = bundle.manifest["inputs"][0]["name"]
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
+    if bundle.manifest.get("task") == "segmentation" and fallback is not None:
+        # the mixed-precision search scores studies as a classifier does; a segmentation bundle's INT8 graph
+        # is judged by `edgeinfer validate` (Dice and volumes against FP32) instead
+        log.warning("bundle %s segments: no mixed-precision search; validate the INT8 graph with "
+                    "`edgeinfer validate` (the segmentation gate)", bundle.name)
+        fallback = None
 
     cs = build_calibration_set(data, bundle, samples=samples, seed=seed, cache_dir=cache_dir, use_cache=use_cache,
                                stages=stages)

@@ -43,7 +43,9 @@ def _gate(args):
         return GateConfig(min_agreement=args.min_agreement, max_auc_drop=args.max_auc_drop,
                           max_sensitivity_drop=args.max_sensitivity_drop, max_abs_score_diff=args.max_score_diff,
                           require_labels=args.require_labels, min_heatmap_r=args.min_heatmap_r,
-                          max_pointing_drop=args.max_pointing_drop)
+                          max_pointing_drop=args.max_pointing_drop, min_dice_vs_fp32=args.min_dice_vs_fp32,
+                          max_volume_rel_diff=args.max_volume_rel_diff,
+                          max_volume_abs_diff_ml=args.max_volume_abs_diff_ml)
     except ValueError as exc:
         from edgeinfer.errors import UsageError
 
@@ -86,9 +88,10 @@ def cmd_calibrate(args) -> int:
     else:
         cal = result.calibration
         sel = cal["set"]["selection"]
+        where = (f"in {sum(1 for s in cal['set']['strata'] if s['selected'])} strata" if "strata" in cal["set"]
+                 else "(slices spread through each chosen series)")
         print(f"calibrated {result.bundle_dir}: {cal.get('method') or 'fp16 only'}, {sel['samples']} images from "
-              f"{sel['studies']} studies in {sum(1 for s in cal['set']['strata'] if s['selected'])} strata"
-              f"{' (tensor cache hit)' if result.cache_hit else ''}")
+              f"{sel['studies']} studies {where}{' (tensor cache hit)' if result.cache_hit else ''}")
         if result.fp16:
             f = result.fp16
             print(f"  fp16  model.fp16.onnx  FP32 inputs/outputs, {f.fp16_initializers} FP16 weights, kept in FP32: "
@@ -124,8 +127,10 @@ def _print_report(d: dict, labels: bool) -> None:
     table = Table()
     rows = list(d["precisions"].items()) + list(d["runtime_precisions"].items())
     maps = any(e.get("heatmap_agreement") for _, e in rows)
+    seg = any(e.get("segmentation") for _, e in rows)
     for col in ("precision", "ran on", "AUC", "sens", "spec", "agreement", "max |Δ|", "p99 |Δ|",
-                *(("pointing", "map r") if maps else ()), "gate"):
+                *(("pointing", "map r") if maps else ()),
+                *(("Dice vs fp32", "volumes within", "Dice vs truth", "vol. error") if seg else ()), "gate"):
         table.add_column(col)
     for name, e in rows:
         ran = e.get("ran_on") or {}
@@ -137,7 +142,12 @@ def _print_report(d: dict, labels: bool) -> None:
                       _fmt(e.get("agreement"), ".2%"), _fmt(e.get("max_abs_score_diff"), ".2e"),
                       _fmt(e.get("p99_abs_score_diff"), ".2e"),
                       *((_fmt((e.get("pointing_game") or {}).get("score"), ".3f"),
-                         _fmt((e.get("heatmap_agreement") or {}).get("r_mean"), ".3f")) if maps else ()), gate)
+                         _fmt((e.get("heatmap_agreement") or {}).get("r_mean"), ".3f")) if maps else ()),
+                      *((_fmt((e.get("segmentation") or {}).get("mean_dice_vs_fp32"), ".4f"),
+                         _fmt((e.get("segmentation") or {}).get("volume_within_tolerance"), ".1%"),
+                         _fmt(((e.get("segmentation") or {}).get("truth") or {}).get("mean_dice"), ".3f"),
+                         _fmt(((e.get("segmentation") or {}).get("truth") or {}).get("median_volume_error"), ".1%"))
+                        if seg else ()), gate)
     console.print(table)
     for name, e in rows:
         for r in e.get("reasons") or []:
@@ -183,7 +193,8 @@ def cmd_validate(args) -> int:
 # --- parsers ---------------------------------------------------------------------------------------
 def _gate_args(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("accuracy gate (defaults: agreement >= 0.995, AUC drop <= 0.005, sensitivity drop <= 0.005; "
-                             "with heatmaps: map r >= 0.9, pointing-game drop <= 2 points)")
+                             "with heatmaps: map r >= 0.9, pointing-game drop <= 2 points; segmentation: Dice vs "
+                             "FP32 >= 0.98, volumes within max(2 %, 0.1 mL))")
     g.add_argument("--min-agreement", type=float, default=0.995, metavar="F",
                    help="fraction of studies whose priority must equal FP32's")
     g.add_argument("--max-auc-drop", type=float, default=0.005, metavar="F")
@@ -198,6 +209,12 @@ def _gate_args(s: argparse.ArgumentParser) -> None:
                    help="bundles with heatmaps: mean Pearson r of each precision's maps with FP32's (default 0.9)")
     g.add_argument("--max-pointing-drop", type=float, default=0.02, metavar="F",
                    help="bundles with heatmaps: largest drop of the pointing game against FP32 (default 0.02 = 2 points)")
+    g.add_argument("--min-dice-vs-fp32", type=float, default=0.98, metavar="F",
+                   help="segmentation bundles: mean Dice of each precision's masks with FP32's (default 0.98)")
+    g.add_argument("--max-volume-rel-diff", type=float, default=0.02, metavar="F",
+                   help="segmentation bundles: a study's volume within max(F x FP32's, --max-volume-abs-diff-ml) "
+                        "of FP32's (default 0.02)")
+    g.add_argument("--max-volume-abs-diff-ml", type=float, default=0.1, metavar="ML", help="(default 0.1 mL)")
 
 
 def add_parsers(subparsers, formatter_class=argparse.RawDescriptionHelpFormatter) -> None:

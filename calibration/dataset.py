@@ -403,6 +403,8 @@ def build_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: i
     ``stages(description, total)``: optional progress display per stage (see :data:`Stages`).
     ``cache_dir``: where the tensor cache lives (default: :func:`default_cache_dir`).
     """
+    if bundle.manifest.get("task") == "segmentation":
+        return volume_calibration_set(data, bundle, samples=samples, seed=seed, limits=limits, stages=stages)
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
     limits = limits or dicomio.ReadLimits()
     if scan_result is None:
@@ -446,6 +448,82 @@ def build_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: i
     return CalibrationSet(tensors, chosen, manifest, cache_path, hit)
 
 
+def volume_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: int = 200, seed: int = 0,
+                           limits: dicomio.ReadLimits | None = None, stages: Stages | None = None) -> CalibrationSet:
+    """A segmentation bundle's calibration set: slices of each study's chosen series, read as the runtime reads
+    them (:meth:`edgeinfer.segmentation.SegmentationSpec.read`: HU, resampled, windows as channels), at the
+    model's tile size (padded as the sliding window pads), ``samples`` in all, spread evenly over the studies
+    and through each volume (the first at a seeded offset). Not cached: reading a few volumes is quick."""
+    from edgeinfer.segmentation import SegmentationSpec
+    from edgeinfer.volume import _header, choose_series
+
+    spec = SegmentationSpec.from_manifest(bundle.manifest["segmentation"])
+    limits = limits or dicomio.ReadLimits()
+    n_files = len(discover([data])) if Path(data).exists() else 0
+    with stage(stages, "reading headers", n_files) as advance:
+        scan_result = scan(data, bundle, limits=limits, progress=advance)
+    by_study: dict[str, dict[str, list]] = {}
+    for c in scan_result.candidates:
+        try:
+            ds = _header(c.path, limits)
+        except InputError:
+            continue
+        by_study.setdefault(c.study_uid, {}).setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((c, ds))
+    if not by_study:
+        raise CalibrationError(f"no series under {data} that bundle {bundle.name} applies to "
+                               f"({scan_result.n_files} files: {scan_result.skipped_summary() or 'none skipped'})")
+    rng = np.random.default_rng(seed)
+    k = len(by_study)
+    per_study = [samples // k + (1 if i < samples % k else 0) for i in range(k)]     # spread evenly
+    rows, cols = spec.roi
+    tensors, chosen, failed = [], [], []
+    with stage(stages, f"reading {len(by_study)} volumes", len(by_study)) as advance:
+        for (uid, series), quota in zip(sorted(by_study.items()), per_study):
+            best, _ = choose_series({k: [ds for _, ds in v] for k, v in series.items()}, spec.series)
+            if best is not None:
+                members = [c for c, _ in series[best]]
+                try:
+                    x, vol = spec.read([c.path for c in members], limits)
+                except InputError as exc:
+                    failed.append({"path": members[0].relpath, "sha256": members[0].sha256, "code": exc.code,
+                                   "reason": str(exc)})
+                else:
+                    n = x.shape[1]
+                    step = max(1.0, n / max(1, quota))
+                    start = float(rng.uniform(0, step))
+                    for k in sorted({min(n - 1, int(start + j * step)) for j in range(min(quota, n))}):
+                        tile = np.zeros((x.shape[0], rows, cols), np.float32)
+                        h, w = min(rows, x.shape[2]), min(cols, x.shape[3])
+                        tile[:, :h, :w] = x[:, k, :h, :w]
+                        tensors.append(tile)
+                        chosen.append(members[vol.plan.order[k]] if vol.values.shape[0] == len(vol.plan.order)
+                                      else members[0])
+            if advance:
+                advance(1)
+    if not tensors:
+        raise CalibrationError(f"no volume under {data} could be read for calibration: "
+                               + "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:5]) or "no series fits")
+    arr = np.stack(tensors)
+    key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "edgeinfer": edgeinfer_version, "seed": int(seed),
+                                     "samples": int(samples), "candidates": scan_result.fingerprint(),
+                                     "segmentation": bundle.manifest["segmentation"]}, sort_keys=True).encode()
+                         ).hexdigest()
+    manifest = {
+        "format": f"edgeinfer-calibration-set/{CACHE_FORMAT}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": "volume slices",
+        "data": {"root": str(scan_result.root), "files": scan_result.n_files,
+                 "usable_images": len(scan_result.candidates), "studies": len(by_study),
+                 "skipped": scan_result.skipped_summary(), "fingerprint": scan_result.fingerprint()},
+        "selection": {"samples_requested": int(samples), "samples": len(arr), "seed": int(seed),
+                      "studies": len({c.study_uid for c in chosen}), "spread": "evenly through each chosen series"},
+        "files": [{"path": c.relpath, "sha256": c.sha256} for c in chosen],
+        "failed": failed,
+        "tensor_cache": {"key": key, "file": None, "hit": False},
+    }
+    return CalibrationSet(arr, chosen, manifest, None, False)
+
+
 def calibration_manifest(scan_result: Scan, plan: SelectionPlan, chosen: list[Candidate], failed: list[dict],
                          spec: PreprocessSpec, key: str, cache_path: Path | None, hit: bool) -> dict:
     """What went into a calibration set, JSON-ready (goes into the bundle's ``calibration`` record)."""
@@ -474,4 +552,5 @@ def calibration_manifest(scan_result: Scan, plan: SelectionPlan, chosen: list[Ca
 
 __all__ = ["Stages", "stage", "STRATUM_FIELDS", "Stratum", "Candidate", "Scan", "scan", "allocate", "SelectionPlan", "plan_selection",
            "select", "CalibrationDataReader", "TensorReader", "CalibrationSet", "build_calibration_set",
+           "volume_calibration_set",
            "calibration_manifest", "cache_key", "default_cache_dir"]

@@ -149,6 +149,9 @@ class Int8Config:
             # Q/DQ on the inputs of compute ops only (TensorRT's recommended placement); ORT would also
             # quantize their outputs, which e.g. rounds a classifier's logits to 8 bits before Sigmoid
             "OpTypesToExcludeOutputQuantization": list(self.op_types),
+            # a transposed convolution's weight is (in, out, kH, kW): one scale per output channel is axis 1
+            # (ORT's default axis 0 gave one scale for the whole tensor: a U-Net's up-sampling layers)
+            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
         }
 
 
@@ -406,6 +409,16 @@ def verify_int8_form(path: str | os.PathLike, *, raise_on_problem: bool = True) 
     if info.quant_form != "int8-symmetric":
         problems.append(f"quantization form is {info.quant_form!r}, not 'int8-symmetric'")
     per_ch = per_t = acts = 0
+    consumers: dict[str, set[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
+
+    def channel_axis(dq) -> int:
+        """The output-channel axis of the weight ``dq`` dequantizes: 1 for a transposed convolution's (in, out,
+        kH, kW), else 0."""
+        return 1 if "ConvTranspose" in consumers.get(dq.output[0], ()) else 0
+
     for n in g.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
@@ -427,9 +440,12 @@ def verify_int8_form(path: str | os.PathLike, *, raise_on_problem: bool = True) 
                                 "(e.g. an INT32 bias, which TensorRT does not take)")
             elif scale_arr.ndim == 1 and scale_arr.size > 1:
                 per_ch += 1
-            elif x.dims and len(x.dims) > 1 and x.dims[0] > 1:
+            elif x.dims and len(x.dims) > 1 and x.dims[channel_axis(n)] > 1:
                 per_t += 1
-                problems.append(f"{n.name}: weight {n.input[0]} has one scale for {x.dims[0]} channels (per-tensor)")
+                problems.append(f"{n.name}: weight {n.input[0]} has one scale for {x.dims[channel_axis(n)]} channels "
+                                "(per-tensor)")
+            elif x.dims and len(x.dims) > 1:
+                per_ch += 1           # one output channel: its one scale is per channel
         elif n.op_type == "QuantizeLinear":
             acts += 1
             if scale_arr.size != 1:

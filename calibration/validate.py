@@ -46,7 +46,7 @@ from edgeinfer.evaluation import evaluate
 from edgeinfer.heatmap import CamOutput
 from edgeinfer.preprocess import PREPROCESS_IMPL
 from edgeinfer.intake import discover
-from edgeinfer.triage import INDETERMINATE, TriageEngine, image_scores, priority_for, priority_order, study_score
+from edgeinfer.triage import INDETERMINATE, engine_for, image_scores, priority_for, priority_order, study_score
 from edgeinfer.worklist import flagged_priorities
 
 from . import CalibrationError
@@ -221,6 +221,34 @@ def heatmap_agreement(ref: Sequence[Mapping], got: Sequence[Mapping]) -> dict:
             "peak_distance_mm_max": float(np.max(dist)) if dist else None}
 
 
+def segmentation_agreement(ref: Sequence[Mapping], got: Sequence[Mapping], gate: GateConfig) -> dict:
+    """Each study's masks and volumes against FP32's: the mean and lowest Dice over the studies where either
+    found something, and the share of studies whose volume (all labels) is within
+    max(``gate.max_volume_rel_diff``, ``gate.max_volume_abs_diff_ml``) of FP32's."""
+    from edgeinfer.evaluation import dice
+    from edgeinfer.segmentation import unpack_mask
+
+    by_uid = {s["study_uid"]: s for s in got}
+    dices, within, worst = [], [], None
+    for r in ref:
+        g = by_uid.get(r["study_uid"])
+        if g is None or not r.get("segmentation") or not g.get("segmentation"):
+            continue
+        a, b = unpack_mask(r["segmentation"]["mask"]), unpack_mask(g["segmentation"]["mask"])
+        if a.shape == b.shape and (a.any() or b.any()):
+            dices.append(dice(a, b))
+        va, vb = sum(r.get("volumes_ml", {}).values()), sum(g.get("volumes_ml", {}).values())
+        allowed = max(gate.max_volume_rel_diff * va, gate.max_volume_abs_diff_ml)
+        within.append(abs(vb - va) <= allowed + 1e-9)
+        if worst is None or abs(vb - va) - allowed > worst[0]:
+            worst = (abs(vb - va) - allowed, {"study_uid": r["study_uid"], "ml": round(vb, 3), "fp32_ml": round(va, 3)})
+    return {"n_studies": len(within), "n_with_masks": len(dices),
+            "mean_dice_vs_fp32": round(float(np.mean(dices)), 5) if dices else None,
+            "min_dice_vs_fp32": round(float(np.min(dices)), 5) if dices else None,
+            "volume_within_tolerance": round(sum(within) / len(within), 5) if within else None,
+            "worst_volume_diff": worst[1] if worst else None}
+
+
 def compare_by_stratum(ref, got, strata: Mapping[str, str], **kw) -> dict[str, dict]:
     groups: dict[str, list[str]] = {}
     for u in sorted(set(ref) | set(got)):
@@ -260,7 +288,7 @@ def _study_strata(scan_result: Scan) -> dict[str, str]:
 def _run(bundle: Bundle, artifact: Artifact, files: list[Path], options: RunnerOptions, backend: str | None,
          batch_size: int, stages: Stages | None, what: str):
     with create_runner(artifact, options, backend=backend) as runner:
-        engine = TriageEngine(bundle, runner, batch_size=batch_size)
+        engine = engine_for(bundle, runner, batch_size=batch_size)
         with stage(stages, f"validate {what}", len(files)) as advance:
             wl = engine.run(files, progress=advance)
     return wl
@@ -344,7 +372,19 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
     boxes = read_finding_boxes(labels_path) if labels_path and has_maps else {}
     flagged = flagged_priorities(bundle)
 
+    segmenting = bundle.manifest.get("task") == "segmentation"
+    truth = None
+    if segmenting and labels_path:
+        from edgeinfer.evaluation import segmentation_truth
+        truth = segmentation_truth(labels_path)
+
     def with_heatmaps(metrics: dict, studies) -> dict:
+        if segmenting:
+            metrics["segmentation"] = segmentation_agreement(wl_ref.studies, studies, gate)
+            if truth is not None:
+                from edgeinfer.evaluation import evaluate_segmentation
+                ev = evaluate_segmentation(studies, truth, flagged)
+                metrics["segmentation"]["truth"] = {k: v for k, v in ev.items() if k != "studies"}
         if has_maps:
             metrics["heatmap_agreement"] = heatmap_agreement(wl_ref.studies, studies)
             metrics["pointing_game"] = (pointing_game(studies, labels, boxes, flagged, pointing_margin_mm)
@@ -383,7 +423,7 @@ def validate_bundle(bundle: Bundle, data: str | os.PathLike, *, labels_path: str
 
 # --- the manifest ------------------------------------------------------------------------------------
 _SUMMARY_KEYS = ("passed", "reasons", "auc", "sensitivity", "specificity", "agreement", "max_abs_score_diff",
-                 "p99_abs_score_diff", "n_studies", "n_labelled", "pointing_game", "heatmap_agreement")
+                 "p99_abs_score_diff", "n_studies", "n_labelled", "pointing_game", "heatmap_agreement", "segmentation")
 
 
 def _artifact_validation(entry: dict, report: ValidationReport, data_id: str) -> dict:

@@ -29,7 +29,9 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 #: domain prefix of :func:`bundle_digest`, so the digest of a bundle is never the hash of anything else
 DIGEST_PREFIX = b"edgeinfer-bundle-digest-v1\n"
-SCHEMA_VERSION = 1
+#: what export writes; every version in SCHEMA_VERSIONS loads (v2 = v1 + the segmentation block)
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 #: the phantom model shipped inside the package: ``edgeinfer triage DIR`` uses it without --bundle
 DEFAULT_BUNDLE_NAME = "phantom-cxr"
 
@@ -51,10 +53,10 @@ def validate_manifest(manifest: Any, *, where: str = "manifest") -> None:
         raise ManifestError(f"{where}: the number at /{bad} is NaN or infinite; every number in a manifest must "
                             "be finite. Fix the value that produced it and write the manifest again.")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
         raise ManifestError(
             f"{where}: schema_version {version!r} is not supported by this edgeinfer "
-            f"(it reads version {SCHEMA_VERSION}). Re-export the bundle or upgrade edgeinfer."
+            f"(it reads versions {', '.join(map(str, SCHEMA_VERSIONS))}). Re-export the bundle or upgrade edgeinfer."
         )
     validator = jsonschema.Draft202012Validator(_schema(version))
     problems = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
@@ -97,6 +99,22 @@ def _check_semantics(m: dict, where: str) -> None:
         src = a.get("source_artifact")
         if src is not None and src not in ids:
             problems.append(f"artifact {a['id']!r} names source_artifact {src!r}, which is not in the bundle")
+    seg = m.get("segmentation")
+    if seg is not None:
+        names = {p["name"] for p in prios}
+        for rule in seg.get("volume_policy", {}).get("rules", []):
+            if rule.get("label", "*") not in ("*", *labels):
+                problems.append(f"volume policy rule names label {rule['label']!r}, which is not one of {labels}")
+            if rule["priority"] not in names:
+                problems.append(f"volume policy priority {rule['priority']!r} is not a triage priority {sorted(names)}")
+        shape = m["inputs"][0].get("shape", [])
+        if len(shape) == 4 and all(isinstance(v, int) for v in shape[1:]):
+            if shape[1] != len(seg["windows"]):
+                problems.append(f"the model takes {shape[1]} channel(s) but segmentation.windows gives "
+                                f"{len(seg['windows'])}")
+            if list(shape[2:]) != list(seg["sliding_window"]["roi"]):
+                problems.append(f"segmentation.sliding_window.roi {seg['sliding_window']['roi']} is not the model's "
+                                f"input size {shape[2:]}")
     window = m["preprocessing"].get("window", {})
     if "fixed" in window.get("sources", []) and not {"center", "width"} <= window.keys():
         problems.append("preprocessing.window uses source 'fixed' but lacks center and width")
@@ -254,7 +272,8 @@ def verify_files(bundle_dir: Path, manifest: dict) -> None:
 
 def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True,
                 trust: str | os.PathLike | None | bool = None) -> Bundle:
-    """Load and check a bundle directory (or the embedded default when ``path`` is None).
+    """Load and check a bundle directory (or the embedded default when ``path`` is None; an embedded bundle by
+    its name, e.g. ``phantom-ct-head``, when no such folder exists).
 
     ``trust``: folder of trusted ``*.pub`` keys; None uses ``$EDGEINFER_TRUST`` when set and
     non-empty; False checks no signature. With a trust folder, a bundle without a valid
@@ -262,6 +281,8 @@ def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True,
     result is in ``bundle.signature``. ``verify=False`` skips both checks.
     """
     bundle_dir = Path(path) if path is not None else default_bundle_path()
+    if path is not None and not bundle_dir.exists() and str(path) in embedded_bundles():
+        bundle_dir = default_bundle_path().parent / str(path)    # an embedded bundle by its name
     if bundle_dir.is_file() and bundle_dir.name == MANIFEST:
         bundle_dir = bundle_dir.parent
     mpath = bundle_dir / MANIFEST
@@ -281,6 +302,12 @@ def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True,
     bundle.verify()
     bundle.signature = verify_bundle_signature(bundle.path, bundle.digest, resolve_trust(trust))
     return bundle
+
+
+def embedded_bundles() -> list[str]:
+    """The names of the bundles shipped inside the package (``edgeinfer/models``)."""
+    root = default_bundle_path().parent
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
 
 
 def default_bundle_path() -> Path:
@@ -366,6 +393,19 @@ def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
         yield f"output {t['name']}", f"{t['dtype']} {t['shape']}{lab}"
     pp = m["preprocessing"]
     yield "preprocessing", ", ".join(f"{k}={v}" for k, v in pp.items())
+    seg = m.get("segmentation")
+    if seg:
+        sw, post = seg["sliding_window"], seg.get("postprocessing", {})
+        yield "segmentation", (
+            "windows " + ", ".join(f"{w.get('name', '')} {w['center']:g}/{w['width']:g}".strip() for w in seg["windows"])
+            + f"; {seg['pixel_mm']:g} mm pixels, slices "
+            + (f"{seg['slice_mm']:g} mm" if seg.get("slice_mm") else "as acquired")
+            + f"; tiles {sw['roi']} overlap {sw.get('overlap', 0.25):g} batch {sw.get('batch', 8)}"
+            + f"; threshold {post.get('threshold', 0.5):g}, components under {post.get('min_component_ml', 0):g} mL removed")
+        pol = seg.get("volume_policy")
+        if pol:
+            yield "volume policy", ", ".join(f"{r['priority']} if {r.get('label', '*')} >= {r['min_ml']:g} mL"
+                                             for r in pol["rules"]) + f", else {pol.get('otherwise', 'ROUTINE')}"
     v, flag = preprocessing_versions(m), preprocessing_note(m)
     yield "preprocessing impl", (f"runtime {v['runtime']}, validated with {v['validated_with'] or '(never validated)'}"
                                  + (f"  FLAG: {flag}" if flag else ""))

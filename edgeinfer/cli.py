@@ -110,6 +110,10 @@ def cmd_preview(args) -> int:
     if args.npy:
         check_output_path(args.npy, option="--npy", inputs=[args.file])
     bundle = _load_bundle(args.bundle, args.trust)
+    if bundle.manifest.get("task") == "segmentation":
+        raise UsageError(f"preview shows one image as a classifier sees it; bundle {bundle.name} segments a whole "
+                         "series: run `edgeinfer triage SERIES_FOLDER --bundle ... --output-dicom DIR` and open the "
+                         "SEG beside the series in a viewer")
     spec = PreprocessSpec.from_manifest(bundle.manifest["preprocessing"])
     try:  # no applicability rules: preview shows any image as this model would see it
         prepared = Intake(spec).read(args.file).prepared
@@ -197,6 +201,8 @@ def _print_worklist(wl, console) -> None:
         if sel.get("forced"):
             console.print(f"[bold red]{sel['forced']}[/]")
     table = Table(show_lines=False)
+    from .worklist import volumes_text
+
     for col in ("#", "priority", "score", "study", "images", "modality", "note"):
         table.add_column(col, overflow="fold")
     for i, s in enumerate(wl.studies, 1):
@@ -205,7 +211,7 @@ def _print_worklist(wl, console) -> None:
         uid = uid if len(uid) <= 28 else "…" + uid[-27:]
         n = len(s["images"]) + len(s["failed_images"])
         table.add_row(str(i), f"[{colours.get(s['priority'], '')}]{s['priority']}[/]", score, uid, str(n),
-                      s["modality"], s.get("reason", ""))
+                      s["modality"], "; ".join(x for x in (volumes_text(s), s.get("reason", "")) if x))
     console.print(table)
     sm = wl.summary
     console.print(f"{sm['files']} files: {sm['images_scored']} images scored in {sm['studies']} studies "
@@ -227,7 +233,7 @@ def _print_worklist(wl, console) -> None:
 
 def cmd_triage(args) -> int:
     from .intake import DEFAULT_IGNORE, discover
-    from .triage import TriageEngine
+    from .triage import engine_for
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
@@ -244,7 +250,7 @@ def cmd_triage(args) -> int:
     ignore = DEFAULT_IGNORE if args.ignore is None else tuple(x for x in args.ignore.split(",") if x)
     runner, selection = _runner_for(bundle, args)
     with runner:
-        engine = TriageEngine(bundle, runner, batch_size=args.batch_size, ignore=ignore,
+        engine = engine_for(bundle, runner, batch_size=args.batch_size, ignore=ignore,
                               workers=args.workers, processes=args.processes)
         with progress_bar(len(files), f"triage {len(files)} files", not args.no_progress) as advance:
             wl = engine.run(files, progress=advance)
@@ -254,6 +260,12 @@ def cmd_triage(args) -> int:
 
         wl.summary["evaluation"] = evaluate_worklist(wl.studies, read_study_labels(args.labels),
                                                      bundle.manifest["triage"]["operating_point"])
+        if bundle.manifest.get("task") == "segmentation":
+            from .evaluation import evaluate_segmentation, segmentation_truth
+            from .worklist import flagged_priorities
+
+            wl.summary["segmentation_evaluation"] = evaluate_segmentation(
+                wl.studies, segmentation_truth(args.labels), flagged_priorities(bundle))
     unwritten = None
     if args.output:
         try:
@@ -271,6 +283,15 @@ def cmd_triage(args) -> int:
             print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
                   f"at the operating point {ev['threshold']:g}: sensitivity {ev['sensitivity']:.3f}, "
                   f"specificity {ev['specificity']:.3f}")
+        se = wl.summary.get("segmentation_evaluation")
+        if se and se.get("n"):
+            def f(v, fmt):
+                return "-" if v is None else format(v, fmt)
+            print(f"segmentation against {args.labels}: {se['with_bleed']} studies with a bleed, mean Dice "
+                  f"{f(se['mean_dice'], '.3f')} (median {f(se['median_dice'], '.3f')}), median volume error "
+                  f"{f(se['median_volume_error'], '.1%')}; bleeds >= 1 mL flagged: "
+                  f"{f(se['sensitivity_ge_1ml'], '.3f')} of {se['bleeds_ge_min']}; studies without a bleed not "
+                  f"flagged: {f(se['specificity'], '.3f')}")
         if args.output and not unwritten:
             print(f"worklist written to {args.output}")
     if unwritten:
@@ -490,7 +511,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        epilog=_examples("edgeinfer preview study/img.dcm --out preview.png\n"
                                         "edgeinfer preview study/img.dcm --heatmap --out why.png"))
     s.add_argument("file")
-    s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
+    s.add_argument("--bundle", default=None, help="bundle folder, or an embedded bundle by name: phantom-cxr (the default), phantom-ct-head")
     s.add_argument("--out", required=True, help="PNG to write")
     s.add_argument("--npy", default=None, help="also save the exact input tensor as .npy")
     s.add_argument("--heatmap", action="store_true",
@@ -503,9 +524,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                            edgeinfer triage studies/
                            edgeinfer triage studies/ --output worklist.json
                            edgeinfer triage studies/ --bundle my-bundle/ --device cuda --allow-fallback
+                           edgeinfer triage head-cts/ --bundle phantom-ct-head --labels head-cts/labels.csv \\
+                               --output-dicom results/     # segment, measure in mL, write SR + SEG
                        """) + "\n\nexit status: 0 all files processed; 2 finished, some files rejected; 1 could not run")
     s.add_argument("inputs", nargs="+", help="DICOM files or folders (walked recursively)")
-    s.add_argument("--bundle", default=None, help="bundle folder (default: the embedded phantom bundle)")
+    s.add_argument("--bundle", default=None, help="bundle folder, or an embedded bundle by name: phantom-cxr (the default), phantom-ct-head")
     _add_trust(s)
     s.add_argument("--output", "-o", default=None, help="write the worklist JSON here")
     s.add_argument("--output-dicom", dest="output_dicom", default=None, metavar="DIR",

@@ -65,15 +65,23 @@ class GateConfig:
     #: flagged urgent images whose map peaks on the finding, with the labels' finding boxes) in points
     min_heatmap_r: float = 0.9
     max_pointing_drop: float = 0.02
+    #: segmentation (a bundle whose task is segmentation): the mean Dice of this precision's masks with FP32's
+    #: over the studies where either found something, and every study's volume within max(2 %, 0.1 mL) of
+    #: FP32's (the share of studies within it must reach ``min_agreement``)
+    min_dice_vs_fp32: float = 0.98
+    max_volume_rel_diff: float = 0.02
+    max_volume_abs_diff_ml: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("min_agreement", "max_auc_drop", "max_sensitivity_drop", "min_heatmap_r", "max_pointing_drop"):
+        for name in ("min_agreement", "max_auc_drop", "max_sensitivity_drop", "min_heatmap_r", "max_pointing_drop",
+                     "min_dice_vs_fp32", "max_volume_rel_diff", "max_volume_abs_diff_ml"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ValueError(f"GateConfig.{name} must be a finite number, got {v!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError(f"GateConfig.min_agreement must be in [0, 1], got {self.min_agreement}")
-        if self.max_auc_drop < 0 or self.max_sensitivity_drop < 0 or self.max_pointing_drop < 0:
+        if min(self.max_auc_drop, self.max_sensitivity_drop, self.max_pointing_drop, self.max_volume_rel_diff,
+               self.max_volume_abs_diff_ml) < 0:
             raise ValueError("GateConfig drops must be >= 0")
         if not -1.0 <= self.min_heatmap_r <= 1.0:
             raise ValueError(f"GateConfig.min_heatmap_r must be in [-1, 1], got {self.min_heatmap_r}")
@@ -165,6 +173,7 @@ def evaluate_gate(fp32_metrics: Mapping[str, Any], metrics: Mapping[str, Any],
             reasons.append(f"{what} dropped by {drop:.4f} ({ref:.4f} -> {got:.4f}); at most {limit:g} is allowed")
 
     _heatmap_criteria(fp32_metrics, metrics, cfg, reasons, checked, notes)
+    _segmentation_criteria(metrics, cfg, reasons, checked)
 
     if cfg.max_abs_score_diff is not None:
         checked.append("max_abs_score_diff")
@@ -201,6 +210,27 @@ def _heatmap_criteria(fp32_metrics, metrics, cfg: GateConfig, reasons: list, che
     elif want - got > cfg.max_pointing_drop + 1e-12:
         reasons.append(f"the pointing game dropped by {100 * (want - got):.1f} points ({want:.3f} -> {got:.3f}); "
                        f"at most {100 * cfg.max_pointing_drop:g} are allowed")
+
+
+def _segmentation_criteria(metrics, cfg: GateConfig, reasons: list, checked: list) -> None:
+    """A segmentation precision must draw FP32's masks and measure FP32's volumes: ``segmentation`` (from
+    ``validate``) holds the mean Dice with FP32 and the share of studies whose volume is within tolerance
+    (absent: not a segmentation bundle, not checked)."""
+    seg = metrics.get("segmentation")
+    if seg is None:
+        return
+    checked += ["dice_vs_fp32", "volume_vs_fp32"]
+    d = _num(seg, "mean_dice_vs_fp32")
+    if d is not None and d < cfg.min_dice_vs_fp32:
+        reasons.append(f"its masks overlap FP32's with mean Dice {d:.4f}, below the required {cfg.min_dice_vs_fp32:g}")
+    share = _num(seg, "volume_within_tolerance")
+    if share is None:
+        reasons.append("the volumes could not be compared with FP32's")
+    elif share < cfg.min_agreement:
+        worst = seg.get("worst_volume_diff") or {}
+        reasons.append(f"{share:.1%} of studies measure a volume within max({cfg.max_volume_rel_diff:.0%}, "
+                       f"{cfg.max_volume_abs_diff_ml:g} mL) of FP32's, below {cfg.min_agreement:.1%} (worst: "
+                       f"{worst.get('ml', '?')} mL against FP32's {worst.get('fp32_ml', '?')} mL)")
 
 
 # --- the runtime side ---------------------------------------------------------------------------

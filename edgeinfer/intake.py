@@ -36,7 +36,7 @@ from .sysinfo import tune_allocator
 from .vr import shown_body_part, shown_modality, shown_photometric, shown_uid, valid_uid
 
 #: sidecar files that sit next to studies; listed as skipped, never read as DICOM
-DEFAULT_IGNORE = ("*.csv", "*.json", "*.txt", "*.md", "*.png", "*.jpg", ".*")
+DEFAULT_IGNORE = ("*.csv", "*.json", "*.txt", "*.md", "*.png", "*.jpg", "*.npy", ".*")
 #: the study an image without a StudyInstanceUID is grouped under
 NO_STUDY_UID = "(no StudyInstanceUID)"
 

@@ -3,9 +3,11 @@
 preprocessing spec, one implementation), the runner predicts, and the task post-processes: it checks the
 model's output and turns each image's output into its result fields.
 
-``classification`` (now): outputs (N, labels) probabilities; an image's score is the maximum over the
-bundle's urgent labels. ``segmentation`` comes with its issue: one class here and one entry in
-:data:`TASKS`, and triage, the node's worker and its outbox stay as they are.
+``classification``: outputs (N, labels) probabilities; an image's score is the maximum over the bundle's urgent
+labels. ``segmentation``: outputs (N, labels, rows, cols) probability maps of 2-D slices (the sliding window's
+tiles); a slice's row is its maximum per label, scored like a classification row, and the study's priority
+comes from the volumes of its masks (:class:`edgeinfer.segmentation.VolumePolicy`, run by
+:mod:`edgeinfer.volume_triage`).
 """
 from __future__ import annotations
 
@@ -56,6 +58,27 @@ class Classification:
         return res | {"score": None, "reason": "model output is not a finite probability"}
 
 
+class Segmentation(Classification):
+    """(N, labels, rows, cols) probability maps, one per tile of the bundle's sliding window; ``image_result``
+    takes a slice's maximum per label (what the study's images list)."""
+
+    name = "segmentation"
+
+    def __init__(self, bundle: "Bundle"):
+        super().__init__(bundle)
+        self.roi = tuple(int(v) for v in bundle.manifest["segmentation"]["sliding_window"]["roi"])
+
+    def check_output(self, out, n: int) -> np.ndarray:
+        expected = (n, len(self.labels), *self.roi)
+        if out is None or tuple(out.shape) != expected:
+            raise InferenceError(f"model output has shape {None if out is None else tuple(out.shape)}, "
+                                 f"expected {expected}")
+        out = np.asarray(out, dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise InferenceError("the model's probability map holds NaN or infinite values")
+        return out
+
+
 def image_scores(probs: np.ndarray, urgent: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(N, n_labels) probabilities -> (image score, finite mask). Score = max over the ``urgent`` label indices."""
     finite = np.isfinite(probs).all(axis=1)
@@ -64,7 +87,7 @@ def image_scores(probs: np.ndarray, urgent: list[int]) -> tuple[np.ndarray, np.n
 
 
 #: the tasks this edgeinfer runs, by the manifest's ``task``
-TASKS: dict[str, type] = {"classification": Classification}
+TASKS: dict[str, type] = {"classification": Classification, "segmentation": Segmentation}
 
 
 def task_for(bundle: "Bundle") -> Task:

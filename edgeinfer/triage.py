@@ -219,9 +219,7 @@ class TriageEngine:
     def _studies(self, images: dict, failed: dict, meta: dict, model: dict) -> list[dict]:
         how = self.bundle.manifest["triage"].get("study_score", "max")
         order = {name: i for i, name in enumerate(priority_order(self.bundle))}
-        model_rec = {"bundle": self.bundle.name, "bundle_version": self.bundle.version,
-                     "precision": model["precision"], "sha256": model["sha256"],
-                     "backend": model["backend"], "provider": model["provider"]}
+        model_rec = model_record(self.bundle, model)
         out = []
         for uid in sorted(set(images) | set(failed)):
             imgs = sorted(images.get(uid, []), key=lambda r: r["path"])
@@ -248,6 +246,23 @@ class TriageEngine:
                 rec["reason"] = "; ".join(reasons) + " - needs a human read"
             out.append(rec)
         return sort_studies(out, self.bundle)
+
+
+def model_record(bundle: Bundle, report: dict) -> dict:
+    """What a study record says of the model that scored it (``report``: the runner's report as a dict)."""
+    return {"bundle": bundle.name, "bundle_version": bundle.version, "precision": report["precision"],
+            "sha256": report["sha256"], "backend": report["backend"], "provider": report["provider"]}
+
+
+def engine_for(bundle: Bundle, runner: Runner, **kwargs):
+    """The triage engine for the bundle's task: :class:`TriageEngine` (an image at a time) or, for a
+    segmentation bundle, :class:`edgeinfer.volume_triage.VolumeTriageEngine` (a series at a time); both take
+    these keywords and give the same Worklist."""
+    if bundle.manifest.get("task") == "segmentation":
+        from .volume_triage import VolumeTriageEngine
+
+        return VolumeTriageEngine(bundle, runner, **kwargs)
+    return TriageEngine(bundle, runner, **kwargs)
 
 
 def _r(x: float | None) -> float | None:

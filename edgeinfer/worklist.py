@@ -48,11 +48,23 @@ class StudyRecord(TypedDict, total=False):
     version: int                    # the node: which version of the study this result is
     received_last: float            # the node: when its last instance arrived (seconds since the epoch)
     timings_ms: dict[str, float | None]
+    volumes_ml: dict[str, float]    # segmentation: the volume of each label's mask, mL (it sets the priority)
+    segmentation: dict              # segmentation: the series used, voxel sizes, components, notes and the mask,
+                                    # packed (edgeinfer/volume_triage.py), from which the SEG is built
 
 
 #: the keys every study and image record has (the schema's "required")
 STUDY_REQUIRED = ("study_uid", "priority", "score", "modality", "images", "failed_images", "model")
 IMAGE_REQUIRED = ("path", "status", "score")
+
+
+def volumes_text(study: dict) -> str:
+    """A segmentation study's volumes for people, e.g. "hemorrhage 12.4 mL"; "" for a study without."""
+    volumes = study.get("volumes_ml")
+    if not isinstance(volumes, dict):
+        return ""
+    return ", ".join(f"{label} {ml:.1f} mL" if ml >= 0.1 else f"{label} {ml:.2f} mL"
+                     for label, ml in volumes.items() if isinstance(ml, (int, float)) and not isinstance(ml, bool))
 
 
 def priority_order(bundle: "Bundle") -> list[str]:

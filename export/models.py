@@ -62,3 +62,27 @@ class TriageNet(nn.Module):
 def phantom_triage_net() -> TriageNet:
     """Factory used by ``edgeinfer export --factory edgeinfer_export.models:phantom_triage_net``."""
     return TriageNet(n_labels=2)
+
+
+class SegNet(nn.Module):
+    """A U-Net whose output is per-pixel probabilities (sigmoid): (N, C, H, W) -> (N, labels, H, W).
+    ``logits`` is what training optimises; the exported graph computes ``forward``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def phantom_ct_net() -> SegNet:
+    """The phantom head-CT haemorrhage U-Net: MONAI's 2D ``UNet``, 3 window channels in, one label out,
+    BatchNorm (folds into the convolutions at export, quantizes cleanly), 4 levels of 16-128 channels."""
+    from monai.networks.nets import UNet
+
+    return SegNet(UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                       num_res_units=1, norm="batch"))

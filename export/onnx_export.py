@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeinfer import __version__ as edgeinfer_version
 from edgeinfer._io import publish_dir, staging_dir
-from edgeinfer.bundle import MANIFEST, artifact_record, load_bundle, validate_manifest, write_manifest
+from edgeinfer.bundle import MANIFEST, SCHEMA_VERSION, artifact_record, load_bundle, validate_manifest, write_manifest
 from edgeinfer.errors import ExportError
 
 from .cam import CAM_OUTPUT, cam_output_entry
@@ -203,10 +203,12 @@ def export_bundle(model, config: dict, out_dir: str | Path, *, real_inputs: np.n
 
         n_out = len(config["labels"])
         manifest = {k: v for k, v in config.items() if k not in ("input_name", "output_name")}
+        # a segmentation model gives a probability map per label at its input's size
+        out_shape = ["batch", n_out, h, w] if config.get("task") == "segmentation" else ["batch", n_out]
         manifest.update({
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "inputs": [{"name": in_name, "shape": ["batch", c, h, w], "dtype": "float32", "layout": "NCHW"}],
-            "outputs": [{"name": out_name, "shape": ["batch", n_out], "dtype": "float32", "labels": config["labels"]}],
+            "outputs": [{"name": out_name, "shape": out_shape, "dtype": "float32", "labels": config["labels"]}],
         })
         if head is not None:
             grid = _outputs(graph, checks["random_b1"])[1].shape[2:]

@@ -1,8 +1,8 @@
 """The DICOM objects edgeinfer writes back into a study, built with highdicom.
 
-Now: the triage result of a study as a TID 1500 Comprehensive SR (``sr``) and one Secondary Capture per
-heatmap of a flagged study (``sc``), which the SR references; and a DICOM Segmentation of a volume's masks
-(``seg``; not yet one of the node's writers: the segmentation task that makes masks comes with its model).
+The triage result of a study as a TID 1500 Comprehensive SR (``sr``), one Secondary Capture per heatmap of
+a flagged study (``sc``) and, for a segmentation bundle, a DICOM Segmentation of the study's masks (``seg``):
+the SR references the heatmaps and reports each label's volume on its segment of the SEG.
 One module per object type, as highdicom keeps one package each (``highdicom.sr``, ``highdicom.sc``,
 ``highdicom.seg``).
 
@@ -10,7 +10,7 @@ Modules: ``common`` (what every object shares: deterministic UIDs, the source im
 study of one patient, the patient and study modules copied from them, the character set,
 highdicom's log records dropped, the Part 10 encoding), ``codes`` (the coding scheme: standard
 codes where one is obvious, the private scheme ``99EDGEINFER`` for the rest), ``sr`` (the SR), ``sc``
-(the heatmap images), ``writers`` (the result writers the node runs per study version, by name). Each imports only those
+(the heatmap images), ``seg`` (the segmentation), ``writers`` (the result writers the node runs per study version, by name). Each imports only those
 before it.
 
 Patient data: the patient and study modules are copied from the source headers into the object

@@ -40,21 +40,23 @@ import math
 from typing import Any, Sequence
 
 from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_ROOT_UID, SecondaryCaptureImageStorage
+from pydicom.uid import PYDICOM_ROOT_UID, SecondaryCaptureImageStorage, SegmentationStorage
 
 from .. import __version__
 from ..dicomio.quiet import _library_quiet
 from ..errors import EdgeInferError, SRError
 from ..worklist import INDETERMINATE
 from ..vr import shown_uid, valid_uid
-from .codes import (_DCM_FOLLOW_UP, _HEATMAP, _HUMAN_READ, _MAXIMUM, _PROBABILITY_UNIT, _PROCEDURE, _REASON, _SCT_PRIORITY,
-                    _SOURCE, _STUDY_SCORE, _coding_scheme, _private_code, label_code, priority_code)
+from .codes import (_DCM_FOLLOW_UP, _HEATMAP, _HUMAN_READ, _MAXIMUM, _ML_UNIT, _MORPHOLOGICALLY_ABNORMAL,
+                    _PROBABILITY_UNIT, _PROCEDURE, _REASON, _SCT_PRIORITY, _SOURCE, _STUDY_SCORE, _VOLUME, _coding_scheme,
+                    _private_code, label_code, priority_code)
 from .common import (_character_set, _copy_patient_and_study, _image_sources, _lo, _neutral_header,
                      _quiet_highdicom, _uid, part10_bytes)
 
 log = logging.getLogger("edgeinfer.dicomout.sr")
 
 SC_SOP_CLASS = SecondaryCaptureImageStorage   # the heatmaps
+SEG_SOP_CLASS = SegmentationStorage            # the segmentation whose volumes the SR reports
 
 SERIES_NUMBER_BASE = 9900
 
@@ -63,7 +65,7 @@ SERIES_NUMBER_BASE = 9900
 def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict, version: int,
              manufacturer: str = "edgeinfer", now: _dt.datetime | None = None,
              device_uid: str | None = None, uid_prefix: str = PYDICOM_ROOT_UID,
-             heatmaps: Sequence[tuple[str, str]] = ()) -> Dataset:
+             heatmaps: Sequence[tuple[str, str]] = (), segmentation: tuple[str, str] | None = None) -> Dataset:
     """The triage result of one study as a TID 1500 Comprehensive SR in that study.
 
     ``study``: a study record of the triage worklist; ``sources``: the headers (pixel data may be
@@ -73,7 +75,10 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
     ``now``: content date/time (default: the current local time); ``device_uid``: the observer
     device UID (default: derived from the manufacturer and the bundle); ``uid_prefix``: root of the
     generated UIDs; ``heatmaps``: (Series, SOP Instance UID) of the heatmap Secondary Captures sent with it
-    (one IMAGE item each in the measurement group, listed as evidence). Raises :class:`SRError` (no patient data in the message).
+    (one IMAGE item each in the measurement group, listed as evidence); ``segmentation``: (Series, SOP Instance
+    UID) of the DICOM SEG sent with it: each label's volume (the record's ``volumes_ml``) becomes a volumetric
+    measurement group (TID 1411) referencing that label's segment. Raises :class:`SRError` (no patient data in
+    the message).
     """
     try:
         import highdicom as hd
@@ -113,13 +118,14 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
         with _library_quiet() as caught:
             report = _report(hd, codes, study, images, bundle=bundle, run=run, version=version,
                              manufacturer=manufacturer, device_uid=device_uid, tracking_uid=tracking_uid,
-                             heatmaps=heatmaps)
+                             heatmaps=heatmaps, segmentation=segmentation, uid_prefix=uid_prefix)
             stage = "document"
             # highdicom reads the patient/study values of evidence[0] in its constructor (and echoes
             # some in warnings or errors): give it a neutral stand-in, then copy the real modules
             stand_in = _neutral_header(images[0])
             sr = hd.sr.ComprehensiveSR(
-                evidence=[stand_in, *images[1:], *(_evidence(study_uid, series, uid) for series, uid in heatmaps)],
+                evidence=[stand_in, *images[1:], *(_evidence(study_uid, series, uid) for series, uid in heatmaps),
+                          *([_evidence(study_uid, *segmentation, SEG_SOP_CLASS)] if segmentation else [])],
                 content=report,
                 series_instance_uid=series_uid,
                 series_number=SERIES_NUMBER_BASE + version,
@@ -160,11 +166,12 @@ def build_sr(study: dict, sources: Sequence[Dataset], *, bundle: dict, run: dict
     return sr
 
 
-def _evidence(study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
-    """What the SR lists as evidence for a heatmap image it references (no patient data: it is ours)."""
+def _evidence(study_uid: str, series_uid: str, sop_uid: str, sop_class: str = SC_SOP_CLASS) -> Dataset:
+    """What the SR lists as evidence for an object of ours it references (a heatmap image, the SEG; no patient
+    data: it is ours)."""
     ds = Dataset()
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, sop_uid
-    ds.SOPClassUID = SC_SOP_CLASS
+    ds.SOPClassUID = sop_class
     return ds
 
 
@@ -180,7 +187,8 @@ def sr_uids(study_uid: str, version: int, digest: str, uid_prefix: str = PYDICOM
 
 # --- content -----------------------------------------------------------------------------------
 def _report(hd, codes, study: dict, images: list[Dataset], *, bundle: dict, run: dict, version: int,
-            manufacturer: str, device_uid: str, tracking_uid: str, heatmaps: Sequence[tuple[str, str]] = ()):
+            manufacturer: str, device_uid: str, tracking_uid: str, heatmaps: Sequence[tuple[str, str]] = (),
+            segmentation: tuple[str, str] | None = None, uid_prefix: str = PYDICOM_ROOT_UID):
     def cc(code: tuple[str, str, str]):
         return hd.sr.CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
 
@@ -240,8 +248,26 @@ def _report(hd, codes, study: dict, images: list[Dataset], *, bundle: dict, run:
             name=cc(_HEATMAP), referenced_sop_class_uid=SC_SOP_CLASS, referenced_sop_instance_uid=uid,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
+    groups = [group]
+    seg_record = study.get("segmentation") or {}
+    volumes = study.get("volumes_ml") or {}
+    if segmentation is not None:   # one volumetric group (TID 1411) per label, on its segment of the SEG
+        series_uid = str(seg_record.get("series_uid") or "")
+        for number, label in enumerate(seg_record.get("labels") or [], start=1):
+            ml = volumes.get(label)
+            if ml is None or not math.isfinite(float(ml)):
+                continue
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(uid_prefix, tracking_uid, label, "segment"),
+                                                             identifier=_lo(f"{label} segment {number}")),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=SEG_SOP_CLASS, sop_instance_uid=segmentation[1], segment_number=number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid)),
+                finding_type=cc(label_code(label)), finding_category=cc(_MORPHOLOGICALLY_ABNORMAL),
+                algorithm_id=algorithm,
+                measurements=[hd.sr.Measurement(name=cc(_VOLUME), value=float(ml), unit=cc(_ML_UNIT))]))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=cc(_PROCEDURE),
-                                     imaging_measurements=[group])
+                                     imaging_measurements=groups)
     # TID 1500 row 7 (TID 1600 image library) goes before the Imaging Measurements container
     items = report[0].ContentSequence
     at = next(i for i, item in enumerate(items)

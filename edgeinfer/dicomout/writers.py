@@ -40,8 +40,9 @@ def write_sr(study: dict, sources, *, bundle: dict, run: dict, version: int,
     the heatmap images ``made`` beside it."""
     from .sr import build_sr, sr_bytes
 
+    seg = next(((o.series_uid, o.sop_uid) for o in made if o.kind == "seg"), None)
     ds = build_sr(study, sources, bundle=bundle, run=run, version=version,
-                  heatmaps=[(o.series_uid, o.sop_uid) for o in made if o.kind == "heatmap"])
+                  heatmaps=[(o.series_uid, o.sop_uid) for o in made if o.kind == "heatmap"], segmentation=seg)
     return [ResultObject(str(ds.SOPInstanceUID), sr_bytes(ds), "sr")]
 
 
@@ -59,10 +60,37 @@ def write_heatmaps(study: dict, sources, *, bundle: dict, run: dict, version: in
         return []
 
 
+def write_seg(study: dict, sources, *, bundle: dict, run: dict, version: int) -> list[ResultObject]:
+    """The DICOM SEG of a segmentation study (:func:`edgeinfer.dicomout.seg.build_seg`) from the mask its record
+    carries, one frame per scored slice in the record's order; none for a study without one (a classification
+    result, or a volume the model could not run on). A SEG that cannot be built is an error, as for the SR:
+    the volumes the SR reports reference it."""
+    from ..segmentation import unpack_mask
+    from .seg import build_seg, seg_bytes
+
+    seg = study.get("segmentation") or {}
+    if not seg.get("mask"):
+        return []
+    try:
+        stack = unpack_mask(seg["mask"])
+    except ValueError as exc:
+        raise SRError(f"study {study.get('study_uid', '?')}: the record's mask cannot be read ({exc})") from None
+    labels = list(seg.get("labels") or [])
+    by_uid = {str(ds.get("SOPInstanceUID", "")): ds for ds in sources}
+    order = [i.get("sop_instance_uid") for i in study.get("images") or [] if i.get("status") == "ok"]
+    if len(labels) != stack.shape[0] or len(order) != stack.shape[1] or not all(u in by_uid for u in order):
+        raise SRError(f"study {study.get('study_uid', '?')}: the mask ({list(stack.shape)}, labels {len(labels)}) "
+                      f"does not match the {len(order)} scored slices and their {len(by_uid)} source headers")
+    ds = build_seg({lab: stack[k] for k, lab in enumerate(labels)}, [by_uid[u] for u in order], bundle=bundle,
+                   version=version, keep_empty_frames=bool(seg.get("keep_empty_frames", True)))
+    return [ResultObject(str(ds.SOPInstanceUID), seg_bytes(ds), "seg", str(ds.SeriesInstanceUID))]
+
+
 #: the writers the node knows by name
-WRITERS: dict[str, Writer] = {"sr": write_sr, "heatmaps": write_heatmaps}
-#: what the node and ``triage --output-dicom`` write by default: the SR and the heatmap images it references
-DEFAULT_RESULTS = ("sr", "heatmaps")
+WRITERS: dict[str, Writer] = {"sr": write_sr, "heatmaps": write_heatmaps, "seg": write_seg}
+#: what the node and ``triage --output-dicom`` write by default: the SR, and the heatmap images or the SEG it
+#: references (each writer makes nothing for a study without them)
+DEFAULT_RESULTS = ("sr", "heatmaps", "seg")
 
 
 def resolve(name: str) -> Writer:

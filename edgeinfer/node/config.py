@@ -99,8 +99,9 @@ class NodeConfig:
                                   "delete once delivered); under disk pressure delivered studies go oldest first; "
                                   "never one unscored or unsent")
     # -- model
-    bundle: str | None = setting(None, "model", "bundle folder (unset: the embedded phantom bundle, not for clinical "
-                                 "use)", sample="/opt/edgeinfer/bundles/my-model")
+    bundle: str | None = setting(None, "model", "bundle folder, or an embedded bundle's name (phantom-ct-head: head CT "
+                                 "haemorrhage segmentation); unset: the embedded phantom-cxr bundle (neither is for "
+                                 "clinical use)", sample="/opt/edgeinfer/bundles/my-model")
     trust: str | None = setting(None, "model", "folder of trusted Ed25519 public keys (*.pub): refuse a bundle not "
                                 "signed by one of them (unset: $EDGEINFER_TRUST; without either the bundle is used "
                                 "unverified and the worklist says so)", metavar="DIR", sample="/etc/edgeinfer/trust")

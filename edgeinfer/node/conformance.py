@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 STORED_NOT_ANALYSED = "stored, not analysed: the study goes to a human read with that reason"
 
@@ -32,7 +32,8 @@ def _name(uid: str) -> str:
 
 #: what the node sends in each result SOP class it proposes
 _SENT = {ComprehensiveSRStorage: "the triage result of every study version (`--result sr`)",
-         SecondaryCaptureImageStorage: "one per heatmap of a flagged study (`--result heatmaps`)"}
+         SecondaryCaptureImageStorage: "one per heatmap of a flagged study (`--result heatmaps`)",
+         SegmentationStorage: "a segmentation bundle: the masks of every study version it segmented (`--result seg`)"}
 
 
 def tables() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Server-side HTML (a Jinja2 template, autoescaped; no JavaScript): one row per study of the node's
 default worklist window, most urgent first, with its priority, score, time since its last image arrived,
-modality, image count, a thumbnail of its strongest heatmap (a flagged study; it opens the full image from
+modality, image count, the volumes a segmentation model measured, a thumbnail of its strongest heatmap (a flagged study; it opens the full image from
 ``/heatmap/...``), Study Instance UID and the reason when a human must read it; the page reloads
 itself every few seconds. It carries no patient identity unless the HTTP side is HTTPS with a login (``--http-tls-cert``/``--http-tls-key`` and ``--http-auth``): then
 it shows each study's patient name and accession number (from the header kept at receive time), else it says
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
+from ..worklist import volumes_text
 
 REFRESH_S = 5
 #: the long side of a heatmap thumbnail on the page, in pixels
@@ -75,6 +77,7 @@ def render(view, now: float | None = None) -> str:
             "priority": str(s.get("priority", "")), "study_uid": uid,
             "study_uid_short": uid if len(uid) <= 28 else f"...{uid[-24:]}",
             "score_text": "-" if score is None else f"{score:.2f}",
+            "volume_text": volumes_text(s) or "-",
             "age_text": _age(now - received if isinstance(received, (int, float)) else None),
             "modality": str(s.get("modality", "")), "n_images": len(s.get("images", [])) + len(s.get("failed_images", [])),
             "reason": str(s.get("reason", "")), "heatmap": _first_heatmap(uid, s),

@@ -57,8 +57,8 @@ class ModelHost:
 
     def start_intake(self) -> None:
         """The intake's worker processes (``intake_processes``), when asked for; UsageError if they cannot start."""
-        if not self.config.intake_processes:
-            return
+        if not self.config.intake_processes or self.bundle.manifest.get("task") == "segmentation":
+            return      # a volume is read series by series in the worker (edgeinfer/volume_triage.py)
         from ..intake import Intake
 
         self.intake_pool = Intake.for_bundle(self.bundle).pool(self.config.intake_processes, processes=True)

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from ..errors import EdgeInferError
-from ..triage import TriageEngine
+from ..triage import engine_for
 from ..worklist import INDETERMINATE
 from .builder import ResultBuilder
 from .loop import Loop
@@ -114,8 +114,8 @@ class Worker(Loop):
 
         def infer():
             try:
-                box["wl"] = TriageEngine(self.model.bundle, self.model.runner(), batch_size=self.config.batch_size,
-                                         pool=self.model.intake_pool).run(files)
+                box["wl"] = engine_for(self.model.bundle, self.model.runner(), batch_size=self.config.batch_size,
+                                       pool=self.model.intake_pool).run(files)
             except BaseException as exc:  # noqa: BLE001 - reported below, never lost
                 box["error"] = exc
 

@@ -48,7 +48,7 @@ def test_missing_and_unknown_files_are_both_named(bundle_copy):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda m: m.update(schema_version=2), "schema_version 2 is not supported"),
+    (lambda m: m.update(schema_version=3), "schema_version 3 is not supported"),
     (lambda m: m["artifacts"][0].update(file="../escape.onnx"), "does not match"),
     (lambda m: m["artifacts"][0].update(sha256="xyz"), "does not match"),
     (lambda m: m.update(urgent_labels=["fracture"]), "urgent label 'fracture'"),
@@ -274,3 +274,34 @@ def test_a_bundle_validated_with_another_preprocessing_implementation_is_flagged
     assert note.startswith(f"validated with preprocessing implementation 1; this runtime preprocesses with "
                            f"implementation {PREPROCESS_IMPL}") and "edgeinfer validate" in note
     assert preprocessing_note({"validation": {"preprocessing_impl": PREPROCESS_IMPL}}) is None
+
+
+# --- schema version 2: the segmentation block ------------------------------------------------------
+def test_both_schema_versions_load_and_the_ct_bundle_is_found_by_name():
+    from edgeinfer.bundle import embedded_bundles
+
+    cxr, ct = load_bundle(None), load_bundle("phantom-ct-head")
+    assert cxr.manifest["schema_version"] == 1 and ct.manifest["schema_version"] == 2     # v1 still loads
+    assert embedded_bundles() == ["phantom-ct-head", "phantom-cxr"]
+    assert ct.manifest["task"] == "segmentation" and "NOT FOR CLINICAL USE" in ct.manifest["intended_use"]
+    rows = dict(describe(ct))
+    assert "1 mm pixels" in rows["segmentation"] and rows["volume policy"].startswith("STAT if * >= 0.5 mL")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.pop("segmentation"), "'segmentation' is a required property"),
+    (lambda m: m["segmentation"]["windows"].pop(), "the model takes 3 channel(s) but segmentation.windows gives 2"),
+    (lambda m: m["segmentation"]["sliding_window"].update(roi=[128, 128]), "is not the model's input size [256, 256]"),
+    (lambda m: m["segmentation"]["volume_policy"]["rules"][0].update(priority="CRITICAL"),
+     "volume policy priority 'CRITICAL' is not a triage priority"),
+    (lambda m: m["segmentation"]["volume_policy"]["rules"][0].update(label="tumour"),
+     "volume policy rule names label 'tumour'"),
+    (lambda m: m["segmentation"].update(pixel_mm=0), "/segmentation/pixel_mm"),
+    (lambda m: m.update(schema_version=1), "'segmentation' was unexpected"),       # v1 has no such block
+])
+def test_a_segmentation_manifest_is_checked_with_reasons(mutate, message):
+    m = json.loads((default_bundle_path().parent / "phantom-ct-head" / MANIFEST).read_text())
+    mutate(m)
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(m)
+    assert message in str(err.value)

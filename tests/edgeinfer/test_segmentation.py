@@ -50,3 +50,51 @@ def test_priority_from_volumes():
     assert p.priority({"bleed": 0.0}) == "ROUTINE" and p.priority({}) == "ROUTINE"
     only = VolumePolicy(rules=(("STAT", "sdh", 1.0),), otherwise="ROUTINE")
     assert only.priority({"iph": 50.0, "sdh": 0.5}) == "ROUTINE" and only.priority({"sdh": 1.0}) == "STAT"
+
+
+# --- back to the source grid, and the mask a study record carries ------------------------------------
+def test_to_source_maps_model_slices_onto_source_positions_and_sizes():
+    from edgeinfer.segmentation import to_source
+
+    probs = np.zeros((3, 8, 8), np.float32)       # model slices at 0, 2, 4 mm, 8x8 pixels
+    probs[1, 2:6, 2:6] = 1.0
+    mask, peak = to_source(probs, [0.0, 2.0, 4.0], [0.0, 1.0, 2.0, 3.0, 4.0], (16, 16), 0.5)
+    assert mask.shape == (5, 16, 16) and mask.dtype == bool
+    assert not mask[0].any() and not mask[4].any()          # no bleed on the first and last model slice
+    assert mask[2, 4:12, 4:12].all() and not mask[2, :3].any()   # the square, twice the size
+    assert peak.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])  # halfway between model slices
+    # at the threshold, linear interpolation halfway keeps the pixel (>=), just below it does not
+    assert mask[1].any() and not to_source(probs, [0.0, 2.0, 4.0], [0.9], (8, 8), 0.5)[0].any()
+    same, _ = to_source(probs, [0.0, 2.0, 4.0], [0.0, 2.0, 4.0], (8, 8), 0.5)
+    assert (same == (probs >= 0.5)).all()                    # same grid: a plain threshold
+
+
+def test_a_packed_mask_comes_back_bit_for_bit_and_a_bad_one_is_refused():
+    from edgeinfer.segmentation import pack_mask, unpack_mask
+
+    rng = np.random.default_rng(3)
+    m = rng.random((2, 7, 13, 11)) > 0.8                      # sizes that are not multiples of 8
+    packed = pack_mask(m)
+    assert packed["shape"] == [2, 7, 13, 11] and isinstance(packed["data"], str)
+    assert (unpack_mask(packed) == m).all()
+    big = np.zeros((300, 512, 512), bool)
+    big[100:140, 200:260, 200:260] = True
+    assert len(pack_mask(big)["data"]) < 20_000               # a 300-slice CT's bleed is a few kB in a record
+    for bad in ({"shape": [4]}, {**packed, "encoding": "png"}, {**packed, "shape": [3, 7, 13, 11]},
+                {**packed, "data": "not base64 zlib"}):
+        with pytest.raises(ValueError, match="not a packed mask"):
+            unpack_mask(bad)
+
+
+def test_the_segmentation_spec_reads_the_bundle_block():
+    import json
+
+    from edgeinfer.segmentation import SegmentationSpec
+    from tests.helpers import ROOT
+
+    block = json.loads((ROOT / "export" / "configs" / "phantom-ct-head.json").read_text())["segmentation"]
+    spec = SegmentationSpec.from_manifest(block)
+    assert spec.windows == ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0)) and spec.pixel_mm == 1.0
+    assert spec.slice_mm is None and spec.roi == (256, 256) and spec.series.image_type == ("AXIAL",)
+    assert spec.policy.priority({"hemorrhage": 0.6}) == "STAT" and spec.policy.priority({"hemorrhage": 0.2}) == "URGENT"
+    assert spec.policy.priority({"hemorrhage": 0.0}) == "ROUTINE" and spec.keep_empty_frames

@@ -55,7 +55,7 @@ def test_a_new_task_is_one_class_and_a_registry_entry(tmp_path, monkeypatch, pha
     write_manifest(d, m)
     bundle = load_bundle(str(d))
     runner = autoselect.choose(bundle, backend="onnxruntime", precision="fp32").create_runner().activate()
-    with pytest.raises(UsageError, match=r"task 'mean-intensity' is not one this edgeinfer runs \(classification\)"):
+    with pytest.raises(UsageError, match=r"task 'mean-intensity' is not one this edgeinfer runs \(classification, segmentation\)"):
         TriageEngine(bundle, runner)
     monkeypatch.setitem(tasks.TASKS, "mean-intensity", _MeanIntensity)
     wl = TriageEngine(bundle, runner).run(sorted(phantom_dir.rglob("*.dcm"))[:4])
