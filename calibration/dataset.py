@@ -483,7 +483,7 @@ def volume_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: 
             if best is not None:
                 members = [c for c, _ in series[best]]
                 try:
-                    x, vol = spec.read([c.path for c in members], limits)
+                    x, vol = spec.read([c.path for c in members], limits, headers=[ds for _, ds in series[best]])
                 except InputError as exc:
                     failed.append({"path": members[0].relpath, "sha256": members[0].sha256, "code": exc.code,
                                    "reason": str(exc)})
@@ -496,8 +496,7 @@ def volume_calibration_set(data: str | os.PathLike, bundle: Bundle, *, samples: 
                         h, w = min(rows, x.shape[2]), min(cols, x.shape[3])
                         tile[:, :h, :w] = x[:, k, :h, :w]
                         tensors.append(tile)
-                        chosen.append(members[vol.plan.order[k]] if vol.values.shape[0] == len(vol.plan.order)
-                                      else members[0])
+                        chosen.append(members[vol.plan.order[k]] if n == len(vol.plan.order) else members[0])
             if advance:
                 advance(1)
     if not tensors:

@@ -280,9 +280,14 @@ def cmd_triage(args) -> int:
         _print_worklist(wl, console())
         ev = wl.summary.get("evaluation")
         if ev and ev.get("n"):
-            print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
-                  f"at the operating point {ev['threshold']:g}: sensitivity {ev['sensitivity']:.3f}, "
-                  f"specificity {ev['specificity']:.3f}")
+            se = wl.summary.get("segmentation_evaluation")
+            if se is None:
+                print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
+                      f"at the operating point {ev['threshold']:g}: sensitivity {ev['sensitivity']:.3f}, "
+                      f"specificity {ev['specificity']:.3f}")
+            else:   # the priority comes from the volume, not from a threshold on the score: see the next line
+                print(f"against {args.labels}: AUC {ev['auc']:.4f} of the study score (the highest voxel "
+                      f"probability) over {ev['n']} studies ({ev['positives']} with a bleed)")
         se = wl.summary.get("segmentation_evaluation")
         if se and se.get("n"):
             def f(v, fmt):

@@ -65,15 +65,57 @@ def remove_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def clean(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
-    """(``mask`` without its 3-D components of fewer than ``min_voxels`` voxels, how many components are left)."""
+    """(``mask`` without its 3-D components of fewer than ``min_voxels`` voxels, how many components are left).
+
+    The same components as :func:`components`, found slice by slice: a first pass joins each slice's 2-D
+    components with the previous slice's and counts their voxels, a second labels each slice again and keeps
+    the pixels of the components big enough. Only two slices of labels are held, never a volume of them (for
+    a 300-slice 512 x 512 CT that volume was 315 MB, twice)."""
+    import cv2
+
     mask = np.asarray(mask, bool)
-    if not mask.any():
+    busy = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)) if mask.ndim == 3 else []
+    if not len(busy):
         return mask, 0
-    labels, n = components(mask)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= max(1, int(min_voxels))
+    parent: list[int] = [0]
+    sizes: list[int] = [0]
+    base: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def labelled(k: int) -> tuple[int, np.ndarray]:
+        """Slice k's 2-D components, numbered from ``base[k] + 1`` (0: background), and how many (+1)."""
+        n, lab = cv2.connectedComponents(mask[k].astype(np.uint8), connectivity=8)
+        lab = lab.astype(np.int32)
+        lab[lab > 0] += base[k]
+        return n, lab
+
+    prev = prev_k = None
+    for k in busy:
+        k = int(k)
+        base[k] = len(parent) - 1
+        n, lab = labelled(k)
+        parent.extend(range(base[k] + 1, base[k] + n))
+        sizes.extend(np.bincount(lab.ravel(), minlength=base[k] + n)[base[k] + 1:base[k] + n].tolist())
+        if prev_k == k - 1:
+            both = (lab > 0) & (prev > 0)
+            for a, b in set(zip(lab[both].tolist(), prev[both].tolist())):
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+        prev, prev_k = lab, k
+    roots = np.array([find(i) for i in range(len(parent))], np.int64)
+    total = np.bincount(roots, weights=np.asarray(sizes, np.float64), minlength=len(parent))
+    keep = total[roots] >= max(1, int(min_voxels))
     keep[0] = False
-    return keep[labels], int(keep.sum())
+    out = np.zeros_like(mask)
+    for k in busy:
+        out[int(k)] = keep[labelled(int(k))[1]]
+    return out, int(len(set(roots[keep].tolist())))
 
 
 def volume_ml(mask: np.ndarray, voxel_mm: Sequence[float]) -> float:
@@ -194,9 +236,12 @@ class SegmentationSpec:
                    float(post.get("min_component_ml", 0.0)), policy,
                    bool(block.get("seg", {}).get("keep_empty_frames", True)))
 
-    def read(self, paths, limits=None):
-        """The series in ``paths`` at the model's grid: ``(inputs (channels, slices, rows, cols), Volume)``."""
+    def read(self, paths, limits=None, headers=None):
+        """The series in ``paths`` at the model's grid: ``(inputs (channels, slices, rows, cols), Volume)``, the
+        windows made slice by slice as the series is read (``Volume.values`` is the inputs). ``headers``: the
+        files' headers, when the caller has them (each file is then parsed once more, not twice)."""
         from .volume import read_volume, windows
 
-        vol = read_volume(paths, limits, pixel_mm=self.pixel_mm, slice_mm=self.slice_mm)
-        return windows(vol.values, self.windows), vol
+        vol = read_volume(paths, limits, pixel_mm=self.pixel_mm, slice_mm=self.slice_mm, headers=headers,
+                          transform=lambda values: windows(values, self.windows))
+        return vol.values, vol

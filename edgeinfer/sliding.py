@@ -3,7 +3,8 @@ size, overlapping, run in batches, their outputs blended back (MONAI's ``sliding
 numpy, so the runtime needs no torch).
 
 Tiles start every ``roi * (1 - overlap)`` along each axis and the last one ends at the border, so every
-voxel is covered; an axis shorter than the tile is padded (with ``pad_value``) and the output cropped back.
+voxel is covered; an axis shorter than the tile is padded (with ``pad_value``, tile by tile) and the output
+cropped back.
 Each tile's output is weighted (``gaussian``: highest at the tile's centre, so tile borders, where the
 network sees least context, count least; ``constant``: a plain mean) and the sum divided by the summed
 weights. Memory: the output and one weight map at the input's size, plus one batch of tiles.
@@ -51,36 +52,43 @@ def sliding_window(inputs: np.ndarray, roi: Sequence[int], predict: Callable[[np
                    progress: Callable[[int], None] | None = None) -> np.ndarray:
     """``inputs`` (channels, *spatial) -> the blended output (labels, *spatial), float32. ``predict`` takes a
     batch of tiles (n, channels, *roi) and returns (n, labels, *roi). InferenceError when it returns another
-    shape. ``progress(n)`` after each batch of n tiles."""
+    shape. ``progress(n)`` after each batch of n tiles. A tile that reaches past the input (an axis shorter
+    than the tile) is padded on its own: the input is never copied whole."""
     spatial = tuple(inputs.shape[1:])
     roi = tuple(int(r) for r in roi)
     if len(roi) != len(spatial):
         raise ValueError(f"tile {roi} has {len(roi)} axes, the input {len(spatial)} spatial ones")
     padded = tuple(max(s, r) for s, r in zip(spatial, roi))
-    if padded != spatial:
-        x = np.full((inputs.shape[0], *padded), pad_value, np.float32)
-        x[(slice(None), *(slice(0, s) for s in spatial))] = inputs
-    else:
-        x = inputs
     starts = [tile_starts(s, r, overlap) for s, r in zip(padded, roi)]
     corners = list(product(*starts))
     weight = blend_weights(roi, blend)
     out = None
-    total = np.zeros(padded, np.float32)
-    for b in range(0, len(corners), max(1, int(batch))):
-        group = corners[b:b + max(1, int(batch))]
-        tiles = np.stack([x[(slice(None), *(slice(c, c + r) for c, r in zip(corner, roi)))] for corner in group])
+    total = np.zeros(spatial, np.float32)
+    step = max(1, int(batch))
+
+    def parts(corner):
+        """(the region of the input the tile covers, the same region within the tile)"""
+        ends = [min(c + r, s) for c, r, s in zip(corner, roi, spatial)]
+        return (tuple(slice(c, e) for c, e in zip(corner, ends)), tuple(slice(0, e - c) for c, e in zip(corner, ends)))
+
+    for b in range(0, len(corners), step):
+        group = corners[b:b + step]
+        tiles = np.full((len(group), inputs.shape[0], *roi), pad_value, np.float32)
+        for t, corner in enumerate(group):
+            region, inner = parts(corner)
+            tiles[(t, slice(None), *inner)] = inputs[(slice(None), *region)]
         y = np.asarray(predict(tiles))
         if y.ndim != len(roi) + 2 or y.shape[0] != len(group) or tuple(y.shape[2:]) != roi:
             raise InferenceError(f"the model returned {tuple(y.shape)} for {len(group)} tile(s) of {roi}; "
                                  f"expected ({len(group)}, labels, {', '.join(map(str, roi))})")
         if out is None:
-            out = np.zeros((y.shape[1], *padded), np.float32)
+            out = np.zeros((y.shape[1], *spatial), np.float32)
         for corner, tile in zip(group, y):
-            region = tuple(slice(c, c + r) for c, r in zip(corner, roi))
-            out[(slice(None), *region)] += tile * weight
-            total[region] += weight
+            region, inner = parts(corner)
+            w = weight[inner]
+            out[(slice(None), *region)] += tile[(slice(None), *inner)] * w
+            total[region] += w
         if progress is not None:
             progress(len(group))
     out /= total
-    return out[(slice(None), *(slice(0, s) for s in spatial))]
+    return out

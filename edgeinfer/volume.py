@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -126,8 +126,9 @@ def plan_series(headers: Sequence[SliceHeader]) -> SeriesPlan:
 
 @dataclass
 class Volume:
-    """Modality values (slices, rows, columns), float32, slices ascending along ``normal`` at ``positions``
-    (mm along it); ``sop_uids``: the source slices used, in order (their positions: ``plan.positions``)."""
+    """Modality values (slices, rows, columns), float32 (with a ``transform``: what it made of each slice,
+    (..., slices, rows, columns)), slices ascending along ``normal`` at ``positions`` (mm along it);
+    ``sop_uids``: the source slices used, in order (their positions: ``plan.positions``)."""
 
     values: np.ndarray
     plan: SeriesPlan
@@ -141,7 +142,8 @@ class Volume:
 
 
 def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: float | None = None,
-                slice_mm: float | None = None) -> Volume:
+                slice_mm: float | None = None, headers: Sequence | None = None,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Volume:
     """The volume of the series in ``paths`` (one series; any order). InputError subclasses for a file that
     cannot be read and :class:`SeriesError` for a geometry the runtime refuses, each with its reason.
 
@@ -149,14 +151,24 @@ def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: fl
     when shrinking), so the volume is held at the model's resolution only; ``Volume.voxel_mm`` then says the
     size used. ``slice_mm``: slices every ``slice_mm`` along the normal from the first, each interpolated
     linearly between the two source slices around it as they stream past (two source slices held, never
-    the source volume); across a gap the interpolation spans it (the gap is in ``plan.notes``)."""
+    the source volume); across a gap the interpolation spans it (the gap is in ``plan.notes``).
+
+    ``headers``: the files' headers when the caller has read them already (same order as ``paths``), so that
+    each file is parsed once more, for its pixels, not twice. ``transform``: applied to each slice of the
+    volume as it is made (modality values, rows x cols -> any (..., rows, cols) array, e.g. HU windows as
+    channels): ``Volume.values`` is then (..., slices, rows, cols) and the modality values are never held
+    for the whole volume."""
     import cv2
 
     from . import dicomio
     from .preprocess import modality_lut
 
     limits = limits or dicomio.ReadLimits()
-    headers = [SliceHeader.of(_header(p, limits), os.fspath(p)) for p in paths]   # no pixel data held
+    if headers is None:
+        headers = [_header(p, limits) for p in paths]                        # no pixel data held
+    elif len(headers) != len(paths):
+        raise ValueError(f"{len(headers)} headers for {len(paths)} paths")
+    headers = [SliceHeader.of(h, os.fspath(p)) for h, p in zip(headers, paths)]
     plan = plan_series(headers)
     rows, cols = plan.shape
     if pixel_mm is not None:
@@ -170,9 +182,17 @@ def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: fl
             raise ValueError(f"slice_mm must be positive, got {slice_mm!r}")
         n = int(np.floor((plan.positions[-1] - plan.positions[0]) / slice_mm + 1e-6)) + 1
         targets = [plan.positions[0] + j * slice_mm for j in range(n)]
-    out = np.empty((len(targets), rows, cols), np.float32)
+    out = None
     prev: tuple[float, np.ndarray] | None = None
     j = 0
+
+    def put(j: int, values: np.ndarray) -> None:
+        nonlocal out
+        made = np.asarray(transform(values) if transform is not None else values, np.float32)
+        if out is None:          # allocated once, at the size of what the transform gives
+            out = np.empty((*made.shape[:-2], len(targets), rows, cols), np.float32)
+        out[..., j, :, :] = made
+
     for k, i in enumerate(plan.order):
         ds = dicomio.read_dataset(paths[i], limits)                               # one slice in flight
         values = modality_lut(dicomio.decode_frame(ds, 0, limits), ds)
@@ -182,10 +202,10 @@ def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: fl
         z = plan.positions[k]
         while j < len(targets) and targets[j] <= z + 1e-6:   # every target up to this slice: between prev and it
             if prev is None or z - prev[0] < 1e-9:
-                out[j] = values
+                put(j, values)
             else:
                 w = (targets[j] - prev[0]) / (z - prev[0])
-                out[j] = (1 - w) * prev[1] + w * values
+                put(j, (1 - w) * prev[1] + w * values)
             j += 1
         prev = (z, values)
     if (rows, cols) != plan.shape:
@@ -196,12 +216,14 @@ def read_volume(paths: Sequence[str | os.PathLike], limits=None, *, pixel_mm: fl
 
 def windows(values: np.ndarray, levels: Sequence[tuple[float, float]]) -> np.ndarray:
     """Modality values -> one channel per (centre, width) window, linear, clipped to [0, 1]: (channels, *shape)
-    float32 (e.g. brain 40/80 and subdural 80/200 for a head CT)."""
+    float32 (e.g. brain 40/80 and subdural 80/200 for a head CT). In place in the output: no temporaries."""
     out = np.empty((len(levels), *values.shape), np.float32)
     for c, (centre, width) in enumerate(levels):
         if not width > 0:
             raise ValueError(f"window {centre}/{width}: the width must be positive")
-        np.clip((values - (centre - width / 2)) / width, 0, 1, out=out[c])
+        np.subtract(values, centre - width / 2, out=out[c])
+        out[c] *= np.float32(1.0 / width)
+        np.clip(out[c], 0, 1, out=out[c])
     return out
 
 

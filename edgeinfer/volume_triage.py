@@ -136,7 +136,7 @@ class VolumeTriageEngine:
         paths = [p for p, _ in members]
         t0 = time.perf_counter()
         try:
-            x, vol = self.spec.read(paths, self.limits)
+            x, vol = self.spec.read(paths, self.limits, headers=[ds for _, ds in members])
         except InputError as exc:
             rec["failed_images"] = [str(p) for p in paths]
             rec["reason"] = f"the series could not be read as a volume ({exc}) - needs a human read"

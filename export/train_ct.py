@@ -68,7 +68,7 @@ def study_arrays(seed: int, i: int, finding: str | None = None):
             p.write_bytes(buf.getvalue())
             paths.append(p)
         x, vol = spec().read(paths)
-    return x, mask_at(ct.mask, vol.values.shape[1:]), ct
+    return x, mask_at(ct.mask, x.shape[2:]), ct
 
 
 def _train_study(args):

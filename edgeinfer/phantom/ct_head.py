@@ -125,8 +125,11 @@ def _bleed_mask(b: dict, X, Y, z, head: dict, inside_brain: np.ndarray, brain_q:
 
 
 def make_head_ct(rng: np.random.Generator, *, index: int, finding: str | None = None, size: int = 512,
-                 thickness: float | None = None) -> HeadCT:
-    """One head CT study. ``finding``: None (drawn: half with a bleed), "none" or one of :data:`BLEEDS`."""
+                 thickness: float | None = None, slices: int | None = None) -> HeadCT:
+    """One head CT study. ``finding``: None (drawn: half with a bleed), "none" or one of :data:`BLEEDS`.
+    ``slices``: exactly this many contiguous slices, centred on the head (a longer scan range: the slices
+    past the skull hold air and scalp), e.g. 300 slices of 0.625 mm; default: the head from skull base to
+    vertex."""
     if finding is None:
         finding = "none" if rng.random() < 0.5 else BLEEDS[int(rng.integers(len(BLEEDS)))]
     if finding not in ("none", *BLEEDS):
@@ -150,6 +153,9 @@ def make_head_ct(rng: np.random.Generator, *, index: int, finding: str | None = 
 
     z0 = -0.45 * skull[2]
     n = int((0.97 * skull[2] - z0) // thickness) + 1
+    if slices is not None:
+        z0 -= (int(slices) - n) * thickness / 2
+        n = int(slices)
     zs = z0 + thickness * np.arange(n)
     coords = (np.arange(size) - (size - 1) / 2) * spacing
     X, Y = np.meshgrid(coords, coords)                     # rows: y (anterior at the top), columns: x

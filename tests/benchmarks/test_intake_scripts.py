@@ -68,3 +68,23 @@ def test_seg_bench_runs_and_keeps_every_frame_by_default():
     assert kept["frames"] == r["slices"] and 0 < slim["frames"] < kept["frames"]
     assert all(x["build_s"] > 0 and x["encode_s"] > 0 and x["bytes"] > 0 for x in r["rows"])
     assert "| kept |" in mod.render({"machine": "test", "repeats": 1, **r})
+
+
+def test_ct_bench_measures_a_volume_per_mode(tmp_path):
+    import queue
+
+    mod = _script("ct_bench")
+    study = mod.write_study(tmp_path, 24)
+    assert study["slices"] == 24 and study["thickness_mm"] == 0.625
+    q = queue.Queue()
+    mod._pre_model(str(tmp_path), 1, q)
+    pre = q.get()
+    assert pre["headers_s"] > 0 and pre["pixels_s"] > 0 and pre["model_grid"][:2] == [3, 24]
+    mod._mode(str(tmp_path), "onnxruntime", "int8", 1, 1, q)
+    row = q.get()
+    assert row["objects"] == ["seg", "sr"] and row["wall_s"] > 0 and set(row["volume_ml"]) == {"hemorrhage"}
+    text = mod.render({"machine": "test", "repeats": 1, "threads": 1, "study": study, "pre_model": pre,
+                       "rows": [{"backend": "onnxruntime", "precision": "int8", **row},
+                                {"backend": "openvino", "precision": "fp16", "skipped": "no such artifact"}],
+                       "node": None})
+    assert "| onnxruntime | int8 |" in text and "skipped: no such artifact" in text

@@ -98,3 +98,20 @@ def test_the_segmentation_spec_reads_the_bundle_block():
     assert spec.slice_mm is None and spec.roi == (256, 256) and spec.series.image_type == ("AXIAL",)
     assert spec.policy.priority({"hemorrhage": 0.6}) == "STAT" and spec.policy.priority({"hemorrhage": 0.2}) == "URGENT"
     assert spec.policy.priority({"hemorrhage": 0.0}) == "ROUTINE" and spec.keep_empty_frames
+
+
+def test_clean_keeps_the_same_components_as_the_whole_volume_labelling():
+    from edgeinfer.segmentation import clean
+
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        m = rng.random((12, 24, 24)) > 0.93                 # many small components, some joined across slices
+        m[3:9, 5:12, 5:12] = True                            # and one big one
+        labels, n = components(m)
+        sizes = np.bincount(labels.ravel())
+        for min_voxels in (1, 2, 4, 50):
+            kept = sizes >= min_voxels
+            kept[0] = False
+            got, count = clean(m, min_voxels)
+            assert (got == kept[labels]).all() and count == int(kept.sum())
+    assert clean(np.zeros((3, 4, 4), bool), 2)[1] == 0
