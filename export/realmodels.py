@@ -104,6 +104,12 @@ def config_for(name: str, size: int, seed: int, base: dict | None = None) -> dic
     cfg["preprocessing"]["target_size"] = [int(size), int(size)]
     if task == "segmentation":
         cfg["output_name"] = "masks"
+        # schema v2: a segmentation bundle says how it runs over a series (a benchmark bundle: one soft-tissue
+        # window, 1 mm pixels, the slice as one tile)
+        cfg["segmentation"] = {"windows": [{"name": "soft tissue", "center": 40, "width": 400}], "pixel_mm": 1.0,
+                               "slice_mm": None, "sliding_window": {"roi": [int(size), int(size)], "overlap": 0.25,
+                                                                    "batch": 4, "blend": "gaussian"},
+                               "postprocessing": {"threshold": 0.5, "min_component_ml": 0.0}}
     cfg["training"] = {"weights": "random", "seed": int(seed), "source": f"monai.networks.nets ({name})",
                        "monai": monai.__version__, "torch": torch.__version__}
     return cfg

@@ -18,8 +18,8 @@ STAGES = ("read", "decode", "preprocess", "infer", "post")
 
 def _postprocess(out: dict, bundle, output_name: str) -> float | None:
     """Model output -> the image score triage uses (classification); for a segmentation output
-    (N, C, H, W) the per-label score is the mask's largest probability (bench's stand-in: the
-    runtime's segmentation postprocessing is not written yet)."""
+    (N, C, H, W) on one image the per-label score is the mask's largest probability, as the segmentation
+    task scores a slice (a series' volumes and their priority: ``benchmarks/ct_bench.py``)."""
     from ..triage import image_scores
 
     y = np.asarray(out.get(output_name, next(iter(out.values()))), dtype=np.float64)

@@ -127,8 +127,9 @@ class NodeConfig:
                                     "100 MB each)", metavar="N")
     results: tuple[str, ...] = setting(DEFAULT_RESULTS, "outbox", "what to file into PACS for each study "
                                        "version: a result writer's name (sr: the structured report; heatmaps: one "
-                                       "Secondary Capture per heatmap of a flagged study, referenced by the SR) or "
-                                       "module:function; repeat for more", flag="--result",
+                                       "Secondary Capture per heatmap of a flagged study, referenced by the SR; seg: "
+                                       "the DICOM SEG of a segmentation bundle's masks, whose volumes the SR reports) "
+                                       "or module:function; repeat for more", flag="--result",
                                        metavar="WRITER", append=True)
     send_tls_ca: Path | None = setting(None, "outbox", "PEM CA that signed the PACS's certificate: send results over "
                                        "TLS, checking it", sample="/etc/edgeinfer/tls/pacs-ca.pem")

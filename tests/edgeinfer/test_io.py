@@ -87,6 +87,8 @@ _ALLOWED_DIRECT_WRITES = {
     ("edgeinfer/bench/memory.py", "open"),      # /proc/self/clear_refs, a kernel control file
     ("export/train_phantom.py", "savez"),       # the training script's own scratch cache
     ("export/train_phantom.py", "save"),        # torch.save of the weights, a workstation step
+    ("export/train_ct.py", "save"),             # the same for the head-CT U-Net
+    ("export/train_ct.py", "write_bytes"),      # a training study's slices in a temporary folder, read back at once
 }
 #: calls that write a file directly; copies into a staging folder (bundles) are published whole instead
 _WRITERS = {"write_text", "write_bytes", "imwrite", "save_as", "fdopen"}

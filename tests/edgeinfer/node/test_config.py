@@ -42,7 +42,7 @@ def test_max_queue_says_a_backlog_no_longer_refuses(tmp_path):
 def test_a_result_writer_that_cannot_be_loaded_is_refused_at_start():
     with pytest.raises(UsageError, match=r"result writer 'no_such_module:writer': cannot import it .*Python path"):
         load_config(None, {"results": ["no_such_module:writer"]})
-    with pytest.raises(UsageError, match=r"result writer 'heatmap': not one of heatmaps, sr, and not module:function"):
+    with pytest.raises(UsageError, match=r"result writer 'heatmap': not one of heatmaps, seg, sr, and not module:function"):
         load_config(None, {"results": ["heatmap"]})
     assert load_config(None, {"results": ["sr"]}).results == ("sr",)
 
@@ -59,7 +59,7 @@ def test_each_setting_is_declared_once_and_the_sample_file_is_made_from_the_decl
     assert sample.read_text() == sample_toml(), "run: .venv/bin/python -m edgeinfer.node.config --sample > deploy/serve.toml"
     c = load_config(sample)                                   # the sample loads, with its device examples
     assert c.spool.as_posix() == "/var/lib/edgeinfer/spool" and c.send_to == (Destination("PACS", "10.0.0.5", 104),)
-    assert c.allow_calling == ("CR_ROOM1", "DX_ROOM2", "PACS") and c.results == ("sr", "heatmaps")
+    assert c.allow_calling == ("CR_ROOM1", "DX_ROOM2", "PACS") and c.results == ("sr", "heatmaps", "seg")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     names = {f.name for f in dataclasses.fields(NodeConfig)}

@@ -1,12 +1,13 @@
 """A head CT through the node, against real peers: its slices sent by DCMTK's storescu in two associations, each
 half in shuffled order, become one study once the quiet period ends; the embedded head-CT bundle segments the
-chosen series (the scout beside it passed over), and one SR and one SEG reach Orthanc: the SEG loads in
-highdicom with a frame per source slice, the SR reports the volume on its segment, and /worklist and the
+chosen series (the scout beside it passed over), and one SR and one SEG reach Orthanc: both pass dciodvfy as
+Orthanc returns them, the SEG loads in highdicom with a frame per source slice, the SR reports the volume on its segment, and /worklist and the
 console page show the volume."""
 from __future__ import annotations
 
 import io
 import random
+import subprocess
 
 import highdicom as hd
 import numpy as np
@@ -34,7 +35,7 @@ def head_ct(tmp_path_factory):
 
 
 def test_a_head_ct_sent_in_two_associations_leaves_one_sr_and_one_seg_in_orthanc(node_factory, orthanc, dcmtk,
-                                                                                  head_ct):
+                                                                                  head_ct, tmp_path):
     ct, paths = head_ct
     node = node_factory("--bundle", "phantom-ct-head", "--send-to", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
                         "--quiet-seconds", "3")
@@ -50,12 +51,19 @@ def test_a_head_ct_sent_in_two_associations_leaves_one_sr_and_one_seg_in_orthanc
     segs = [i for i in instances if i["SOPClassUID"] == SEG]
     srs = [i for i in instances if i.get("Modality") == "SR"]
     assert len(segs) == 1 and len(srs) == 1
-    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(orthanc.instance_file(segs[0]["OrthancId"]))))
+    seg_bytes, sr_bytes = orthanc.instance_file(segs[0]["OrthancId"]), orthanc.instance_file(srs[0]["OrthancId"])
+    dciodvfy = peers.require_binary("dciodvfy")
+    for name, data in (("seg", seg_bytes), ("sr", sr_bytes)):       # valid as the PACS returns them
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(data)
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        assert not [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")], out.stderr[-2000:]
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(seg_bytes)))
     assert int(seg.NumberOfFrames) == len(ct.datasets)         # a frame per slice of the axial series, no scout
     positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
                        for f in seg.PerFrameFunctionalGroupsSequence)
     assert positions == pytest.approx(sorted(float(d.ImagePositionPatient[2]) for d in ct.datasets))
-    sr = pydicom.dcmread(io.BytesIO(orthanc.instance_file(srs[0]["OrthancId"])))
+    sr = pydicom.dcmread(io.BytesIO(sr_bytes))
     assert seg.SOPInstanceUID in str(sr) and "milliliter" in str(sr)
 
     _, wl = node.get("/worklist")
