@@ -382,7 +382,8 @@ def describe(bundle: Bundle) -> Iterable[tuple[str, str]]:
     yield "labels", ", ".join(m["labels"]) + f"  (urgent: {', '.join(bundle.urgent_labels)})"
     pr = m["triage"]["priorities"]
     yield "priorities", ", ".join(f"{p['name']} >= {p['min_score']:g}" for p in pr) + \
-        f"; operating point {m['triage']['operating_point']:g}; failures -> INDETERMINATE"
+        f"; operating point {m['triage']['operating_point']:g}; failures -> INDETERMINATE" + \
+        ("; a study's priority comes from the volume policy below" if m.get("segmentation") else "")
     at = m["applies_to"]
     yield "applies to", f"modalities {', '.join(at['modalities'])}" + (
         f"; body parts {', '.join(at['body_parts'])}" if at.get("body_parts") else "")
