@@ -402,6 +402,8 @@ def _add_trust(s: argparse.ArgumentParser) -> None:
 #: when invoked, so ``edgeinfer --help`` and the runtime subcommands never load the workstation side.
 WORKSTATION_COMMANDS = {
     "export": ("edgeinfer_export.cli", "PyTorch model -> verified ONNX bundle (needs the 'export' extra)"),
+    "export-triton": ("edgeinfer_export.cli", "a bundle as a Triton Inference Server model repository (needs the "
+                                              "'export' extra)"),
     "build": ("edgeinfer_export.cli", "build a TensorRT plan for this GPU from a bundle's graph (needs the 'trt' extra)"),
     "calibrate": ("edgeinfer_calibration.cli", "FP16 and INT8 graphs calibrated on DICOM studies (needs the 'export' extra)"),
     "validate": ("edgeinfer_calibration.cli", "each precision against FP32 on labelled studies, and the accuracy gate"),

@@ -1,5 +1,5 @@
-"""Workstation subcommands of ``edgeinfer``: ``export`` (PyTorch -> verified ONNX bundle) and ``build``
-(TensorRT plan). The runtime's CLI registers them only when one of them is invoked, so a device
+"""Workstation subcommands of ``edgeinfer``: ``export`` (PyTorch -> verified ONNX bundle), ``export-triton``
+(a bundle as a Triton model repository) and ``build`` (TensorRT plan). The runtime's CLI registers them only when one of them is invoked, so a device
 install never imports this package for its own commands."""
 from __future__ import annotations
 
@@ -43,6 +43,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_triton(args) -> int:
+    from edgeinfer.bundle import load_bundle
+
+    from .triton import write_repository
+
+    bundle = load_bundle(args.bundle, trust=args.trust)
+    wanted = [x for x in args.artifacts.split(",") if x] if args.artifacts else None
+    made = write_repository(bundle, args.repo, artifacts=wanted, max_batch=args.max_batch, overwrite=args.overwrite)
+    for path in made:
+        print(f"wrote {path} (config.pbtxt checked against Triton's ModelConfig)")
+    print(f"serve it: tritonserver --model-repository {args.repo}   (bundle digest {bundle.digest[:16]}…)")
+    return 0
+
+
 def cmd_build(args) -> int:
     from .trt_build import cli_build
 
@@ -72,6 +86,19 @@ def add_parsers(sub, formatter_class=argparse.RawDescriptionHelpFormatter) -> No
                    help="no class-activation map output, even for a head export/cam.py knows (no heatmaps)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("export-triton", help="a bundle as a Triton Inference Server model repository",
+                       formatter_class=formatter_class, epilog=_examples("""
+                           edgeinfer export-triton phantom-cxr triton-repo/
+                           edgeinfer export-triton my-bundle/ triton-repo/ --artifacts fp16,int8 --max-batch 16
+                       """))
+    s.add_argument("bundle", help="bundle folder, or an embedded bundle's name")
+    s.add_argument("repo", help="the model repository folder (created; other models in it are left alone)")
+    s.add_argument("--artifacts", default=None, help="comma-separated artifact ids (default: every ONNX graph and plan)")
+    s.add_argument("--max-batch", type=int, default=8, help="max_batch_size of each model (default 8)")
+    s.add_argument("--overwrite", action="store_true", help="replace model folders of the same name")
+    s.add_argument("--trust", default=None, help="folder of trusted public keys: refuse an unsigned bundle")
+    s.set_defaults(func=cmd_export_triton)
 
     s = sub.add_parser("build", help="build a TensorRT plan for this GPU from a bundle's graph (needs the 'trt' extra)",
                        formatter_class=formatter_class, epilog=_examples("""
