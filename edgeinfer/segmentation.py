@@ -23,40 +23,65 @@ def masks_from(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.asarray(probs) >= threshold
 
 
+class _SliceComponents:
+    """The 3-D connected components of a (slices, rows, cols) boolean mask, found slice by slice: each slice's
+    2-D components (OpenCV, 8-connected) numbered after the previous slices', joined with the previous slice's
+    where they overlap (a union-find), their voxels counted. Holds two slices of labels, never a volume of them
+    (for a 300-slice 512 x 512 CT that volume was 315 MB); :meth:`slice_labels` labels a slice again."""
+
+    def __init__(self, mask: np.ndarray):
+        import cv2
+
+        self._cv2 = cv2
+        self.mask = mask = np.asarray(mask, bool)
+        self.busy = [int(k) for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))]
+        parent: list[int] = [0]
+        sizes: list[int] = [0]
+        self._base: dict[int, int] = {}
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        prev = prev_k = None
+        for k in self.busy:
+            self._base[k] = len(parent) - 1
+            n, lab = self._labelled(k)
+            parent.extend(range(self._base[k] + 1, self._base[k] + n))
+            sizes.extend(np.bincount(lab.ravel(), minlength=self._base[k] + n)[self._base[k] + 1:].tolist())
+            if prev_k == k - 1:
+                both = (lab > 0) & (prev > 0)
+                for a, b in set(zip(lab[both].tolist(), prev[both].tolist())):
+                    ra, rb = find(a), find(b)
+                    if ra != rb:
+                        parent[max(ra, rb)] = min(ra, rb)
+            prev, prev_k = lab, k
+        #: each slice component's root (0: background); the voxels of each root's component
+        self.roots = np.array([find(i) for i in range(len(parent))], np.int64)
+        self.sizes = np.bincount(self.roots, weights=np.asarray(sizes, np.float64), minlength=len(parent))
+
+    def _labelled(self, k: int) -> tuple[int, np.ndarray]:
+        n, lab = self._cv2.connectedComponents(self.mask[k].astype(np.uint8), connectivity=8)
+        lab = lab.astype(np.int32)
+        lab[lab > 0] += self._base[k]
+        return n, lab
+
+    def slice_labels(self, k: int) -> np.ndarray:
+        """Slice k's components, numbered as :attr:`roots` indexes them (0: background)."""
+        return self._labelled(k)[1]
+
+
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """3-D connected components of a (slices, rows, cols) boolean mask: (labels int32, 0 = background; count)."""
-    import cv2
-
-    mask = np.asarray(mask, bool)
-    labels = np.zeros(mask.shape, np.int32)
-    parent: list[int] = [0]
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    offset = 0
-    for k in range(mask.shape[0]):
-        if not mask[k].any():
-            continue
-        n, lab = cv2.connectedComponents(mask[k].astype(np.uint8), connectivity=8)
-        lab = lab.astype(np.int32)
-        lab[lab > 0] += offset
-        parent.extend(range(offset + 1, offset + n))
-        if k > 0:
-            both = (lab > 0) & (labels[k - 1] > 0)
-            for a, b in set(zip(lab[both].tolist(), labels[k - 1][both].tolist())):
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-        labels[k] = lab
-        offset += n - 1
-    roots = np.array([find(i) for i in range(len(parent))], np.int32)
-    uniq, dense = np.unique(roots, return_inverse=True)
+    sc = _SliceComponents(mask)
+    uniq, dense = np.unique(sc.roots, return_inverse=True)
     dense = dense.astype(np.int32)                       # root 0 (background) stays 0: it is the smallest
-    return dense[labels], int(len(uniq) - 1)
+    labels = np.zeros(sc.mask.shape, np.int32)
+    for k in sc.busy:
+        labels[k] = dense[sc.slice_labels(k)]
+    return labels, int(len(uniq) - 1)
 
 
 def remove_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -65,57 +90,17 @@ def remove_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def clean(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
-    """(``mask`` without its 3-D components of fewer than ``min_voxels`` voxels, how many components are left).
-
-    The same components as :func:`components`, found slice by slice: a first pass joins each slice's 2-D
-    components with the previous slice's and counts their voxels, a second labels each slice again and keeps
-    the pixels of the components big enough. Only two slices of labels are held, never a volume of them (for
-    a 300-slice 512 x 512 CT that volume was 315 MB, twice)."""
-    import cv2
-
-    mask = np.asarray(mask, bool)
-    busy = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)) if mask.ndim == 3 else []
-    if not len(busy):
-        return mask, 0
-    parent: list[int] = [0]
-    sizes: list[int] = [0]
-    base: dict[int, int] = {}
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    def labelled(k: int) -> tuple[int, np.ndarray]:
-        """Slice k's 2-D components, numbered from ``base[k] + 1`` (0: background), and how many (+1)."""
-        n, lab = cv2.connectedComponents(mask[k].astype(np.uint8), connectivity=8)
-        lab = lab.astype(np.int32)
-        lab[lab > 0] += base[k]
-        return n, lab
-
-    prev = prev_k = None
-    for k in busy:
-        k = int(k)
-        base[k] = len(parent) - 1
-        n, lab = labelled(k)
-        parent.extend(range(base[k] + 1, base[k] + n))
-        sizes.extend(np.bincount(lab.ravel(), minlength=base[k] + n)[base[k] + 1:base[k] + n].tolist())
-        if prev_k == k - 1:
-            both = (lab > 0) & (prev > 0)
-            for a, b in set(zip(lab[both].tolist(), prev[both].tolist())):
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-        prev, prev_k = lab, k
-    roots = np.array([find(i) for i in range(len(parent))], np.int64)
-    total = np.bincount(roots, weights=np.asarray(sizes, np.float64), minlength=len(parent))
-    keep = total[roots] >= max(1, int(min_voxels))
+    """(``mask`` without its 3-D components of fewer than ``min_voxels`` voxels, how many components are left):
+    :func:`components`' components, with two slices of labels held at a time."""
+    sc = _SliceComponents(mask)
+    if not sc.busy:
+        return sc.mask, 0
+    keep = sc.sizes[sc.roots] >= max(1, int(min_voxels))
     keep[0] = False
-    out = np.zeros_like(mask)
-    for k in busy:
-        out[int(k)] = keep[labelled(int(k))[1]]
-    return out, int(len(set(roots[keep].tolist())))
+    out = np.zeros_like(sc.mask)
+    for k in sc.busy:
+        out[k] = keep[sc.slice_labels(k)]
+    return out, int(len(set(sc.roots[keep].tolist())))
 
 
 def volume_ml(mask: np.ndarray, voxel_mm: Sequence[float]) -> float:
