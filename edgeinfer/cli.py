@@ -278,9 +278,8 @@ def cmd_triage(args) -> int:
         emit_json(wl.as_dict(), "-")
     else:
         _print_worklist(wl, console())
-        ev = wl.summary.get("evaluation")
+        ev, se = wl.summary.get("evaluation"), wl.summary.get("segmentation_evaluation")
         if ev and ev.get("n"):
-            se = wl.summary.get("segmentation_evaluation")
             if se is None:
                 print(f"against {args.labels}: AUC {ev['auc']:.4f} over {ev['n']} studies ({ev['positives']} urgent); "
                       f"at the operating point {ev['threshold']:g}: sensitivity {ev['sensitivity']:.3f}, "
@@ -288,7 +287,6 @@ def cmd_triage(args) -> int:
             else:   # the priority comes from the volume, not from a threshold on the score: see the next line
                 print(f"against {args.labels}: AUC {ev['auc']:.4f} of the study score (the highest voxel "
                       f"probability) over {ev['n']} studies ({ev['positives']} with a bleed)")
-        se = wl.summary.get("segmentation_evaluation")
         if se and se.get("n"):
             def f(v, fmt):
                 return "-" if v is None else format(v, fmt)

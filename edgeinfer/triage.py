@@ -140,17 +140,7 @@ class TriageEngine:
             flush()
 
         studies = self._studies(images, failed, meta, report.as_dict())
-        counts = {p: 0 for p in priority_order(self.bundle)}
-        for s in studies:
-            counts[s["priority"]] += 1
-        wall_ms = (time.perf_counter() - t_start) * 1e3
-        n_img = sum(len(s["images"]) for s in studies)
-        summary = {"files": len(files), "images_scored": n_img, "studies": len(studies), "by_priority": counts,
-                   "skipped": len(skipped), "errors": len(errors), "wall_ms": round(wall_ms, 1),
-                   "images_per_s": round(n_img / (wall_ms / 1e3), 2) if wall_ms else None}
-        accounted = n_img + len(skipped) + len(errors)
-        if accounted != len(files):  # a bug, not bad input: refuse to emit a worklist that lost a file
-            raise EdgeInferError(f"internal error: {len(files)} files in, {accounted} accounted for in the worklist")
+        summary = run_summary(self.bundle, files, studies, skipped, errors, t_start)
         run = report.as_dict() | {"batch_size": self.batch_size, "intake_workers": self.workers,
                                   "intake_processes": self.processes and self.workers > 0,
                                   "activate_ms": _r(self.runner.activate_ms)}
@@ -246,6 +236,24 @@ class TriageEngine:
                 rec["reason"] = "; ".join(reasons) + " - needs a human read"
             out.append(rec)
         return sort_studies(out, self.bundle)
+
+
+def run_summary(bundle: Bundle, files: Sequence, studies: list[dict], skipped: list[dict], errors: list[dict],
+                t_start: float) -> dict:
+    """A run's ``summary``: files, images scored, studies per priority, skipped, errors, wall time. Raises
+    EdgeInferError when the worklist does not account for every file exactly once (a bug, not bad input:
+    no worklist that lost a file is emitted)."""
+    counts = {p: 0 for p in priority_order(bundle)}
+    for s in studies:
+        counts[s["priority"]] += 1
+    wall_ms = (time.perf_counter() - t_start) * 1e3
+    n_img = sum(len(s["images"]) for s in studies)
+    accounted = n_img + len(skipped) + len(errors)
+    if accounted != len(files):
+        raise EdgeInferError(f"internal error: {len(files)} files in, {accounted} accounted for in the worklist")
+    return {"files": len(files), "images_scored": n_img, "studies": len(studies), "by_priority": counts,
+            "skipped": len(skipped), "errors": len(errors), "wall_ms": round(wall_ms, 1),
+            "images_per_s": round(n_img / (wall_ms / 1e3), 2) if wall_ms else None}
 
 
 def model_record(bundle: Bundle, report: dict) -> dict:

@@ -40,7 +40,7 @@ from .sliding import sliding_window
 from .tasks import task_for
 from .volume import _header, choose_series
 from .vr import shown_modality, shown_uid
-from .worklist import INDETERMINATE, priority_order, sort_studies
+from .worklist import INDETERMINATE, sort_studies
 
 log = logging.getLogger("edgeinfer.volume_triage")
 
@@ -64,7 +64,7 @@ class VolumeTriageEngine:
 
     # -- public ---------------------------------------------------------------------------------------
     def run(self, files: Sequence[Path], progress: Callable[[int], None] | None = None):
-        from .triage import Worklist, _r, model_record
+        from .triage import Worklist, _r, model_record, run_summary
 
         t_start = time.perf_counter()
         report = self.runner.report()
@@ -102,17 +102,7 @@ class VolumeTriageEngine:
             errors += er
             _tick(progress, sum(len(v) for v in studies[uid].values()))
         out = sort_studies(out, self.bundle)
-        counts = {p: 0 for p in priority_order(self.bundle)}
-        for s in out:
-            counts[s["priority"]] += 1
-        wall_ms = (time.perf_counter() - t_start) * 1e3
-        n_img = sum(len(s["images"]) for s in out)
-        accounted = n_img + len(skipped) + len(errors)
-        if accounted != len(files):  # a bug, not bad input: refuse to emit a worklist that lost a file
-            raise EdgeInferError(f"internal error: {len(files)} files in, {accounted} accounted for in the worklist")
-        summary = {"files": len(files), "images_scored": n_img, "studies": len(out), "by_priority": counts,
-                   "skipped": len(skipped), "errors": len(errors), "wall_ms": round(wall_ms, 1),
-                   "images_per_s": round(n_img / (wall_ms / 1e3), 2) if wall_ms else None}
+        summary = run_summary(self.bundle, files, out, skipped, errors, t_start)
         run = report.as_dict() | {"batch_size": self.batch_size, "activate_ms": _r(self.runner.activate_ms)}
         return Worklist(bundle=self.bundle.summary(), run=run, studies=out, skipped=skipped, errors=errors,
                         summary=summary)
