@@ -143,7 +143,7 @@ class VolumeTriageEngine:
             probs = self._infer(x)
         except EdgeInferError as exc:
             log.warning("study %s: inference failed (%s)", uid, exc.__class__.__name__)
-            rec["images"] = [self._image(p, ds, None, None, reason=str(exc)) for p, ds in kept]
+            rec["images"] = [self._image(p, ds, None, reason=str(exc)) for p, ds in kept]
             rec["reason"] = f"the model could not be run on the series ({exc.__class__.__name__}) - needs a human read"
             return rec, skipped, []
         infer_ms = (time.perf_counter() - t1) * 1e3
@@ -160,7 +160,7 @@ class VolumeTriageEngine:
             masks[label], peaks[label] = mask, peak
             volumes[label] = round(volume_ml(mask, src_voxel), 3)
         post_ms = (time.perf_counter() - t2) * 1e3
-        rec["images"] = [self._image(p, ds, {lab: float(peaks[lab][k]) for lab in self.task.labels}, uid)
+        rec["images"] = [self._image(p, ds, {lab: float(peaks[lab][k]) for lab in self.task.labels})
                          for k, (p, ds) in enumerate(kept)]
         rec["priority"] = self.spec.policy.priority(volumes)
         rec["score"] = round(max(float(pk.max()) for pk in peaks.values()), 6)
@@ -193,7 +193,7 @@ class VolumeTriageEngine:
         return sliding_window(x, roi, predict, overlap=self.spec.overlap, batch=self.batch_size,
                               blend=self.spec.blend)
 
-    def _image(self, path, ds, peaks: dict | None, study: str | None, reason: str | None = None) -> dict:
+    def _image(self, path, ds, peaks: dict | None, reason: str | None = None) -> dict:
         rec = {"path": str(path), "sop_instance_uid": shown_uid(ds.get("SOPInstanceUID", "")),
                "series_uid": shown_uid(ds.get("SeriesInstanceUID", "")),
                "modality": shown_modality(ds.get("Modality", ""), missing="")}
