@@ -16,13 +16,6 @@ if TYPE_CHECKING:
     from .volume import SeriesRule
 
 
-def masks_from(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """(labels, *spatial) probabilities -> boolean masks, each label on its own (sigmoid outputs)."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold {threshold}: must be between 0 and 1")
-    return np.asarray(probs) >= threshold
-
-
 class _SliceComponents:
     """The 3-D connected components of a (slices, rows, cols) boolean mask, found slice by slice: each slice's
     2-D components (OpenCV, 8-connected) numbered after the previous slices', joined with the previous slice's
@@ -82,11 +75,6 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     for k in sc.busy:
         labels[k] = dense[sc.slice_labels(k)]
     return labels, int(len(uniq) - 1)
-
-
-def remove_small(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """``mask`` without its 3-D components of fewer than ``min_voxels`` voxels."""
-    return clean(mask, min_voxels)[0]
 
 
 def clean(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeinfer.segmentation import VolumePolicy, components, masks_from, remove_small, volume_ml
+from edgeinfer.segmentation import VolumePolicy, clean, components, to_source, volume_ml
 
 
 def test_a_blob_spanning_slices_is_one_component_and_separate_blobs_are_not():
@@ -30,10 +30,11 @@ def test_small_components_go_and_volumes_are_in_ml():
     m = np.zeros((4, 10, 10), bool)
     m[0:2, 0:3, 0:3] = True                   # 18 voxels
     m[3, 8, 8] = True                         # 1 voxel
-    kept = remove_small(m, 5)
-    assert kept.sum() == 18 and not kept[3, 8, 8]
+    kept, n = clean(m, 5)
+    assert kept.sum() == 18 and not kept[3, 8, 8] and n == 1
     assert volume_ml(kept, (2.5, 0.5, 0.5)) == pytest.approx(18 * 0.625 / 1000)
-    assert masks_from(np.array([[0.2, 0.5, 0.9]]), 0.5).tolist() == [[False, True, True]]
+    mask, _ = to_source(np.array([[[0.2, 0.5, 0.9]]], np.float32), [0.0], [0.0], (1, 3), 0.5)
+    assert mask.tolist() == [[[False, True, True]]]
 
 
 def test_the_phantom_s_volume_is_its_mask_s():
@@ -101,8 +102,6 @@ def test_the_segmentation_spec_reads_the_bundle_block():
 
 
 def test_clean_keeps_the_same_components_as_the_whole_volume_labelling():
-    from edgeinfer.segmentation import clean
-
     rng = np.random.default_rng(11)
     for _ in range(5):
         m = rng.random((12, 24, 24)) > 0.93                 # many small components, some joined across slices
