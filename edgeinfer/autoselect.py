@@ -36,7 +36,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ._io import cache_root, read_json, write_json
-from .backends import RUNTIME_PRECISIONS, Resolved, RunnerOptions, get_backend, registered, resolve
+from .backends import RUNTIME_PRECISIONS, Resolved, RunnerOptions, get_backend, local_backends, resolve
 from .bundle import Bundle
 from .errors import BackendUnavailable, EdgeInferError, JsonFileError
 from .gate import check_runtime_precision, check_usable
@@ -145,7 +145,7 @@ def candidates(bundle: Bundle, *, device: str = "cpu", backend: str | None = Non
     returns, and a speed probe loads the library it times.
     """
     options = options or RunnerOptions(device=device)
-    backends = [get_backend(backend).name] if backend else list(registered())
+    backends = [get_backend(backend).name] if backend else local_backends()
     precisions = [precision] if precision else list(PRECISIONS)
     ok, rejected = [], []
     for b in backends:
@@ -397,13 +397,19 @@ def _unavailable(mode: Allowed) -> str | None:
 
 def choose(bundle: Bundle, *, threads: int | None = None, device: str = "cpu", backend: str | None = None,
            precision: str | None = None, force: bool = False, use_cache: bool = True,
-           allow_fallback: bool = False, shared_cpu: bool = False) -> Selection:
+           allow_fallback: bool = False, shared_cpu: bool = False, extra: dict | None = None) -> Selection:
     """The mode triage runs: pinned (``backend``/``precision``), or the fastest the gate allows here.
     ``shared_cpu``: an intake pool will run beside inference (:attr:`RunnerOptions.shared_cpu`).
+    ``extra``: backend settings (:attr:`RunnerOptions.extra`), e.g. a remote backend's server URL; a remote
+    backend is used only when named, at the precision given or else the one its server serves.
 
     Selection is done once: the result carries the artifact, backend and runner options
     (:meth:`Selection.create_runner`) and, with ``force``, the gate's warning."""
-    options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback, shared_cpu=shared_cpu)
+    options = RunnerOptions(device=device, threads=threads, allow_fallback=allow_fallback, shared_cpu=shared_cpu,
+                            extra=dict(extra or {}))
+    if backend and get_backend(backend).remote:
+        options.extra["bundle"] = bundle
+        precision = precision or get_backend(backend).served_precision(bundle, options)
     pairs, rejected = candidates(bundle, backend=backend, precision=precision, force=force, options=options)
     if not pairs:
         raise BackendUnavailable(f"nothing allowed can run {bundle.name} here:\n" + _listed(rejected))

@@ -175,14 +175,47 @@ def _runner_for(bundle, args):
     """The runner triage uses: pinned by flags/environment, else the fastest allowed mode here."""
     from . import autoselect
 
-    backend = None if args.backend in (None, "auto") else args.backend
+    backend, extra = _remote(args)
     precision = None if args.precision in (None, "auto") else args.precision
     sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
                             precision=precision, force=args.force, allow_fallback=args.allow_fallback,
-                            shared_cpu=args.workers > 0)
+                            shared_cpu=args.workers > 0, extra=extra)
     if sel.forced:
         log.warning("%s", sel.forced)
     return sel.create_runner(), sel
+
+
+def _remote(args) -> tuple[str | None, dict]:
+    """(backend, runner settings) from ``--backend`` and ``--triton-url`` (which implies ``--backend triton``)."""
+    backend = None if args.backend in (None, "auto") else args.backend
+    url = getattr(args, "triton_url", None)
+    if url:
+        if backend not in (None, "triton"):
+            raise UsageError(f"--triton-url sends inference to a Triton server; --backend {backend} runs it here: "
+                             "give one of them")
+        from .triton import parse_url
+
+        parse_url(url)
+        return "triton", {"triton_url": url}
+    return backend, {}
+
+
+def cmd_triton_host(args) -> int:
+    from .triton_host import HostPorts, serve
+
+    bundle = _load_bundle(args.bundle, args.trust)
+    precision = None if args.precision in (None, "auto") else args.precision
+    backend = None if args.backend in (None, "auto") else args.backend
+
+    def ready(name, sel):
+        console().print(f"edgeinfer triton-host: serving {name} ({sel.backend} {sel.precision}: "
+                        f"{sel.reason}) | HTTP {args.address}:{args.http_port}, gRPC {args.address}:{args.grpc_port}, "
+                        f"metrics http://{args.address}:{args.metrics_port}/metrics | Ctrl-C stops", markup=False)
+
+    serve(bundle, backend=backend, precision=precision, threads=args.threads, force=args.force,
+          instances=args.instances, max_batch=args.max_batch, on_ready=ready,
+          ports=HostPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port, address=args.address))
+    return 0
 
 
 def _print_worklist(wl, console) -> None:
@@ -541,8 +574,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "file per object, named by its SOP Instance UID)")
     s.add_argument("--json", action="store_true", help="print the worklist JSON instead of the table")
     s.add_argument("--backend", default=os.environ.get("EDGEINFER_BACKEND", "auto"),
-                   help="onnxruntime | openvino | tensorrt | auto (default: $EDGEINFER_BACKEND or auto = "
+                   help="onnxruntime | openvino | tensorrt | triton | auto (default: $EDGEINFER_BACKEND or auto = "
                         "the fastest validated mode on this machine)")
+    s.add_argument("--triton-url", default=os.environ.get("EDGEINFER_TRITON_URL"), metavar="URL",
+                   help="send inference to this Triton Inference Server: http://HOST:8000 or grpc://HOST:8001 "
+                        "(implies --backend triton; default: $EDGEINFER_TRITON_URL). Unreachable: the studies are "
+                        "INDETERMINATE (human read), never ROUTINE")
     s.add_argument("--precision", default=os.environ.get("EDGEINFER_PRECISION", "auto"),
                    help="fp32 | fp16 | int8 | bf16 | auto (default: $EDGEINFER_PRECISION or auto)")
     s.add_argument("--force", action="store_true",
@@ -568,6 +605,31 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     _add_signing(sub, fmt)
     _add_serve(sub, fmt)
+
+    s = sub.add_parser("triton-host", help="serve a bundle from a Triton Inference Server on this box (PyTriton)",
+                       formatter_class=fmt,
+                       description="Start Triton Inference Server (from nvidia-pytriton) with the bundle's chosen mode "
+                                   "as its model: dynamic batching, three priority levels, the bundle's identity in "
+                                   "the model's parameters. Nodes use it with --backend triton --triton-url URL. "
+                                   "Needs a venv made from Debian's /usr/bin/python3: make .venv-triton.",
+                       epilog=_examples("""
+                           .venv-triton/bin/edgeinfer triton-host phantom-cxr
+                           .venv-triton/bin/edgeinfer triton-host my-bundle/ --precision int8 --instances 2
+                           edgeinfer triage studies/ --triton-url http://gpu-host:8000
+                       """))
+    s.add_argument("bundle", nargs="?", default=None, help="bundle folder, or an embedded bundle by name (default phantom-cxr)")
+    _add_trust(s)
+    s.add_argument("--backend", default="auto", help="onnxruntime | openvino | tensorrt | auto (the fastest validated here)")
+    s.add_argument("--precision", default="auto", help="fp32 | fp16 | int8 | bf16 | auto")
+    s.add_argument("--force", action="store_true", help="serve a precision that was not validated or failed the gate")
+    s.add_argument("--threads", type=int, default=None, help="inference threads of each instance")
+    s.add_argument("--instances", type=int, default=1, help="model instances running batches side by side (default 1)")
+    s.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms (default 8)")
+    s.add_argument("--address", default="0.0.0.0", help="address to listen on (default all)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.set_defaults(func=cmd_triton_host)
 
     from .node.admin import add_parsers as add_outbox_parsers
 

@@ -106,7 +106,6 @@ class TriageEngine:
     # -- public ---------------------------------------------------------------------------
     def run(self, files: Sequence[Path], progress: Callable[[int], None] | None = None) -> Worklist:
         t_start = time.perf_counter()
-        report = self.runner.report()
         skipped: list[dict] = []
         errors: list[dict] = []
         images: dict[str, list[dict]] = {}     # study uid -> image results
@@ -139,6 +138,7 @@ class TriageEngine:
         if pending:
             flush()
 
+        report = self.runner.report()   # after the run: a remote runner knows then which server and model ran
         studies = self._studies(images, failed, meta, report.as_dict())
         summary = run_summary(self.bundle, files, studies, skipped, errors, t_start)
         run = report.as_dict() | {"batch_size": self.batch_size, "intake_workers": self.workers,
@@ -258,8 +258,12 @@ def run_summary(bundle: Bundle, files: Sequence, studies: list[dict], skipped: l
 
 def model_record(bundle: Bundle, report: dict) -> dict:
     """What a study record says of the model that scored it (``report``: the runner's report as a dict)."""
-    return {"bundle": bundle.name, "bundle_version": bundle.version, "precision": report["precision"],
-            "sha256": report["sha256"], "backend": report["backend"], "provider": report["provider"]}
+    rec = {"bundle": bundle.name, "bundle_version": bundle.version, "precision": report["precision"],
+           "sha256": report["sha256"], "backend": report["backend"], "provider": report["provider"]}
+    remote = (report.get("details") or {}).get("remote")
+    if remote:   # the server that ran it: its URL, Triton's version, the model and the model version that answered
+        rec["server"] = {k: remote.get(k) for k in ("url", "server_version", "model", "model_version")}
+    return rec
 
 
 def engine_for(bundle: Bundle, runner: Runner, **kwargs):

@@ -67,7 +67,6 @@ class VolumeTriageEngine:
         from .triage import Worklist, _r, model_record, run_summary
 
         t_start = time.perf_counter()
-        report = self.runner.report()
         skipped: list[dict] = []
         errors: list[dict] = []
         studies: dict[str, dict[str, list]] = {}      # study -> series -> [(path, header)]
@@ -92,15 +91,17 @@ class VolumeTriageEngine:
             study = shown_uid(ds.get("StudyInstanceUID", ""), missing=NO_STUDY_UID)
             series = shown_uid(ds.get("SeriesInstanceUID", ""), missing="(no series UID)")
             studies.setdefault(study, {}).setdefault(series, []).append((f, ds))
-        model_rec = model_record(self.bundle, report.as_dict())
         out = []
         for uid in sorted(studies):
             rec, sk, er = self._study(uid, studies[uid])
-            rec["model"] = model_rec
             out.append(rec)
             skipped += sk
             errors += er
             _tick(progress, sum(len(v) for v in studies[uid].values()))
+        report = self.runner.report()   # after the run: a remote runner knows then which server and model ran
+        model_rec = model_record(self.bundle, report.as_dict())
+        for rec in out:
+            rec["model"] = model_rec
         out = sort_studies(out, self.bundle)
         summary = run_summary(self.bundle, files, out, skipped, errors, t_start)
         run = report.as_dict() | {"batch_size": self.batch_size, "activate_ms": _r(self.runner.activate_ms)}

@@ -1,4 +1,5 @@
-"""A bundle as a Triton Inference Server model repository (``edgeinfer export-triton BUNDLE REPO/``).
+"""A bundle as a Triton Inference Server model repository (``edgeinfer export-triton BUNDLE REPO/``); the
+names, batching, priorities and identity parameters come from :mod:`edgeinfer.triton`.
 
 One model per artifact, named ``<bundle>-<artifact id>``, for the stock server: an ONNX graph on the
 ``onnxruntime_onnx`` platform (its FP16 or INT8 Q/DQ graph asks ONNX Runtime's TensorRT execution provider
@@ -21,20 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from edgeinfer import triton as policy
 from edgeinfer._io import atomic_write, publish_dir, staging_dir
 from edgeinfer.bundle import Bundle, sha256_file
-from edgeinfer.errors import ExportError
+from edgeinfer.errors import ExportError, UsageError
 
 #: the artifact format -> (Triton platform, model file name in the version folder)
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
-#: manifest dtype -> Triton data type
-DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
-          "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
-#: worklist priority -> Triton request priority (1 is served first)
-REQUEST_PRIORITY = {"STAT": 1, "URGENT": 2, "INDETERMINATE": 2, "ROUTINE": 3}
-#: how long a queued ROUTINE request may wait before later STAT/URGENT ones are served first (it is delayed,
-#: never rejected)
-ROUTINE_DELAY_US = 2_000_000
 #: ONNX Runtime's TensorRT execution provider precision for an ONNX artifact's precision
 _TRT_EP_PRECISION = {"fp16": "FP16", "int8": "INT8"}
 
@@ -68,50 +62,48 @@ def parse_config(text: str):
         raise ExportError(f"the generated config.pbtxt is not a Triton ModelConfig: {exc}") from None
 
 
-def _dims(shape: Sequence, what: str) -> list[int]:
-    if not shape or shape[0] != "batch" or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise ExportError(f"{what}: shape {list(shape)} is not ['batch', fixed sizes...]; Triton's batching needs "
-                          "a leading batch axis and fixed other dimensions")
-    return list(shape[1:])
-
-
 def _tensors(kind: str, tensors: Sequence[dict]) -> str:
     """``input [...]`` or ``output [...]`` for the manifest's tensors."""
     items = []
     for t in tensors:
         what = f"{kind} {t['name']}"
-        dtype = DTYPES.get(t["dtype"])
-        if dtype is None:
+        if t["dtype"] not in policy.DTYPES:
             raise ExportError(f"{what}: dtype {t['dtype']!r} has no Triton data type")
-        items.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n'
-                     f'    dims: [ {", ".join(map(str, _dims(t["shape"], what)))} ]\n  }}')
+        items.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {policy.DTYPES[t["dtype"]][0]}\n'
+                     f'    dims: [ {", ".join(map(str, policy.dims(t["shape"], what)))} ]\n  }}')
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
 
 def model_name(bundle: Bundle, artifact_id: str) -> str:
-    return f"{bundle.name}-{artifact_id}"
+    return policy.model_name(bundle.name, artifact_id)
 
 
 def model_config(bundle: Bundle, artifact, *, max_batch: int = 8) -> str:
     """The ``config.pbtxt`` of one artifact (checked against Triton's ModelConfig)."""
+    try:
+        return _model_config(bundle, artifact, max_batch)
+    except UsageError as exc:   # the shared policy's refusals, said as what export-triton cannot write
+        raise ExportError(str(exc)) from None
+
+
+def _model_config(bundle: Bundle, artifact, max_batch: int) -> str:
     if artifact.format not in PLATFORMS:
         raise ExportError(f"artifact {artifact.id!r}: format {artifact.format!r} has no Triton platform "
                           f"({', '.join(PLATFORMS)})")
-    if not 1 <= int(max_batch) <= 1024:
-        raise ExportError(f"--max-batch {max_batch}: from 1 to 1024")
+    max_batch = policy.check_max_batch(max_batch)
     platform, filename = PLATFORMS[artifact.format]
     m = bundle.manifest
     text = [f'name: "{model_name(bundle, artifact.id)}"\n', f'platform: "{platform}"\n',
             f'max_batch_size: {int(max_batch)}\n', f'default_model_filename: "{filename}"\n']
     text += [_tensors("input", m["inputs"]), _tensors("output", m["outputs"])]
-    preferred = sorted({b for b in (1, 2, 4, 8, 16, 32) if b <= int(max_batch)} | {int(max_batch)})
+    preferred = policy.preferred_batch_sizes(max_batch)
     text.append("dynamic_batching {\n"
                 f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
-                "  max_queue_delay_microseconds: 2000\n"
-                "  priority_levels: 3\n"
-                f"  default_priority_level: {REQUEST_PRIORITY['ROUTINE']}\n"
-                f"  priority_queue_policy {{\n    key: {REQUEST_PRIORITY['ROUTINE']}\n    value {{\n"
-                f"      timeout_action: DELAY\n      default_timeout_microseconds: {ROUTINE_DELAY_US}\n"
+                f"  max_queue_delay_microseconds: {policy.QUEUE_DELAY_US}\n"
+                f"  priority_levels: {policy.PRIORITY_LEVELS}\n"
+                f"  default_priority_level: {policy.DEFAULT_PRIORITY}\n"
+                f"  priority_queue_policy {{\n    key: {policy.DEFAULT_PRIORITY}\n    value {{\n"
+                f"      timeout_action: DELAY\n      default_timeout_microseconds: {policy.ROUTINE_DELAY_US}\n"
                 "      allow_timeout_override: true\n    }\n  }\n}\n")
     ep = _TRT_EP_PRECISION.get(artifact.precision) if artifact.format == "onnx" else None
     if ep:
@@ -120,9 +112,7 @@ def model_config(bundle: Bundle, artifact, *, max_batch: int = 8) -> str:
                     f'        parameters {{ key: "precision_mode" value: "{ep}" }}\n'
                     '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
                     "      }\n    ]\n  }\n}\n")
-    for key, value in (("edgeinfer_bundle", bundle.name), ("edgeinfer_bundle_version", bundle.version),
-                       ("edgeinfer_bundle_digest", bundle.digest), ("edgeinfer_artifact", artifact.id),
-                       ("edgeinfer_precision", artifact.precision), ("edgeinfer_artifact_sha256", artifact.sha256)):
+    for key, value in policy.identity(bundle, artifact).items():
         text.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n')
     out = "".join(text)
     parse_config(out)

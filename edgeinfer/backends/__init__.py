@@ -16,7 +16,7 @@ from .base import Backend, Runner, RunnerOptions, RunReport, TensorMeta
 _REGISTRY: dict[str, type[Backend]] = {}
 #: short names users type -> registry names
 ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "trt": "tensorrt", "tensorrt": "tensorrt",
-           "ov": "openvino", "openvino": "openvino"}
+           "ov": "openvino", "openvino": "openvino", "triton": "triton"}
 
 
 def register(cls: type[Backend]) -> type[Backend]:
@@ -29,9 +29,14 @@ def registered() -> dict[str, type[Backend]]:
     return dict(_REGISTRY)
 
 
+def local_backends() -> list[str]:
+    """The registered backends that run the model in this process (a remote one is used only when named)."""
+    return [name for name, cls in registered().items() if not cls.remote]
+
+
 def _load_builtin() -> None:
     # importing these modules is cheap: they import their heavy library lazily
-    from . import onnxruntime, openvino, tensorrt  # noqa: F401
+    from . import onnxruntime, openvino, tensorrt, triton  # noqa: F401
 
 
 def get_backend(name: str) -> type[Backend]:
@@ -60,7 +65,7 @@ def _first_accepting(artifacts: list[Artifact], options: RunnerOptions, backend:
     """The first (artifact, backend) pair where the backend is available here and accepts the artifact.
     On failure the error lists every backend tried and why it could not (``failure`` heads it).
     ``installed_only``: ask :meth:`Backend.installed` instead of :meth:`Backend.available`."""
-    candidates = [get_backend(backend)] if backend else list(registered().values())
+    candidates = [get_backend(backend)] if backend else [get_backend(b) for b in local_backends()]
     reasons = []
     for cls in candidates:
         ok, why = cls.installed() if installed_only else cls.available()
@@ -115,4 +120,4 @@ def create_runner(artifact: Artifact, options: RunnerOptions | None = None, back
 
 
 __all__ = ["Backend", "Runner", "RunnerOptions", "RunReport", "TensorMeta", "Resolved", "register", "registered",
-           "get_backend", "backend_for", "resolve", "create_runner", "RUNTIME_PRECISIONS"]
+           "get_backend", "local_backends", "backend_for", "resolve", "create_runner", "RUNTIME_PRECISIONS"]

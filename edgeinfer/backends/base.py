@@ -74,6 +74,11 @@ class Runner(ABC):
         self.activate_ms: float | None = None
         self.last_infer_ms: float | None = None
         self.cancelled = False
+        #: the worklist priority of the study the next calls are for (STAT, URGENT, INDETERMINATE, ROUTINE): a
+        #: remote runner sends it with each request so that its server serves urgent studies first
+        self.request_priority = "ROUTINE"
+        #: calls that failed because a remote server could not be reached (local runners: always 0)
+        self.transport_failures = 0
 
     # -- lifecycle --------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -148,6 +153,10 @@ class Runner(ABC):
     def deactivate_impl(self) -> None:
         pass
 
+    def unreachable(self) -> str | None:
+        """Why a remote runner's server cannot be reached now (None when it can; local runners: always None)."""
+        return None
+
     def cancel(self) -> bool:
         """From another thread: stop this runner. Every later ``infer`` fails at once, and a call in
         flight is interrupted where the backend can do that (True), else it runs to its end (False)."""
@@ -204,3 +213,11 @@ class Backend(ABC):
     @classmethod
     @abstractmethod
     def create(cls, artifact: Artifact, options: RunnerOptions) -> Runner: ...
+
+    #: the model runs elsewhere (a server): such a backend is used only when asked for by name
+    remote: ClassVar[bool] = False
+
+    @classmethod
+    def served_precision(cls, bundle, options: RunnerOptions) -> str | None:
+        """A remote backend: the precision its server runs ``bundle`` at (asked when none was given). Local: None."""
+        return None

@@ -26,11 +26,12 @@ _DEVICE = {"openvino": "cpu", "tensorrt": "cuda"}
 
 
 def backend_names() -> tuple[str, ...]:
-    """Every registered backend (``edgeinfer.backends.registered()``), in report order."""
-    from ..backends import registered
+    """Every registered backend that runs here (``edgeinfer.backends.local_backends()``), in report order; the
+    triton backend's figures come from ``benchmarks/triton_bench.py``, which starts a server."""
+    from ..backends import local_backends
 
     rank = {name: i for i, name in enumerate(BACKEND_ORDER)}
-    return tuple(sorted(registered(), key=lambda name: (rank.get(name, len(rank)), name)))
+    return tuple(sorted(local_backends(), key=lambda name: (rank.get(name, len(rank)), name)))
 
 
 @dataclass

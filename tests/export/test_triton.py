@@ -9,7 +9,8 @@ import pytest
 from edgeinfer.bundle import load_bundle, sha256_file
 from edgeinfer.errors import ExportError
 from edgeinfer_export.cli import add_parsers
-from edgeinfer_export.triton import REQUEST_PRIORITY, model_config, parse_config, write_repository
+from edgeinfer.triton import REQUEST_PRIORITY
+from edgeinfer_export.triton import model_config, parse_config, write_repository
 
 
 @pytest.mark.parametrize("name", ["phantom-cxr", "phantom-ct-head"])
