@@ -288,6 +288,10 @@ def cmd_triage(args) -> int:
         with progress_bar(len(files), f"triage {len(files)} files", not args.no_progress) as advance:
             wl = engine.run(files, progress=advance)
     wl.run["selection"] = selection.as_dict()
+    if runner.transport_failures:
+        print(f"warning: the inference server could not be reached for part of the run ({runner.down or 'it came back'}"
+              "); the studies it did not score are INDETERMINATE (human read). Run again once it answers.",
+              file=sys.stderr)
     if args.labels:
         from .triage import evaluate_worklist, read_study_labels
 

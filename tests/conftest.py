@@ -66,6 +66,17 @@ def phantom_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def triton_host(tmp_path_factory):
+    """One real Triton server for the session (``edgeinfer triton-host phantom-cxr --precision fp32`` in the
+    PyTriton venv, :class:`peers.TritonHost`), shared read-only: a test that stops or kills a server starts its own."""
+    import peers
+
+    host = peers.TritonHost(tmp_path_factory.mktemp("triton"))
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
 def corpus_dir():
     import pydicom
 

@@ -652,3 +652,94 @@ def metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
     assert m, f"{name}{labels} not in /metrics"
     return float(m.group(1))
+
+
+# --- a real Triton Inference Server: edgeinfer triton-host in the PyTriton venv -----------------------------
+#: the venv made from Debian's /usr/bin/python3 with the triton-host extra (make .venv-triton)
+TRITON_VENV = Path(__file__).resolve().parent.parent / ".venv-triton"
+TRITON_HINT = "make .venv-triton makes it (a venv from Debian's /usr/bin/python3 with nvidia-pytriton)"
+
+
+def require_triton_host() -> Path:
+    """The Triton host's ``edgeinfer``; skips the test when the venv is missing, fails it under ``make test``
+    (EDGEINFER_REQUIRE_TRITON=1) or ``CI``."""
+    exe = TRITON_VENV / "bin" / "edgeinfer"
+    if exe.is_file():
+        return exe
+    reason = f"no Triton host venv at {TRITON_VENV}; {TRITON_HINT}"
+    if os.environ.get("EDGEINFER_REQUIRE_TRITON") == "1" or os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+class TritonHost:
+    """``edgeinfer triton-host`` in a subprocess: a real ``tritonserver`` (2.51, from nvidia-pytriton) serving a
+    bundle on free localhost ports."""
+
+    def __init__(self, workdir: Path, bundle: str = "phantom-cxr", *args: str, precision: str = "fp32",
+                 ports: tuple[int, int, int] | None = None, wait: bool = True):
+        exe = require_triton_host()
+        self.workdir, self.bundle, self.precision = workdir, bundle, precision
+        self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
+        self.log = workdir / "triton-host.log"
+        self.cmd = [str(exe), "triton-host", bundle, "--precision", precision, "--backend", "onnxruntime",
+                    "--threads", "1", "--address", "127.0.0.1", "--http-port", str(self.http_port),
+                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *args]
+        self.proc: subprocess.Popen | None = None
+        self.start(wait)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def model(self) -> str:
+        return f"{Path(self.bundle).name}-{self.precision}"
+
+    def start(self, wait: bool = True) -> "TritonHost":
+        env = {k: v for k, v in os.environ.items() if k not in ("EDGEINFER_TRUST", "PYTHONPATH")}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=self.workdir, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/models/{self.model}/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        wait_until(lambda: self.proc.poll() is not None or self.ready(), timeout, 0.25, "the Triton host's model")
+        assert self.proc.poll() is None, _tail(self.log, 60)
+
+    def kill(self) -> None:
+        """SIGKILL the host and its tritonserver (its own process group): a server that dies."""
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        wait_until(lambda: not port_open("127.0.0.1", self.http_port), 10, 0.1, "the killed server's port")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()

@@ -77,8 +77,10 @@ class Runner(ABC):
         #: the worklist priority of the study the next calls are for (STAT, URGENT, INDETERMINATE, ROUTINE): a
         #: remote runner sends it with each request so that its server serves urgent studies first
         self.request_priority = "ROUTINE"
-        #: calls that failed because a remote server could not be reached (local runners: always 0)
+        #: calls that failed because a remote server could not be reached (local runners: always 0), and why the
+        #: server cannot be reached now (None: it can, or the runner is local)
         self.transport_failures = 0
+        self.down: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def activate(self) -> "Runner":

@@ -105,7 +105,12 @@ class NodeConfig:
     trust: str | None = setting(None, "model", "folder of trusted Ed25519 public keys (*.pub): refuse a bundle not "
                                 "signed by one of them (unset: $EDGEINFER_TRUST; without either the bundle is used "
                                 "unverified and the worklist says so)", metavar="DIR", sample="/etc/edgeinfer/trust")
-    backend: str = setting("auto", "model", "onnxruntime | openvino | tensorrt | auto")
+    backend: str = setting("auto", "model", "onnxruntime | openvino | tensorrt | triton | auto")
+    triton_url: str | None = setting(None, "model", "send inference to this Triton Inference Server (implies backend "
+                                     "triton): http://HOST:8000 or grpc://HOST:8001. While it cannot be reached, "
+                                     "studies stay queued for up to inference_timeout, then go to a human read; pin "
+                                     "precision so the node starts while the server is down", metavar="URL",
+                                     sample="http://triton.example:8000")
     precision: str = setting("auto", "model", "fp32 | fp16 | int8 | bf16 | auto (auto may pick BF16 on one CPU and "
                              "FP32 on another: pin it for the same numbers everywhere)")
     device: str = setting("cpu", "model", "cpu | cuda | tensorrt")
@@ -200,6 +205,18 @@ class NodeConfig:
             problems.append("retain_hours must be 0 (delete once delivered) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:
             problems.append("quiet_seconds must be 0 or more")
+        if self.triton_url is not None:
+            from ..triton import parse_url
+
+            if self.backend not in ("auto", "triton"):
+                problems.append(f"triton_url sends inference to a Triton server, backend {self.backend} runs it here: "
+                                "give one of them")
+            try:
+                parse_url(self.triton_url)
+            except UsageError as exc:
+                problems.append(str(exc).replace("--triton-url", "triton_url"))
+        elif self.backend == "triton":
+            problems.append("backend triton needs triton_url (the Triton server, e.g. http://HOST:8000)")
         if not self.results:
             problems.append("results: name at least one result writer (e.g. sr)")
         for name in self.results:

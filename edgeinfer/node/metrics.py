@@ -75,6 +75,13 @@ class NodeMetrics:
         self.inference_seconds = Histogram(
             "edgeinfer_inference_seconds", "Duration of one inference call",
             registry=r, buckets=INFERENCE_BUCKETS)
+        self.inference_server_up = Gauge(
+            "edgeinfer_inference_server_up", "1 while the inference server (--triton-url) answers, 0 while it "
+            "cannot be reached and studies wait for it (in-process inference: always 1)", registry=r)
+        self.inference_server_up.set(1)
+        self.inference_deferred_total = Counter(
+            "edgeinfer_inference_deferred", "Times a study was put back in the queue because the inference server "
+            "could not be reached", registry=r)
         self.outbox_sent_total = Counter(
             "edgeinfer_outbox_sent", "Results delivered, by destination", ["destination"], registry=r)
         self.outbox_retries_total = Counter(

@@ -35,8 +35,12 @@ class ModelHost:
                 c = self.config
                 backend = None if c.backend in (None, "auto") else c.backend
                 precision = None if c.precision in (None, "auto") else c.precision
+                extra = {}
+                if c.triton_url:
+                    backend, extra = "triton", {"triton_url": c.triton_url,
+                                                "triton_timeout_s": min(30.0, c.inference_timeout)}
                 self.selection = autoselect.choose(self.bundle, threads=c.threads, device=c.device, backend=backend,
-                                                   precision=precision)
+                                                   precision=precision, extra=extra)
                 self._runner = self.selection.create_runner().activate()
                 log.info("model %s %s ready on %s %s", self.bundle.name, self.bundle.version,
                          self.selection.backend, self.selection.precision)
@@ -74,6 +78,11 @@ class ModelHost:
 
     def not_ready(self) -> str | None:
         return "the model is not loaded" if self._runner is None else None
+
+    def unreachable(self) -> str | None:
+        """Why the model's server cannot be reached now (a remote runner), else None."""
+        r = self._runner
+        return r.unreachable() if r is not None else None
 
     def model_record(self) -> dict:
         sel = self.selection

@@ -177,6 +177,7 @@ class Job:
     last_received: float
     paths: list[str]
     crashes: int = 0    # restarts that found this version being scored
+    enqueued: float = 0.0   # when this version was queued (``time.time()``)
 
 
 class State:
@@ -313,17 +314,20 @@ class State:
     def counts_by_state(self) -> dict[str, int]:
         return dict(self._all("SELECT state, count(*) FROM studies GROUP BY state"))
 
-    def next_job(self) -> Job | None:
-        """The next study to score (urgent first, then the oldest), marked ``scoring``."""
+    def next_job(self, queued_before: float | None = None) -> Job | None:
+        """The next study to score (urgent first, then the oldest), marked ``scoring``; with ``queued_before``,
+        only among those queued before that time."""
         with self._tx() as db:
-            row = db.execute("SELECT study_uid, version, modality, urgent, last_received, crashes FROM studies "
-                             "WHERE state='queued' ORDER BY urgent DESC, enqueued ASC LIMIT 1").fetchone()
+            before, args = ("", ()) if queued_before is None else (" AND coalesce(enqueued, 0) < ?", (queued_before,))
+            row = db.execute("SELECT study_uid, version, modality, urgent, last_received, crashes, enqueued FROM "
+                             f"studies WHERE state='queued'{before} ORDER BY urgent DESC, enqueued ASC LIMIT 1",
+                             args).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE studies SET state='scoring' WHERE study_uid=?", (row[0],))
             paths = [r[0] for r in db.execute("SELECT path FROM instances WHERE study_uid=? AND purged IS NULL "
                                               "ORDER BY sop_uid", (row[0],))]
-        return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths, row[5])
+        return Job(row[0], row[1], row[2] or "", bool(row[3]), row[4], paths, row[5], row[6] or 0.0)
 
     def next_quiet_deadline(self, quiet_for) -> float | None:
         """When the first receiving study's quiet period ends (``time.time()`` scale), or None."""
@@ -337,7 +341,8 @@ class State:
             return db.execute("UPDATE studies SET state='queued', crashes=crashes+1 WHERE state='scoring'").rowcount
 
     def requeue(self, job: Job) -> None:
-        """A clean stop while ``job`` was being scored: it is queued again, and no crash is counted."""
+        """A clean stop while ``job`` was being scored, or its inference server cannot be reached: it is queued
+        again (its place and queue time kept), and no crash is counted."""
         with self._tx() as db:
             db.execute("UPDATE studies SET state='queued' WHERE study_uid=? AND version=? AND state='scoring'",
                        (job.study_uid, job.version))

@@ -33,6 +33,9 @@ class Worker(Loop):
     interval = 0.2   # how often quiet timers are looked at
     #: scored studies whose results may still be building while the next one is scored
     PIPELINE = 1
+    #: while the inference server (``triton_url``) cannot be reached: seconds before the next try, doubling to the max
+    REMOTE_RETRY_S = 1.0
+    REMOTE_RETRY_MAX_S = 15.0
 
     def __init__(self, config, state, spool, model, metrics=None, *, builder: ResultBuilder | None = None,
                  wake_outbox=lambda: None, on_result=lambda job, record: None, refresh_gauges=lambda **kw: None):
@@ -46,6 +49,10 @@ class Worker(Loop):
         self.current: Job | None = None
         #: (job, record, future of its result objects or None), in scoring order
         self.building: deque[tuple[Job, dict, Future | None]] = deque()
+        #: why the inference server cannot be reached (None: it can, or inference runs in this process)
+        self.remote_down: str | None = None
+        self._remote_retry_at = 0.0
+        self._remote_backoff = self.REMOTE_RETRY_S
 
     def on_stop(self) -> None:
         """The loop ends: record every result still building (a clean stop loses none)."""
@@ -67,7 +74,9 @@ class Worker(Loop):
             n, senders = self.state.received_from(uid)
             audit.info("study %s received: %d instance(s) from %s (quiet period passed)", uid, n,
                        ", ".join(senders) or "no calling AE title")
-        job = self.state.next_job()
+        # while the inference server is down, only studies that waited inference_timeout are taken (to a human read)
+        waiting = self.remote_down is not None and time.monotonic() < self._remote_retry_at
+        job = self.state.next_job(queued_before=time.time() - self.config.inference_timeout if waiting else None)
         if job is not None:
             self.current = job
             try:
@@ -107,15 +116,33 @@ class Worker(Loop):
             job, f"the node stopped {job.crashes} times while scoring this study, so it was not scored again",
             code="node-stopped"))
 
+    def not_ready(self) -> str | None:
+        why = super().not_ready()
+        if why is None and self.remote_down is not None:
+            n, oldest = self.state.backlog()
+            why = (f"the inference server cannot be reached ({self.remote_down}); {n} study(ies) wait for it, the "
+                   f"oldest {oldest:.0f} s (each goes to a human read after {self.config.inference_timeout:g} s queued)")
+        return why
+
     def run(self, job: Job) -> None:
+        why = self.model.unreachable()
+        if why is not None:
+            self._wait_for_server(job, why)
+            return
         files = [Path(p) for p in job.paths]
         t0 = time.perf_counter()
         box: dict = {}
 
         def infer():
             try:
-                box["wl"] = engine_for(self.model.bundle, self.model.runner(), batch_size=self.config.batch_size,
+                runner = self.model.runner()
+                box["failures"] = runner.transport_failures
+                # a remote server serves urgent studies first (Triton's priority levels); local runners ignore it
+                runner.request_priority = "STAT" if job.urgent else "ROUTINE"
+                box["wl"] = engine_for(self.model.bundle, runner, batch_size=self.config.batch_size,
                                        pool=self.model.intake_pool).run(files)
+                if runner.transport_failures > box["failures"]:   # some of its images met the server down
+                    box["lost"] = runner.down or "the server stopped answering during the study"
             except BaseException as exc:  # noqa: BLE001 - reported below, never lost
                 box["error"] = exc
 
@@ -141,7 +168,11 @@ class Worker(Loop):
             log.error("study %s: scoring failed (%s); the study needs a human read", job.study_uid,
                       exc.__class__.__name__)
             record = self._indeterminate(job, f"scoring failed ({exc.__class__.__name__})")
+        elif box.get("lost"):   # the server went away during the study: its images were not scored; wait for it
+            self._wait_for_server(job, box["lost"])
+            return
         else:
+            self._server_back()
             wl = box["wl"]
             study = next((s for s in wl.studies if s["study_uid"] == job.study_uid), None)
             others = [s for s in wl.studies if s["study_uid"] != job.study_uid]
@@ -161,6 +192,37 @@ class Worker(Loop):
             if self.metrics is not None:
                 self.metrics.inference_seconds.observe(elapsed)
         self._record(job, record)
+
+    def _wait_for_server(self, job: Job, why: str) -> None:
+        """The inference server cannot be reached: ``job`` goes back to the queue (durably, its place kept) and is
+        tried again after a back-off, or, once it has been queued ``inference_timeout`` seconds, goes to a human
+        read (INDETERMINATE, with the reason) like a study whose inference hung."""
+        if self.remote_down is None:
+            log.error("the inference server cannot be reached (%s); studies stay queued until it answers, for up to "
+                      "%g s each", why, self.config.inference_timeout)
+        self.remote_down = why
+        if self.metrics is not None:
+            self.metrics.inference_server_up.set(0)
+        waited = time.time() - job.enqueued
+        if waited >= self.config.inference_timeout:
+            log.error("study %s: the inference server could not be reached for %.0f s; the study goes to a human read",
+                      job.study_uid, waited)
+            self._record(job, self._indeterminate(
+                job, f"the inference server could not be reached for {waited:.0f} s ({why})", code="server-unreachable"))
+            return
+        self.state.requeue(job)
+        if self.metrics is not None:
+            self.metrics.inference_deferred_total.inc()
+        self._remote_retry_at = time.monotonic() + self._remote_backoff
+        self._remote_backoff = min(2 * self._remote_backoff, self.REMOTE_RETRY_MAX_S)
+
+    def _server_back(self) -> None:
+        if self.remote_down is not None:
+            log.info("the inference server answers again; queued studies are scored")
+        self.remote_down = None
+        self._remote_backoff = self.REMOTE_RETRY_S
+        if self.metrics is not None:
+            self.metrics.inference_server_up.set(1)
 
     def _record(self, job: Job, record: dict) -> None:
         """The result of one study version: its objects go to the builder; recorded when built (:meth:`_commit`)."""
