@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo-out
 
-.PHONY: demo test test-gpu bench train train-ct clean peers
+.PHONY: demo test test-gpu bench train train-ct clean peers .venv-triton
 
 # the real DICOM peers the node tests talk to: DCMTK (storescu, echoscu, dsrdump) as the modality,
 # Orthanc as the PACS, dicom3tools (dciodvfy, dcentvfy) as the independent validator of what we write,
@@ -35,11 +35,28 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m compileall -q edgeinfer
 	touch $@
 
-# everything the test suite uses: runtime + export (torch CPU wheel, onnx tooling) + dev tools
+# everything the test suite uses: runtime + export (torch CPU wheel, onnx tooling) + the Triton client + dev tools
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[export,openvino,dev]'
+	$(BIN)/pip install -q -e '.[export,openvino,triton,dev]'
 	$(BIN)/python -m compileall -q edgeinfer export calibration
 	touch $@ $(VENV)/.runtime
+
+# edgeinfer triton-host: PyTriton's tritonserver links against the libpython of the interpreter it runs in, so
+# its venv is made from Debian's /usr/bin/python3 (another build of 3.11 fails inside Triton's Python backend)
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.host: pyproject.toml
+	@if ! /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv (the Triton host's venv is made from Debian's /usr/bin/python3)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; \
+	  else echo "Debian's /usr/bin/python3 with venv is needed: run 'apt-get install python3-venv' as root"; exit 1; fi; \
+	fi
+	/usr/bin/python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q -e '.[triton-host]'
+	touch $@
+
+.venv-triton: $(TRITON_VENV)/.host
 
 demo: $(VENV)/.runtime
 	rm -rf $(DEMO)
@@ -49,8 +66,9 @@ demo: $(VENV)/.runtime
 	$(BIN)/edgeinfer preview $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/worklist.json'))['studies'][0]['images'][0]['path'])") \
 	    --heatmap --out $(DEMO)/heatmap.png
 
-test: $(VENV)/.dev peers
-	$(BIN)/python -m pytest
+# the Triton tests start a real tritonserver from the PyTriton venv: under make test they fail, not skip, without it
+test: $(VENV)/.dev peers $(TRITON_VENV)/.host
+	EDGEINFER_REQUIRE_TRITON=1 $(BIN)/python -m pytest
 
 # on a Jetson or x86 GPU host: only the GPU-marked tests, with what is installed there (nothing is
 # downloaded: GPU hosts are often offline). It fails when the runner's own probe finds no usable CUDA
@@ -88,4 +106,4 @@ train-ct: $(VENV)/.dev
 	    --runtime-precision openvino:bf16 --no-progress
 
 clean:
-	rm -rf $(VENV) $(DEMO) .cache .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(DEMO) .cache .pytest_cache

@@ -125,9 +125,9 @@ class TritonRunner(Runner):
 
     def activate_impl(self) -> None:
         """Connect and check the served model. A server that cannot be reached now is not an error here (the
-        node starts, triage makes human reads); a server that serves another model is."""
+        node starts, triage makes human reads); a server that serves another model, or not this one, is."""
         try:
-            self._with_retries(self._connect)
+            self._with_retries(lambda: None, reconnect=self._connect)
         except ServerUnreachable as exc:
             log.warning("%s; studies wait for it (node) or go to a human read (triage)", exc)
 
@@ -135,12 +135,13 @@ class TritonRunner(Runner):
         return self._with_retries(lambda: self._infer_once(feeds))
 
     def unreachable(self) -> str | None:
-        """Why the server cannot be reached now (one health check when it was down or never reached), or None."""
+        """Why the server's model cannot be used now (one check when it was down or never reached), or None. A
+        server that does not serve this bundle's model (yet: a server being deployed) counts as unreachable."""
         if self.down is None and self.verified:
             return None
         try:
             self._connect()
-        except ServerUnreachable as exc:
+        except (ServerUnreachable, BackendUnavailable, IntegrityError) as exc:
             self._mark_down(exc)
             return self.down
         return None
@@ -149,16 +150,20 @@ class TritonRunner(Runner):
         return lambda: self._infer_once(feeds)
 
     # -- steps -------------------------------------------------------------------------------------
-    def _with_retries(self, call):
+    def _with_retries(self, call, reconnect=None):
+        """``call`` with retries while the server cannot be reached, after checking the served model when it
+        was not checked since the last lost connection. ``reconnect``: how to check it (default: as at run time,
+        where a server now serving another model, or none, makes the call fail like a server down, so that its
+        study waits or goes to a human read; at activation that is said at once)."""
         if self.down is not None and time.monotonic() < self._retry_at:
-            raise ServerUnreachable(f"the Triton server at {self.url} is unreachable ({self.down})")
+            raise ServerUnreachable(self.down)
         last: ServerUnreachable | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
                 if not self.verified:
-                    self._connect()
+                    (reconnect or self._reconnect)()
                 out = call()
                 self.down = None
                 return out
@@ -168,9 +173,14 @@ class TritonRunner(Runner):
         self._mark_down(last)
         raise last
 
+    def _reconnect(self) -> None:
+        try:
+            self._connect()
+        except (BackendUnavailable, IntegrityError) as exc:
+            raise ServerUnreachable(str(exc)) from None
+
     def _mark_down(self, exc: Exception) -> None:
-        why = str(exc)
-        self.down = why.split(" is unreachable (", 1)[-1].rstrip(")") if " is unreachable (" in why else why
+        self.down = str(exc)
         self._retry_at = time.monotonic() + RETRY_AFTER_S
         self.transport_failures += 1
 

@@ -120,7 +120,7 @@ class Worker(Loop):
         why = super().not_ready()
         if why is None and self.remote_down is not None:
             n, oldest = self.state.backlog()
-            why = (f"the inference server cannot be reached ({self.remote_down}); {n} study(ies) wait for it, the "
+            why = (f"the inference server cannot be reached: {self.remote_down}; {n} study(ies) wait for it, the "
                    f"oldest {oldest:.0f} s (each goes to a human read after {self.config.inference_timeout:g} s queued)")
         return why
 
@@ -198,7 +198,7 @@ class Worker(Loop):
         tried again after a back-off, or, once it has been queued ``inference_timeout`` seconds, goes to a human
         read (INDETERMINATE, with the reason) like a study whose inference hung."""
         if self.remote_down is None:
-            log.error("the inference server cannot be reached (%s); studies stay queued until it answers, for up to "
+            log.error("the inference server cannot be reached: %s; studies stay queued until it answers, for up to "
                       "%g s each", why, self.config.inference_timeout)
         self.remote_down = why
         if self.metrics is not None:
