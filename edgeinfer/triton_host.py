@@ -76,8 +76,10 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         raise UsageError(f"--instances {instances}: from 1 to 16")
     max_batch = policy.check_max_batch(max_batch)
     _check_ports(ports)
+    # shared_cpu: the runtime's idle threads sleep instead of spinning. Triton's own threads (its Python backend
+    # stub, PyTriton's proxy) share the cores; on 2 cores, ONNX Runtime's spinning stalled them ~0.5 s at a time
     sel = autoselect.choose(bundle, threads=threads, device=device, backend=backend, precision=precision,
-                            force=force)
+                            force=force, shared_cpu=True)
     artifact = sel.resolved.artifact
     name = policy.model_name(bundle.name, artifact.id)
     inputs = _tensors(Tensor, bundle.manifest["inputs"])
