@@ -63,11 +63,6 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
           ports: HostPorts = HostPorts(), log_verbose: int = 0, on_ready=None) -> None:
     """Serve ``bundle`` until SIGINT/SIGTERM. ``on_ready(model_name, selection)`` is called once Triton reports
     the model ready."""
-    try:
-        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
-        from pytriton.triton import Triton, TritonConfig
-    except ImportError:
-        raise BackendUnavailable(INSTALL_HINT) from None
     from . import autoselect
 
     if backend in ("triton",):
@@ -76,6 +71,11 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         raise UsageError(f"--instances {instances}: from 1 to 16")
     max_batch = policy.check_max_batch(max_batch)
     _check_ports(ports)
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError:
+        raise BackendUnavailable(INSTALL_HINT) from None
     # shared_cpu: the runtime's idle threads sleep instead of spinning. Triton's own threads (its Python backend
     # stub, PyTriton's proxy) share the cores; on 2 cores, ONNX Runtime's spinning stalled them ~0.5 s at a time
     sel = autoselect.choose(bundle, threads=threads, device=device, backend=backend, precision=precision,

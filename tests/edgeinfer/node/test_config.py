@@ -85,3 +85,13 @@ def test_the_file_s_sections_hold_their_settings_and_say_where_a_misplaced_one_g
     cfg.write_text('[serve.spool]\nmax_queue = 5\n')
     with pytest.raises(UsageError, match="max_queue was removed"):
         load_config(cfg)
+
+
+def test_a_triton_server_is_one_url_and_excludes_a_local_backend():
+    c = load_config(None, {"triton_url": "grpc://gpu-host:8001", "precision": "fp32"})
+    assert c.triton_url == "grpc://gpu-host:8001" and c.backend == "auto"
+    for given, words in (({"triton_url": "gpu-host:8000", "backend": "openvino"}, "give one of them"),
+                         ({"triton_url": "ftp://gpu-host"}, "triton_url 'ftp://gpu-host': expected http://HOST:PORT"),
+                         ({"backend": "triton"}, "backend triton needs triton_url")):
+        with pytest.raises(UsageError, match=words):
+            load_config(None, given)
