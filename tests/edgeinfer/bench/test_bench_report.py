@@ -26,7 +26,7 @@ BENCH_REPORTS = sorted(p.stem for p in RESULTS.glob("*.json") if '"edgeinfer_ben
 
 OTHER_KINDS = ("edgeinfer_node_bench", "edgeinfer_intake_bench", "edgeinfer_preprocess_agreement",
                "edgeinfer_intake_scaling", "edgeinfer_codec_bench", "edgeinfer_worklist_load", "edgeinfer_heatmap_cost",
-               "edgeinfer_seg_bench", "edgeinfer_ct_bench")
+               "edgeinfer_seg_bench", "edgeinfer_ct_bench", "edgeinfer_triton_bench")
 
 
 def test_every_committed_result_is_a_known_kind():
