@@ -204,6 +204,11 @@ class TritonRunner(Runner):
         return c, self._local.module
 
     def _call(self, what: str, fn, *args, **kwargs):
+        """``fn`` (a tritonclient call) with the timeout (gRPC: per call; HTTP: the client's network timeout);
+        ServerUnreachable when the server was not reached or did not answer in time, InferenceError when it
+        refused."""
+        if self.protocol == "grpc" and fn is not _raise:
+            kwargs.setdefault("client_timeout", self.timeout_s)
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - sorted into unreachable / refused below
@@ -248,7 +253,7 @@ class TritonRunner(Runner):
         """Whether the server knows the model (in any state). Its metadata answers "not found" for a model it
         does not have; the repository index, which would list states, is often restricted (PyTriton's is)."""
         try:
-            c.get_model_metadata(self.model, **kw)
+            c.get_model_metadata(self.model, **kw, **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}))
             return True
         except Exception as exc:  # noqa: BLE001 - a transport failure is told as such
             if _is_transport(exc):
@@ -267,8 +272,7 @@ class TritonRunner(Runner):
             inputs.append(i)
         outputs = [m.InferRequestedOutput(t.name) for t in self._outputs]
         priority = policy.REQUEST_PRIORITY.get(self.request_priority, policy.DEFAULT_PRIORITY)
-        kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self._call("the inference", c.infer, self.model, inputs, outputs=outputs, priority=priority, **kw)
+        result = self._call("the inference", c.infer, self.model, inputs, outputs=outputs, priority=priority)
         response = result.get_response(as_json=True) if self.protocol == "grpc" else result.get_response()
         version = (response or {}).get("model_version")
         if version:

@@ -178,3 +178,24 @@ def test_a_server_killed_mid_run_leaves_human_reads_and_is_used_again_when_back(
 
 def _local(bundle):
     return autoselect.choose(bundle, backend="onnxruntime", precision="fp32", threads=1).create_runner()
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_a_server_that_accepts_but_never_answers_is_unreachable_within_the_timeout(scheme):
+    """A hung host (the port open, nothing answering) is a server down after the timeout and its retries, never a
+    hung call: the node waits for it, triage makes human reads."""
+    import socket
+
+    bundle = load_bundle("phantom-cxr")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"{scheme}://127.0.0.1:{silent.getsockname()[1]}"
+        sel = autoselect.choose(bundle, backend="triton", precision="fp32",
+                                extra={"triton_url": url, "triton_timeout_s": 0.5, "triton_retries": 1})
+        runner = sel.create_runner()
+        t0 = time.monotonic()
+        runner.activate()                                   # a warning, not an error: the node must start
+        with pytest.raises(ServerUnreachable, match=f"the Triton server at {url} is unreachable"):
+            runner.infer({"image": np.zeros((1, 1, 256, 256), np.float32)})
+        assert time.monotonic() - t0 < 10 and runner.unreachable() is not None
