@@ -59,9 +59,8 @@ def _is_transport(exc: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    status = getattr(exc, "status", None)
-    status = status() if callable(status) else status
-    return str(status) in _GRPC_TRANSPORT or (str(status) in ("400", "None") and "connect" in str(exc).lower())
+    status = getattr(exc, "status", None)    # tritonclient's InferenceServerException: gRPC's status code
+    return str(status() if callable(status) else status) in _GRPC_TRANSPORT
 
 
 def _settings(options: RunnerOptions) -> tuple[str, float, int]:
@@ -207,7 +206,7 @@ class TritonRunner(Runner):
         """``fn`` (a tritonclient call) with the timeout (gRPC: per call; HTTP: the client's network timeout);
         ServerUnreachable when the server was not reached or did not answer in time, InferenceError when it
         refused."""
-        if self.protocol == "grpc" and fn is not _raise:
+        if self.protocol == "grpc":
             kwargs.setdefault("client_timeout", self.timeout_s)
         try:
             return fn(*args, **kwargs)
@@ -253,11 +252,11 @@ class TritonRunner(Runner):
         """Whether the server knows the model (in any state). Its metadata answers "not found" for a model it
         does not have; the repository index, which would list states, is often restricted (PyTriton's is)."""
         try:
-            c.get_model_metadata(self.model, **kw, **({"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}))
+            self._call("the model's metadata", c.get_model_metadata, self.model, **kw)
             return True
-        except Exception as exc:  # noqa: BLE001 - a transport failure is told as such
-            if _is_transport(exc):
-                self._call("the model's metadata", _raise, exc)
+        except ServerUnreachable:
+            raise
+        except InferenceError as exc:
             return "not found" not in str(exc) and "unknown model" not in str(exc).lower()
 
     def _infer_once(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,10 +283,6 @@ class TritonRunner(Runner):
                 raise InferenceError(f"the Triton model {self.model} at {self.url} returned no {t.name} output")
             out[t.name] = a
         return out
-
-
-def _raise(exc: BaseException):
-    raise exc
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
