@@ -83,8 +83,9 @@ def test_a_precision_the_server_does_not_serve_is_named_with_what_to_do(triton_h
 
 
 def test_a_stat_request_overtakes_queued_routine_ones(triton_host):
-    """24 ROUTINE requests of a full batch each queue up behind the ones running; a STAT request sent after them is
-    served within the next few executions (the host's Python model takes a few batches ahead), not after the 24."""
+    """32 ROUTINE requests of a full batch each queue up behind the ones running; a STAT request sent after them
+    overtakes at least half of them (first in first out, it would be last). Not the very next: PyTriton's proxy
+    takes a varying number of batches ahead of Triton's queue (in runs here the STAT one came 5th to 10th)."""
     import tritonclient.grpc as grpc
 
     client = grpc.InferenceServerClient(f"127.0.0.1:{triton_host.grpc_port}")
@@ -100,19 +101,19 @@ def test_a_stat_request_overtakes_queued_routine_ones(triton_host):
         def callback(result, error):
             with lock:
                 done.append(tag if error is None else f"error {error}")
-                if len(done) == 25:
+                if len(done) == 33:
                     finished.set()
 
         client.async_infer("phantom-cxr-fp32", [inp], callback, outputs=[grpc.InferRequestedOutput("probs")],
                            priority=priority)
 
-    for i in range(24):
+    for i in range(32):
         send(f"routine{i}", policy.REQUEST_PRIORITY["ROUTINE"])
-    time.sleep(0.2)     # all 24 are queued
+    time.sleep(0.2)     # all 32 are queued
     send("stat", policy.REQUEST_PRIORITY["STAT"])
     assert finished.wait(120), done
     assert not [d for d in done if d.startswith("error")], done
-    assert done.index("stat") < 8, done          # it overtook at least 16 queued ROUTINE requests
+    assert done.index("stat") <= 16, done         # it overtook at least 16 queued ROUTINE requests
     client.close()
 
 
