@@ -84,8 +84,8 @@ def test_a_precision_the_server_does_not_serve_is_named_with_what_to_do(triton_h
 
 def test_a_stat_request_overtakes_queued_routine_ones(triton_host):
     """32 ROUTINE requests of a full batch each queue up behind the ones running; a STAT request sent after them
-    overtakes at least half of them (first in first out, it would be last). Not the very next: PyTriton's proxy
-    takes a varying number of batches ahead of Triton's queue (in runs here the STAT one came 5th to 10th)."""
+    overtakes at least half of them (first in first out, it would be last). Not the very next: in runs here it came
+    5th to 10th, presumably behind requests already handed on to PyTriton's model process (not checked)."""
     import tritonclient.grpc as grpc
 
     client = grpc.InferenceServerClient(f"127.0.0.1:{triton_host.grpc_port}")
