@@ -200,3 +200,25 @@ def test_a_server_that_accepts_but_never_answers_is_unreachable_within_the_timeo
         with pytest.raises(ServerUnreachable, match=f"the Triton server at {url} is unreachable"):
             runner.infer({"image": np.zeros((1, 1, 256, 256), np.float32)})
         assert time.monotonic() - t0 < 10 and runner.unreachable() is not None
+
+
+def test_a_segmentation_bundle_through_the_server_gives_the_in_process_volumes(tmp_path, capsys):
+    """The head-CT U-Net hosted in Triton: the sliding window's batches go to the server, the volumes in mL and
+    the priorities are the in-process ones."""
+    from edgeinfer.phantom.ct_head import generate_ct
+
+    studies = tmp_path / "ct"
+    generate_ct(studies, 2, seed=9, size=256)
+    host = peers.TritonHost(tmp_path, "phantom-ct-head")
+    try:
+        out = {}
+        for name, flags in (("remote", ["--triton-url", host.grpc_url]), ("local", ["--backend", "onnxruntime"])):
+            out[name] = tmp_path / f"{name}.json"
+            assert main(["triage", str(studies), "--bundle", "phantom-ct-head", *flags, "--precision", "fp32",
+                         "--output", str(out[name]), "--no-progress"]) == 0
+    finally:
+        host.stop()
+    got, want = (json.loads(out[k].read_text())["studies"] for k in ("remote", "local"))
+    assert [(s["priority"], s["volumes_ml"]) for s in got] == [(s["priority"], s["volumes_ml"]) for s in want]
+    assert any(v > 0.5 for s in got for v in s["volumes_ml"].values())          # one of them bleeds
+    assert {s["model"]["server"]["model"] for s in got} == {"phantom-ct-head-fp32"}
