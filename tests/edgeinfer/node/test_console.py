@@ -32,10 +32,11 @@ def browser():
 
 
 def _rows(browser) -> list[tuple[str, str]]:
-    from selenium.webdriver.common.by import By
-
-    return [(r.get_attribute("data-priority"), r.get_attribute("data-study"))
-            for r in browser.find_elements(By.CSS_SELECTOR, "tr.study")]
+    """(priority, study) of each row, read in one script run: the page reloads itself every 5 s, and rows found
+    before a reload and read after it are stale (a fresh-clone run failed on that)."""
+    rows = browser.execute_script("return Array.from(document.querySelectorAll('tr.study'), "
+                                  "r => [r.getAttribute('data-priority'), r.getAttribute('data-study')]);")
+    return [tuple(r) for r in rows]
 
 
 def test_the_console_page_in_a_real_browser(browser, node_factory, node_phantoms, tmp_path):
@@ -61,15 +62,14 @@ def test_the_console_page_in_a_real_browser(browser, node_factory, node_phantoms
     assert node.store([more]).returncode == 0
     new = str(pydicom.dcmread(next(more.rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
     peers.wait_until(lambda: new in {uid for _, uid in _rows(browser)}, 60, 0.5, "the new study's row")
-    # a flagged study shows its heatmap's thumbnail, loaded from the node (/heatmap/...)
-    from selenium.webdriver.common.by import By
-
+    # a flagged study shows its heatmap's thumbnail, loaded from the node (/heatmap/...); read in one script run,
+    # and waited for: a reload may come between the rows and their images
     _, wl = node.get("/worklist")
     flagged = [s for s in wl["studies"] if any(i.get("heatmaps") for i in s["images"])]
-    thumbs = browser.find_elements(By.CSS_SELECTOR, "a.heatmap img")
-    assert len(thumbs) == len(flagged)
-    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", t)
-               for t in thumbs)
+    thumbs = ("const t = Array.from(document.querySelectorAll('a.heatmap img')); "
+              "return [t.length, t.every(i => i.complete && i.naturalWidth > 0)];")
+    peers.wait_until(lambda: browser.execute_script(thumbs) == [len(flagged), True], 30, 0.5,
+                     "every flagged study's thumbnail, loaded")
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
     shot = tmp_path / "console.png"
