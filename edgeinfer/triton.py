@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 from .errors import UsageError
 
-#: manifest dtype -> Triton data type (config.pbtxt) and KServe v2 datatype (the wire)
-DTYPES = {"float32": ("TYPE_FP32", "FP32"), "float16": ("TYPE_FP16", "FP16"), "int8": ("TYPE_INT8", "INT8"),
-          "uint8": ("TYPE_UINT8", "UINT8"), "int32": ("TYPE_INT32", "INT32"), "int64": ("TYPE_INT64", "INT64")}
+#: manifest dtype -> Triton data type (config.pbtxt)
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
+          "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
 #: worklist priority -> Triton request priority (1 is served first)
 REQUEST_PRIORITY = {"STAT": 1, "URGENT": 2, "INDETERMINATE": 2, "ROUTINE": 3}
 PRIORITY_LEVELS = 3
@@ -48,6 +48,18 @@ def dims(shape: Sequence, what: str) -> list[int]:
         raise UsageError(f"{what}: shape {list(shape)} is not ['batch', fixed sizes...]; Triton's batching needs "
                          "a leading batch axis and fixed other dimensions")
     return list(shape[1:])
+
+
+def tensors(kind: str, specs: Sequence[dict]) -> list[tuple[str, str, list[int]]]:
+    """The manifest's ``inputs`` or ``outputs`` (``kind``) as (name, manifest dtype, Triton dims); UsageError for a
+    dtype Triton has no type for, or a shape without its batch axis."""
+    out = []
+    for t in specs:
+        what = f"{kind} {t['name']}"
+        if t["dtype"] not in DTYPES:
+            raise UsageError(f"{what}: dtype {t['dtype']!r} has no Triton data type")
+        out.append((t["name"], t["dtype"], dims(t["shape"], what)))
+    return out
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:

@@ -36,16 +36,6 @@ class HostPorts:
     address: str = "0.0.0.0"
 
 
-def _tensors(Tensor, specs) -> list:
-    out = []
-    for t in specs:
-        if t["dtype"] not in policy.DTYPES:
-            raise UsageError(f"tensor {t['name']}: dtype {t['dtype']!r} has no Triton data type")
-        out.append(Tensor(name=t["name"], dtype=np.dtype(t["dtype"]).type,
-                          shape=tuple(policy.dims(t["shape"], f"tensor {t['name']}"))))
-    return out
-
-
 def _infer_function(runner, output_names: list[str]):
     """The model's inference callable: Triton's batch (requests stacked by the dynamic batcher) through ``runner``."""
     from pytriton.decorators import batch
@@ -82,8 +72,11 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
                             force=force, shared_cpu=True)
     artifact = sel.resolved.artifact
     name = policy.model_name(bundle.name, artifact.id)
-    inputs = _tensors(Tensor, bundle.manifest["inputs"])
-    outputs = _tensors(Tensor, bundle.manifest["outputs"])
+    def tensors(kind: str) -> list:
+        return [Tensor(name=name, dtype=np.dtype(dtype).type, shape=tuple(dims))
+                for name, dtype, dims in policy.tensors(kind, bundle.manifest[f"{kind}s"])]
+
+    inputs, outputs = tensors("input"), tensors("output")
     runners = [sel.create_runner().activate() for _ in range(int(instances))]
     batcher = DynamicBatcher(
         max_queue_delay_microseconds=policy.QUEUE_DELAY_US, preferred_batch_size=policy.preferred_batch_sizes(max_batch),

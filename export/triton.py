@@ -64,13 +64,8 @@ def parse_config(text: str):
 
 def _tensors(kind: str, tensors: Sequence[dict]) -> str:
     """``input [...]`` or ``output [...]`` for the manifest's tensors."""
-    items = []
-    for t in tensors:
-        what = f"{kind} {t['name']}"
-        if t["dtype"] not in policy.DTYPES:
-            raise ExportError(f"{what}: dtype {t['dtype']!r} has no Triton data type")
-        items.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {policy.DTYPES[t["dtype"]][0]}\n'
-                     f'    dims: [ {", ".join(map(str, policy.dims(t["shape"], what)))} ]\n  }}')
+    items = [f'  {{\n    name: "{name}"\n    data_type: {policy.DTYPES[dtype]}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+             for name, dtype, dims in policy.tensors(kind, tensors)]
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
 

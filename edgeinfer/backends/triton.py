@@ -87,18 +87,12 @@ class TritonRunner(Runner):
             raise UsageError("the triton backend needs the bundle (RunnerOptions.extra['bundle']) to check the "
                              "server's model against")
         self.model = policy.model_name(self.bundle.name, artifact.id)
-        #: the request priority of the next calls (a worklist priority: STAT, URGENT, INDETERMINATE, ROUTINE)
-        self.request_priority = "ROUTINE"
         self._local = threading.local()     # tritonclient's clients are not shared between threads
         self._lock = threading.Lock()
         self.server: dict = {}              # name and version, once connected
         self.model_version: str | None = None
         self.verified = False
-        #: why the server cannot be reached now (None when the last call reached it)
-        self.down: str | None = None
-        self._retry_at = 0.0
-        #: calls that failed through all their retries, since the runner was made (the node compares)
-        self.transport_failures = 0
+        self._retry_at = 0.0    # while down (Runner.down), calls fail at once until then
         m = self.bundle.manifest
         self._inputs = [TensorMeta(t["name"], tuple(t["shape"]), t["dtype"]) for t in m["inputs"]]
         self._outputs = [TensorMeta(t["name"], tuple(t["shape"]), t["dtype"]) for t in m["outputs"]]
