@@ -175,7 +175,9 @@ def _runner_for(bundle, args):
     """The runner triage uses: pinned by flags/environment, else the fastest allowed mode here."""
     from . import autoselect
 
-    backend, extra = _remote(args)
+    from .triton import backend_choice
+
+    backend, extra = backend_choice(args.backend, args.triton_url)
     precision = None if args.precision in (None, "auto") else args.precision
     sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
                             precision=precision, force=args.force, allow_fallback=args.allow_fallback,
@@ -183,21 +185,6 @@ def _runner_for(bundle, args):
     if sel.forced:
         log.warning("%s", sel.forced)
     return sel.create_runner(), sel
-
-
-def _remote(args) -> tuple[str | None, dict]:
-    """(backend, runner settings) from ``--backend`` and ``--triton-url`` (which implies ``--backend triton``)."""
-    backend = None if args.backend in (None, "auto") else args.backend
-    url = getattr(args, "triton_url", None)
-    if url:
-        if backend not in (None, "triton"):
-            raise UsageError(f"--triton-url sends inference to a Triton server; --backend {backend} runs it here: "
-                             "give one of them")
-        from .triton import parse_url
-
-        parse_url(url)
-        return "triton", {"triton_url": url}
-    return backend, {}
 
 
 def cmd_triton_host(args) -> int:

@@ -94,8 +94,26 @@ def identity_problem(served: Mapping[str, str], bundle, artifact) -> str | None:
     return None
 
 
-def parse_url(url: str) -> tuple[str, str]:
-    """``http://host:8000`` or ``grpc://host:8001`` (a bare ``host:port`` is HTTP) -> (protocol, ``host:port``)."""
+def backend_choice(backend: str | None, url: str | None, *, url_name: str = "--triton-url",
+                   backend_name: str = "--backend") -> tuple[str | None, dict]:
+    """(backend, runner settings) from a backend setting and a Triton URL, named as the caller's user types them
+    (flags, or the node's settings): a URL means the triton backend and is refused beside another named one;
+    ``triton`` needs a URL; ``auto`` (or None) is None, the automatic choice."""
+    backend = None if backend in (None, "auto") else backend
+    if url:
+        if backend not in (None, "triton"):
+            raise UsageError(f"{url_name} sends inference to a Triton server; {backend_name} {backend} runs it here: "
+                             "give one of them")
+        parse_url(url, url_name)
+        return "triton", {"triton_url": url}
+    if backend == "triton":
+        raise UsageError(f"{backend_name} triton needs {url_name} (the Triton server, e.g. http://HOST:8000)")
+    return backend, {}
+
+
+def parse_url(url: str, what: str = "--triton-url") -> tuple[str, str]:
+    """``http://host:8000`` or ``grpc://host:8001`` (a bare ``host:port`` is HTTP) -> (protocol, ``host:port``);
+    ``what``: the setting's name in a refusal."""
     text = (url or "").strip()
     if "://" not in text:
         text = "http://" + text
@@ -103,9 +121,9 @@ def parse_url(url: str) -> tuple[str, str]:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"--triton-url {url!r}: {exc}; expected http://HOST:PORT or grpc://HOST:PORT") from None
+        raise UsageError(f"{what} {url!r}: {exc}; expected http://HOST:PORT or grpc://HOST:PORT") from None
     if parts.scheme not in SCHEMES or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise UsageError(f"--triton-url {url!r}: expected http://HOST:PORT or grpc://HOST:PORT "
+        raise UsageError(f"{what} {url!r}: expected http://HOST:PORT or grpc://HOST:PORT "
                          f"(Triton's defaults: HTTP {SCHEMES['http']}, gRPC {SCHEMES['grpc']})")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return parts.scheme, f"{host}:{port or SCHEMES[parts.scheme]}"

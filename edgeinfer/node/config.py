@@ -166,6 +166,17 @@ class NodeConfig:
             return self.quiet_seconds
         return DEFAULT_QUIET.get((modality or "").upper(), FALLBACK_QUIET)
 
+    def inference_backend(self) -> tuple[str | None, dict]:
+        """(backend, runner settings) the model host asks for: ``triton_url`` means the triton backend, with a
+        request timeout of a quarter of ``inference_timeout`` (a call and its two retries end well inside the
+        watchdog: a silent server is a wait, not a hang); UsageError naming these settings otherwise."""
+        from ..triton import backend_choice
+
+        backend, extra = backend_choice(self.backend, self.triton_url, url_name="triton_url", backend_name="backend")
+        if extra:
+            extra["triton_timeout_s"] = min(30.0, float(self.inference_timeout) / 4)
+        return backend, extra
+
     def check(self) -> "NodeConfig":
         problems = []
         if not _valid_aet(self.ae_title):
@@ -205,18 +216,10 @@ class NodeConfig:
             problems.append("retain_hours must be 0 (delete once delivered) or more")
         if self.quiet_seconds is not None and not float(self.quiet_seconds) >= 0:
             problems.append("quiet_seconds must be 0 or more")
-        if self.triton_url is not None:
-            from ..triton import parse_url
-
-            if self.backend not in ("auto", "triton"):
-                problems.append(f"triton_url sends inference to a Triton server, backend {self.backend} runs it here: "
-                                "give one of them")
-            try:
-                parse_url(self.triton_url)
-            except UsageError as exc:
-                problems.append(str(exc).replace("--triton-url", "triton_url"))
-        elif self.backend == "triton":
-            problems.append("backend triton needs triton_url (the Triton server, e.g. http://HOST:8000)")
+        try:
+            self.inference_backend()
+        except UsageError as exc:
+            problems.append(str(exc))
         if not self.results:
             problems.append("results: name at least one result writer (e.g. sr)")
         for name in self.results:

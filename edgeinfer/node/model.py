@@ -33,13 +33,8 @@ class ModelHost:
                 from .. import autoselect
 
                 c = self.config
-                backend = None if c.backend in (None, "auto") else c.backend
+                backend, extra = c.inference_backend()
                 precision = None if c.precision in (None, "auto") else c.precision
-                extra = {}
-                if c.triton_url:
-                    # a call and its two retries end well inside the watchdog: a silent server is a wait, not a hang
-                    backend, extra = "triton", {"triton_url": c.triton_url,
-                                                "triton_timeout_s": min(30.0, c.inference_timeout / 4)}
                 self.selection = autoselect.choose(self.bundle, threads=c.threads, device=c.device, backend=backend,
                                                    precision=precision, extra=extra)
                 self._runner = self.selection.create_runner().activate()
