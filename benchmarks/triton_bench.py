@@ -21,16 +21,12 @@ figure.
 from __future__ import annotations
 
 import argparse
-import os
+import importlib.util
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,57 +36,26 @@ from benchutil import machine_line, publish  # noqa: E402
 
 FORMAT = 1
 ROOT = Path(__file__).resolve().parent.parent
-HOST_EXE = ROOT / ".venv-triton" / "bin" / "edgeinfer"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _peers():
+    """``tests/peers.py``, loaded from its file: the Triton host the tests start (``TritonHost``) is the one measured
+    here (``tests/`` on sys.path would shadow the ``edgeinfer`` package with ``tests/edgeinfer``)."""
+    spec = importlib.util.spec_from_file_location("edgeinfer_test_peers", ROOT / "tests" / "peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod     # its dataclasses look their module up while it loads
+    spec.loader.exec_module(mod)
+    return mod
 
 
-class Host:
-    """``edgeinfer triton-host`` on free localhost ports, stopped on exit."""
+def counts(host) -> tuple[float, float]:
+    """(inferences, executions) of the host's model so far, from Triton's metrics."""
+    text = host.metrics()
 
-    def __init__(self, bundle: str, precision: str, threads: int, max_batch: int, log: Path):
-        if not HOST_EXE.is_file():
-            sys.exit(f"no Triton host venv at {HOST_EXE.parent.parent}: make .venv-triton")
-        self.http, self.grpc, self.metrics_port = _port(), _port(), _port()
-        self.model = f"{Path(bundle).name}-{precision}"
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen(
-            [str(HOST_EXE), "triton-host", bundle, "--precision", precision, "--backend", "onnxruntime", "--threads",
-             str(threads), "--max-batch", str(max_batch), "--address", "127.0.0.1", "--http-port", str(self.http),
-             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics_port)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"the Triton host stopped; its log: {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{self.model}/ready", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.25)
-        sys.exit(f"the Triton host did not get ready in 120 s; its log: {log}")
-
-    def counts(self) -> tuple[float, float]:
-        """(inferences, executions) of the model so far, from Triton's metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        def get(name):
-            m = re.search(rf'^{name}{{model="{re.escape(self.model)}",version="1"}} (\S+)$', text, re.M)
-            return float(m.group(1)) if m else 0.0
-        return get("nv_inference_count"), get("nv_inference_exec_count")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+    def get(name):
+        m = re.search(rf'^{name}{{model="{re.escape(host.model)}",version="1"}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else 0.0
+    return get("nv_inference_count"), get("nv_inference_exec_count")
 
 
 def drive(make_runner, clients: int, warmup_s: float, duration_s: float, feeds: dict) -> dict:
@@ -149,20 +114,26 @@ def measure(args) -> list[dict]:
         print(rows[-1], file=sys.stderr)
     shared.deactivate()
 
+    peers = _peers()
+    if not (peers.TRITON_VENV / "bin" / "edgeinfer").is_file():
+        sys.exit(f"no Triton host venv at {peers.TRITON_VENV}: {peers.TRITON_HINT}")
     with tempfile.TemporaryDirectory() as tmp:
         for mode, max_batch in (("triton", 8), ("triton, no batching", 1)):
-            host = Host(args.bundle, args.precision, args.threads, max_batch, Path(tmp) / f"host-{max_batch}.log")
+            workdir = Path(tmp) / f"max-batch-{max_batch}"
+            workdir.mkdir()
+            host = peers.TritonHost(workdir, args.bundle, "--threads", str(args.threads), "--max-batch",
+                                    str(max_batch), precision=args.precision)
             try:
-                url = (f"grpc://127.0.0.1:{host.grpc}" if args.protocol == "grpc" else f"http://127.0.0.1:{host.http}")
+                url = host.grpc_url if args.protocol == "grpc" else host.http_url
                 sel = autoselect.choose(bundle, backend="triton", precision=args.precision, extra={"triton_url": url})
 
                 def make():
                     return sel.create_runner().activate()
 
                 for n in clients:
-                    before = host.counts()
+                    before = counts(host)
                     row = {"mode": mode, "protocol": args.protocol, **drive(make, n, args.warmup_s, args.duration_s, feeds)}
-                    after = host.counts()
+                    after = counts(host)
                     execs = after[1] - before[1]
                     row["mean_batch"] = (after[0] - before[0]) / execs if execs else None
                     rows.append(row)
