@@ -62,6 +62,8 @@ def drive(make_runner, clients: int, warmup_s: float, duration_s: float, feeds: 
     """``clients`` threads calling ``runner.infer(feeds)`` in a loop; latencies of the calls that started inside the
     timed window."""
     runners = [make_runner() for _ in range(clients)]
+    for r in runners:       # a fresh server's or client's first call (connection, first batch) is not timed
+        r.infer(feeds)
     start = threading.Barrier(clients + 1)
     t_begin = [0.0]
     lat: list[list[float]] = [[] for _ in range(clients)]
@@ -152,13 +154,14 @@ def render(r: dict) -> str:
              "|---|--:|--:|--:|--:|--:|---|"]
     for x in r["rows"]:
         mb = "-" if x.get("mean_batch") is None else f"{x['mean_batch']:.1f}"
-        lines.append(f"| {x['mode']} | {x['clients']} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['images_per_s']:.0f} | "
+        p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (x["p50_ms"], x["p99_ms"]))
+        lines.append(f"| {x['mode']} | {x['clients']} | {p50} | {p99} | {x['images_per_s']:.0f} | "
                      f"{mb} | {len(x['errors']) or ''} |")
     by = {(x["mode"], x["clients"]): x for x in r["rows"]}
     notes = []
     for n in sorted({x["clients"] for x in r["rows"]}):
         a, b, c = by.get(("triton", n)), by.get(("triton, no batching", n)), by.get(("in-process", n))
-        if a and b and c:
+        if a and b and c and b["images_per_s"] and c["images_per_s"]:
             notes.append(f"{n} client(s): dynamic batching {a['images_per_s'] / b['images_per_s']:.2f}x the "
                          f"throughput without; Triton {a['images_per_s'] / c['images_per_s']:.2f}x in-process, "
                          f"p50 {a['p50_ms'] - c['p50_ms']:+.1f} ms")
