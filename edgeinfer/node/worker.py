@@ -136,12 +136,12 @@ class Worker(Loop):
         def infer():
             try:
                 runner = self.model.runner()
-                box["failures"] = runner.transport_failures
+                failures = runner.transport_failures
                 # a remote server serves urgent studies first (Triton's priority levels); local runners ignore it
                 runner.request_priority = "STAT" if job.urgent else "ROUTINE"
                 box["wl"] = engine_for(self.model.bundle, runner, batch_size=self.config.batch_size,
                                        pool=self.model.intake_pool).run(files)
-                if runner.transport_failures > box["failures"]:   # some of its images met the server down
+                if runner.transport_failures > failures:   # some of its images met the server down
                     box["lost"] = runner.down or "the server stopped answering during the study"
             except BaseException as exc:  # noqa: BLE001 - reported below, never lost
                 box["error"] = exc
