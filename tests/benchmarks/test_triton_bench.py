@@ -19,14 +19,16 @@ def test_the_triton_benchmark_runs_against_a_real_server(tmp_path):
     import peers
 
     peers.require_triton_host()
-    out = subprocess.run([sys.executable, "benchmarks/triton_bench.py", "--clients", "1,2", "--warmup-s", "0.1",
-                          "--duration-s", "0.3", "--threads", "1", "--json", str(tmp_path / "t.json"),
+    out = subprocess.run([sys.executable, "benchmarks/triton_bench.py", "--clients", "1,2", "--warmup-s", "0.2",
+                          "--duration-s", "1", "--threads", "1", "--json", str(tmp_path / "t.json"),
                           "--report", str(tmp_path / "t.md"), "--plot", str(tmp_path / "t.png")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads((tmp_path / "t.json").read_text())
     assert [(x["mode"], x["clients"]) for x in r["rows"]] == [
         (m, n) for m in ("in-process", "triton", "triton, no batching") for n in (1, 2)]
-    assert all(x["calls"] > 0 and not x["errors"] for x in r["rows"])
+    # a whole second per cell: one slow call on a loaded machine must not leave a cell without a timed call
+    assert all(x["calls"] > 0 and not x["errors"] for x in r["rows"]), [
+        (x["mode"], x["clients"], x["calls"], x["errors"]) for x in r["rows"]]
     assert all(x["mean_batch"] == 1.0 for x in r["rows"] if x["mode"] == "triton, no batching")
     assert (tmp_path / "t.png").stat().st_size > 10_000 and "dynamic batching" in (tmp_path / "t.md").read_text()
