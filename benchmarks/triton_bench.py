@@ -2,7 +2,7 @@
 """The triton backend against the in-process runner: client-side latency and throughput at 1, 4 and 16 clients,
 and what Triton's dynamic batching buys.
 
-    .venv/bin/python benchmarks/triton_bench.py [--bundle phantom-cxr] [--precision fp32] [--threads 2]
+    .venv/bin/python benchmarks/triton_bench.py [--bundle phantom-cxr] [--precision fp32] [--threads 2] [--instances N]
         [--clients 1,4,16] [--warmup-s 1] [--duration-s 5] [--json OUT] [--report OUT.md] [--plot OUT.png]
 
 A benchmark, not a test; run it on an idle machine. Needs the Triton host's venv (``make .venv-triton``).
@@ -10,8 +10,8 @@ Each client is a thread sending one image per request (batch 1, what a node send
 fast as it gets answers, for ``--duration-s`` after ``--warmup-s``; latency is the client's wall time per call.
 
 - ``in-process``: one runner of the bundle in this process (ONNX Runtime), shared by the client threads;
-- ``triton``: ``edgeinfer triton-host`` (same runtime, same threads) on localhost, each client its own triton
-  runner (gRPC, or ``--protocol http``): dynamic batching with ``max_batch_size`` 8;
+- ``triton``: ``edgeinfer triton-host`` (same runtime; its two instances share the same threads) on localhost,
+  each client its own triton runner (gRPC, or ``--protocol http``): dynamic batching with ``max_batch_size`` 8;
 - ``triton, no batching``: the same host with ``--max-batch 1``: every request runs alone.
 
 The server's own counters (``nv_inference_count`` / ``nv_inference_exec_count``) give the mean batch it formed.
@@ -95,11 +95,13 @@ def drive(make_runner, clients: int, warmup_s: float, duration_s: float, feeds: 
     all_lat = np.array([x for row in lat for x in row]) * 1e3
     return {"clients": clients, "calls": int(all_lat.size), "p50_ms": float(np.percentile(all_lat, 50)) if all_lat.size else None,
             "p99_ms": float(np.percentile(all_lat, 99)) if all_lat.size else None,
+            "max_ms": float(all_lat.max()) if all_lat.size else None,
             "images_per_s": all_lat.size / duration_s, "errors": errors[:3]}
 
 
 def measure(args) -> list[dict]:
     from edgeinfer import autoselect
+    from edgeinfer import triton as triton_policy
     from edgeinfer.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
@@ -123,7 +125,10 @@ def measure(args) -> list[dict]:
         for mode, max_batch in (("triton", 8), ("triton, no batching", 1)):
             workdir = Path(tmp) / f"max-batch-{max_batch}"
             workdir.mkdir()
-            host = peers.TritonHost(workdir, args.bundle, "--threads", str(args.threads), "--max-batch",
+            # the host's instances share the threads the in-process runner has, as they share a box's CPUs
+            host_threads = triton_policy.instance_threads(None, args.instances, args.threads)
+            host = peers.TritonHost(workdir, args.bundle, "--threads", str(host_threads), "--instances",
+                                    str(args.instances), "--max-batch",
                                     str(max_batch), precision=args.precision)
             try:
                 url = host.grpc_url if args.protocol == "grpc" else host.http_url
@@ -147,15 +152,16 @@ def measure(args) -> list[dict]:
 
 def render(r: dict) -> str:
     lines = [f"# Triton against in-process inference, {r['machine']}", "",
-             f"Bundle {r['bundle']} {r['precision']}, ONNX Runtime with {r['threads']} threads on both sides; each client "
+             f"Bundle {r['bundle']} {r['precision']}, ONNX Runtime with {r['threads']} threads in-process and the same "
+             f"threads shared by the Triton host's {r.get('instances', 1)} instances; each client "
              f"sends one image per request ({r['protocol']} for Triton), {r['duration_s']:g} s timed after "
              f"{r['warmup_s']:g} s. Server and clients share this machine.", "",
-             "| mode | clients | p50 (ms) | p99 (ms) | images/s | mean batch formed | errors |",
-             "|---|--:|--:|--:|--:|--:|---|"]
+             "| mode | clients | p50 (ms) | p99 (ms) | max (ms) | images/s | mean batch formed | errors |",
+             "|---|--:|--:|--:|--:|--:|--:|---|"]
     for x in r["rows"]:
         mb = "-" if x.get("mean_batch") is None else f"{x['mean_batch']:.1f}"
-        p50, p99 = ("-" if v is None else f"{v:.1f}" for v in (x["p50_ms"], x["p99_ms"]))
-        lines.append(f"| {x['mode']} | {x['clients']} | {p50} | {p99} | {x['images_per_s']:.0f} | "
+        p50, p99, worst = ("-" if v is None else f"{v:.1f}" for v in (x["p50_ms"], x["p99_ms"], x.get("max_ms")))
+        lines.append(f"| {x['mode']} | {x['clients']} | {p50} | {p99} | {worst} | {x['images_per_s']:.0f} | "
                      f"{mb} | {len(x['errors']) or ''} |")
     by = {(x["mode"], x["clients"]): x for x in r["rows"]}
     notes = []
@@ -196,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", default="phantom-cxr")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--instances", type=int, default=None,
+                    help="the Triton host's model instances (default its own, edgeinfer.triton.INSTANCES)")
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     ap.add_argument("--warmup-s", type=float, default=1.0)
@@ -204,8 +212,12 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
+    from edgeinfer.triton import INSTANCES
+
+    args.instances = args.instances or INSTANCES
     r = {"edgeinfer_triton_bench": FORMAT, "machine": machine_line(flags=True), "bundle": args.bundle,
-         "precision": args.precision, "threads": args.threads, "protocol": args.protocol, "warmup_s": args.warmup_s,
+         "precision": args.precision, "threads": args.threads, "instances": args.instances, "protocol": args.protocol,
+         "warmup_s": args.warmup_s,
          "duration_s": args.duration_s, "rows": measure(args)}
     publish(r, render(r), args.json, args.report)
     if args.plot:

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from . import __version__
+from . import triton as triton_policy
 from ._io import atomic_write, check_output_path, emit_json
 from .console import console, progress_bar
 from .errors import EdgeInferError, MissingDependency, UsageError
@@ -605,7 +606,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "Needs a venv made from Debian's /usr/bin/python3: make .venv-triton.",
                        epilog=_examples("""
                            .venv-triton/bin/edgeinfer triton-host phantom-cxr
-                           .venv-triton/bin/edgeinfer triton-host my-bundle/ --precision int8 --instances 2
+                           .venv-triton/bin/edgeinfer triton-host my-bundle/ --precision int8 --threads 4
                            edgeinfer triage studies/ --triton-url http://gpu-host:8000
                        """))
     s.add_argument("bundle", nargs="?", default=None, help="bundle folder, or an embedded bundle by name (default phantom-cxr)")
@@ -613,8 +614,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", help="onnxruntime | openvino | tensorrt | auto (the fastest validated here)")
     s.add_argument("--precision", default="auto", help="fp32 | fp16 | int8 | bf16 | auto")
     s.add_argument("--force", action="store_true", help="serve a precision that was not validated or failed the gate")
-    s.add_argument("--threads", type=int, default=None, help="inference threads of each instance")
-    s.add_argument("--instances", type=int, default=1, help="model instances running batches side by side (default 1)")
+    s.add_argument("--threads", type=int, default=None, help="inference threads of each instance (default: this box's CPUs shared between the instances)")
+    s.add_argument("--instances", type=int, default=triton_policy.INSTANCES,
+                   help=f"model instances running batches side by side (default {triton_policy.INSTANCES}: with one, "
+                        "Triton's priority scheduler stalls requests 0.5 s at a time)")
     s.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms (default 8)")
     s.add_argument("--address", default="0.0.0.0", help="address to listen on (default all)")
     s.add_argument("--http-port", type=int, default=8000)

@@ -9,6 +9,7 @@ model's name, its tensors, its batching and priority policy and its identity par
 - dynamic batching has three priority levels: 1 for STAT, 2 for URGENT and human reads, 3 for ROUTINE (the
   default). A STAT request overtakes queued ROUTINE ones; a ROUTINE request that waited 2 s is delayed
   behind later ones, never rejected;
+- two model instances (:data:`INSTANCES`): the priority scheduler stalls 0.5 s at a time with one;
 - the model's parameters carry the bundle's identity (name, version, digest, artifact, precision, sha256);
   a client refuses a model whose digest or artifact differs from its own bundle's (:func:`identity_problem`).
 """
@@ -31,11 +32,23 @@ DEFAULT_PRIORITY = REQUEST_PRIORITY["ROUTINE"]
 ROUTINE_DELAY_US = 2_000_000
 #: how long the dynamic batcher holds a request for others to join its batch
 QUEUE_DELAY_US = 2_000
+#: model instances by default. With priority levels on, Triton's dynamic batcher does not prefetch: it hands a
+#: batch on only while an instance is parked waiting for one, and an instance that parks just after a request
+#: arrived does not wake it, so the request waits for the batcher's 500 ms poll. With one instance that cost a
+#: 0.5 s stall in every 60 to 200 requests on a 2-core box (68 in 90 s at 4 clients); with two, one is nearly
+#: always parked: none in 60 s at 16 clients (docs/triton.md, "Two model instances")
+INSTANCES = 2
 #: the model's parameters that say which bundle and artifact it is
 IDENTITY_KEYS = ("edgeinfer_bundle", "edgeinfer_bundle_version", "edgeinfer_bundle_digest", "edgeinfer_artifact",
                  "edgeinfer_precision", "edgeinfer_artifact_sha256")
 #: URL schemes of the two protocols (KServe v2 over HTTP/REST and gRPC) and their default ports
 SCHEMES = {"http": 8000, "grpc": 8001}
+
+
+def instance_threads(threads: int | None, instances: int, cpus: int) -> int:
+    """Inference threads of each model instance: ``threads`` when asked, else the box's ``cpus`` shared between the
+    instances (two instances of all the cores each would fight over them)."""
+    return int(threads) if threads else max(1, int(cpus) // max(1, int(instances)))
 
 
 def model_name(bundle_name: str, artifact_id: str) -> str:

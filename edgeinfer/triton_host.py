@@ -49,7 +49,7 @@ def _infer_function(runner, output_names: list[str]):
 
 
 def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None = None, threads: int | None = None,
-          device: str = "cpu", force: bool = False, instances: int = 1, max_batch: int = 8,
+          device: str = "cpu", force: bool = False, instances: int = policy.INSTANCES, max_batch: int = 8,
           ports: HostPorts = HostPorts(), log_verbose: int = 0, on_ready=None) -> None:
     """Serve ``bundle`` until SIGINT/SIGTERM. ``on_ready(model_name, selection)`` is called once Triton reports
     the model ready."""
@@ -68,6 +68,9 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         raise BackendUnavailable(INSTALL_HINT) from None
     # shared_cpu: the runtime's idle threads sleep instead of spinning. Triton's own threads (its Python backend
     # stub, PyTriton's proxy) share the cores; on 2 cores, ONNX Runtime's spinning stalled them ~0.5 s at a time
+    from .sysinfo import usable_cpus
+
+    threads = policy.instance_threads(threads, instances, usable_cpus())
     sel = autoselect.choose(bundle, threads=threads, device=device, backend=backend, precision=precision,
                             force=force, shared_cpu=True)
     artifact = sel.resolved.artifact

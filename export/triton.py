@@ -100,6 +100,7 @@ def _model_config(bundle: Bundle, artifact, max_batch: int) -> str:
                 f"  priority_queue_policy {{\n    key: {policy.DEFAULT_PRIORITY}\n    value {{\n"
                 f"      timeout_action: DELAY\n      default_timeout_microseconds: {policy.ROUTINE_DELAY_US}\n"
                 "      allow_timeout_override: true\n    }\n  }\n}\n")
+    text.append(f"instance_group [ {{ count: {policy.INSTANCES} }} ]\n")    # see policy.INSTANCES
     ep = _TRT_EP_PRECISION.get(artifact.precision) if artifact.format == "onnx" else None
     if ep:
         text.append("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n      {\n"

@@ -49,3 +49,10 @@ def test_tensors_keep_their_dims_without_the_batch_axis_and_batches_are_bounded(
     # a STAT request is served before URGENT and human reads, which go before ROUTINE (the default)
     p = policy.REQUEST_PRIORITY
     assert p["STAT"] < p["URGENT"] == p["INDETERMINATE"] < p["ROUTINE"] == policy.DEFAULT_PRIORITY == policy.PRIORITY_LEVELS
+
+
+def test_instances_share_the_box_s_cpus_unless_threads_are_asked():
+    assert policy.INSTANCES >= 2           # one instance stalls Triton's priority scheduler 0.5 s at a time
+    assert policy.instance_threads(None, 2, 2) == 1 and policy.instance_threads(None, 2, 16) == 8
+    assert policy.instance_threads(None, 4, 2) == 1                     # never none
+    assert policy.instance_threads(3, 2, 2) == 3                        # asked: as asked

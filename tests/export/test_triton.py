@@ -29,6 +29,7 @@ def test_every_artifact_becomes_a_model_triton_would_load(tmp_path, name):
         db = cfg.dynamic_batching
         assert db.priority_levels == 3 and db.default_priority_level == REQUEST_PRIORITY["ROUTINE"]
         assert db.priority_queue_policy[3].timeout_action == 1                    # DELAY: routine waits, never dropped
+        assert [g.count for g in cfg.instance_group] == [2]    # one instance stalls the priority scheduler
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         assert params["edgeinfer_bundle_digest"] == bundle.digest and params["edgeinfer_artifact_sha256"] == a.sha256
         accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator
