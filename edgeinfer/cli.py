@@ -614,7 +614,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", help="onnxruntime | openvino | tensorrt | auto (the fastest validated here)")
     s.add_argument("--precision", default="auto", help="fp32 | fp16 | int8 | bf16 | auto")
     s.add_argument("--force", action="store_true", help="serve a precision that was not validated or failed the gate")
-    s.add_argument("--threads", type=int, default=None, help="inference threads of each instance (default: this box's CPUs shared between the instances)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="inference threads of each instance (default: this box's CPUs shared between the instances)")
     s.add_argument("--instances", type=int, default=triton_policy.INSTANCES,
                    help=f"model instances running batches side by side (default {triton_policy.INSTANCES}: with one, "
                         "Triton's priority scheduler stalls requests 0.5 s at a time)")

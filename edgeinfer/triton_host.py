@@ -66,11 +66,12 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         from pytriton.triton import Triton, TritonConfig
     except ImportError:
         raise BackendUnavailable(INSTALL_HINT) from None
-    # shared_cpu: the runtime's idle threads sleep instead of spinning. Triton's own threads (its Python backend
-    # stub, PyTriton's proxy) share the cores; on 2 cores, ONNX Runtime's spinning stalled them ~0.5 s at a time
     from .sysinfo import usable_cpus
 
     threads = policy.instance_threads(threads, instances, usable_cpus())
+    # shared_cpu: the runtime's idle threads sleep instead of spinning. Triton's own threads (its Python backend
+    # stub, PyTriton's proxy) share the cores; ONNX Runtime's spinning kept them off the cores, which made the
+    # priority scheduler's 0.5 s stalls (policy.INSTANCES) frequent on 2 cores
     sel = autoselect.choose(bundle, threads=threads, device=device, backend=backend, precision=precision,
                             force=force, shared_cpu=True)
     artifact = sel.resolved.artifact
