@@ -176,9 +176,7 @@ def _runner_for(bundle, args):
     """The runner triage uses: pinned by flags/environment, else the fastest allowed mode here."""
     from . import autoselect
 
-    from .triton import backend_choice
-
-    backend, extra = backend_choice(args.backend, args.triton_url)
+    backend, extra = triton_policy.backend_choice(args.backend, args.triton_url)
     precision = None if args.precision in (None, "auto") else args.precision
     sel = autoselect.choose(bundle, threads=args.threads, device=args.device, backend=backend,
                             precision=precision, force=args.force, allow_fallback=args.allow_fallback,
