@@ -24,6 +24,11 @@ from .errors import BackendUnavailable, UsageError
 
 log = logging.getLogger("edgeinfer.triton_host")
 
+#: PyTriton 0.7 starts a model's second and later instances by connecting to a socket its first instance opens,
+#: as soon as the socket's file exists, which is before it listens: now and then "Connection refused" fails the
+#: model's load (2 starts in 4 on a 2-core box with two instances). Such a start is made again with a fresh server.
+START_ATTEMPTS = 3
+
 INSTALL_HINT = ("the Triton host needs nvidia-pytriton in a venv made from Debian's /usr/bin/python3: "
                 "run 'make .venv-triton', then '.venv-triton/bin/edgeinfer triton-host ...'")
 
@@ -77,8 +82,8 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
     artifact = sel.resolved.artifact
     name = policy.model_name(bundle.name, artifact.id)
     def tensors(kind: str) -> list:
-        return [Tensor(name=name, dtype=np.dtype(dtype).type, shape=tuple(dims))
-                for name, dtype, dims in policy.tensors(kind, bundle.manifest[f"{kind}s"])]
+        return [Tensor(name=tensor, dtype=np.dtype(dtype).type, shape=tuple(dims))
+                for tensor, dtype, dims in policy.tensors(kind, bundle.manifest[f"{kind}s"])]
 
     inputs, outputs = tensors("input"), tensors("output")
     runners = [sel.create_runner().activate() for _ in range(int(instances))]
@@ -96,17 +101,25 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
-    triton = Triton(config=config)   # not started yet: the model's parameters are set before it is loaded
+    triton = None
     try:
-        triton.bind(model_name=name, infer_func=[_infer_function(r, [t.name for t in outputs]) for r in runners],
-                    inputs=inputs, outputs=outputs, model_version=1,
-                    config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)
-        _set_identity(triton, name, policy.identity(bundle, artifact))
-        try:
-            triton.run()             # the server, then the model loaded and ready
-        except Exception as exc:  # noqa: BLE001 - PyTriton's and tritonclient's errors, said plainly
-            raise BackendUnavailable(f"Triton Inference Server did not start serving {name} "
-                                     f"({exc.__class__.__name__}: {exc}); its log is above") from None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            triton = Triton(config=config)   # not started yet: the model's parameters are set before it is loaded
+            triton.bind(model_name=name, infer_func=[_infer_function(r, [t.name for t in outputs]) for r in runners],
+                        inputs=inputs, outputs=outputs, model_version=1,
+                        config=ModelConfig(max_batch_size=max_batch, batcher=batcher), strict=True)
+            _set_identity(triton, name, policy.identity(bundle, artifact))
+            try:
+                triton.run()             # the server, then the model loaded and ready
+                break
+            except Exception as exc:  # noqa: BLE001 - PyTriton's and tritonclient's errors, said plainly
+                if attempt < START_ATTEMPTS and lost_start_race(exc):
+                    log.warning("%s: an instance missed PyTriton's start-up handshake; starting the server again "
+                                "(%d of %d)", name, attempt + 1, START_ATTEMPTS)
+                    triton.stop()
+                    continue
+                raise BackendUnavailable(f"Triton Inference Server did not start serving {name} "
+                                         f"({exc.__class__.__name__}: {exc}); its log is above") from None
         if on_ready is not None:
             on_ready(name, sel)
         triton.serve()
@@ -114,9 +127,16 @@ def serve(bundle: Bundle, *, backend: str | None = None, precision: str | None =
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        triton.stop()
+        if triton is not None:
+            triton.stop()
         for r in runners:
             r.deactivate()
+
+
+def lost_start_race(exc: BaseException) -> bool:
+    """Whether a failed model load is PyTriton's start-up race (:data:`START_ATTEMPTS`): an instance that could not
+    fetch its configuration from the first instance's handshake socket."""
+    return "get_config_from_handshake_server" in str(exc)
 
 
 def _check_ports(ports: HostPorts) -> None:

@@ -42,3 +42,18 @@ def test_without_pytriton_the_host_says_which_venv_to_make(capsys):
     assert main(_args()) != 0
     err = capsys.readouterr().err
     assert "nvidia-pytriton in a venv made from Debian's /usr/bin/python3" in err and "make .venv-triton" in err
+
+
+def test_only_pytriton_s_start_up_race_makes_the_host_start_again():
+    """The text PyTriton 0.7 gave when a second instance connected before the first listened (seen here), against
+    a model that cannot load for a reason a second start would not mend."""
+    from edgeinfer.triton_host import START_ATTEMPTS, lost_start_race
+
+    race = Exception("[400] load failed for model 'phantom-cxr-fp32': version 1 is at UNAVAILABLE state: Internal: "
+                     "TritonModelException: Model initialize error: Traceback (most recent call last):\n"
+                     '  File "/tmp/folder7XaNHq/1/model.py", line 425, in initialize\n'
+                     "    inference_handler_config = get_config_from_handshake_server(handshake_socket)\n"
+                     "ConnectionRefusedError: [Errno 111] Connection refused")
+    other = Exception("[400] load failed for model 'phantom-cxr-fp32': version 1 is at UNAVAILABLE state: Internal: "
+                      "ValueError: input image: shape mismatch")
+    assert lost_start_race(race) and not lost_start_race(other) and START_ATTEMPTS >= 2
